@@ -1,0 +1,149 @@
+"""Model ids and where their files are.
+
+A model id is one of
+- a local folder or weights file (our layout, transformers ViTMAE, an official `.pth`);
+- `local:<ns>/<name>[@revision]`: a repo of the embedded hub (`models/`, or `$MAE_MODELS_DIR`),
+  stored like the `huggingface_hub` cache: `refs/<branch>` holds a commit sha,
+  `snapshots/<sha>/` holds the files;
+- `hf-hub:<ns>/<name>[@revision]`: a repo on a Hugging Face-compatible hub (`HF_ENDPOINT`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .checkpoint import CheckpointError, load_weights
+from .model import MaskedAutoencoder
+
+_REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+_SHA_RE = re.compile(r"^[0-9a-f]{7,64}$")
+
+
+class ModelNotFoundError(CheckpointError):
+    """The id names nothing that exists (no folder, repo, branch or revision)."""
+
+
+@dataclass(frozen=True)
+class ModelId:
+    scheme: str  # "path" | "local" | "hf-hub"
+    name: str  # a path, or "<ns>/<name>"
+    revision: str | None = None
+
+    def __str__(self) -> str:
+        if self.scheme == "path":
+            return self.name
+        rev = f"@{self.revision}" if self.revision else ""
+        return f"{self.scheme}:{self.name}{rev}"
+
+
+def parse_model_id(source: str | os.PathLike[str], revision: str | None = None) -> ModelId:
+    """Split a model id into scheme, name and revision (`@rev` or the `revision` argument)."""
+    text = os.fspath(source)
+    for scheme in ("local", "hf-hub"):
+        if text.startswith(scheme + ":"):
+            rest = text[len(scheme) + 1 :]
+            name, _, rev = rest.partition("@")
+            if rev and revision and rev != revision:
+                raise ValueError(
+                    f"{text!r} names revision {rev!r} but revision={revision!r} was given"
+                )
+            if not _REPO_RE.match(name):
+                raise ValueError(
+                    f"{text!r}: a repo id reads '<namespace>/<name>' (letters, digits, '.', '_', '-')"
+                )
+            if "@" in rev or (rest.endswith("@") and not rev):
+                raise ValueError(f"{text!r}: empty or malformed revision after '@'")
+            return ModelId(scheme, name, rev or revision)
+    if revision:
+        raise ValueError(f"a revision applies only to local: and hf-hub: ids, not to {text!r}")
+    return ModelId("path", text)
+
+
+def models_dir() -> Path:
+    """The embedded hub: `$MAE_MODELS_DIR`; else `models/` of the checkout this package is
+    installed from (editable install); else `./models`."""
+    env = os.environ.get("MAE_MODELS_DIR")
+    if env:
+        return Path(env).expanduser()
+    checkout = Path(__file__).resolve().parent.parent
+    if (checkout / "pyproject.toml").is_file() and (checkout / "models").is_dir():
+        return checkout / "models"
+    return Path.cwd() / "models"
+
+
+def resolve_local(repo_id: str, revision: str | None = None, root: Path | None = None) -> Path:
+    """The snapshot folder of `repo_id` at `revision` (a branch, or a commit sha or prefix)."""
+    root = root or models_dir()
+    repo = root / repo_id
+    if not (repo / "snapshots").is_dir():
+        known = (
+            sorted(
+                f"{p.parent.name}/{p.name}" for p in root.glob("*/*") if (p / "snapshots").is_dir()
+            )
+            if root.is_dir()
+            else []
+        )
+        raise ModelNotFoundError(
+            f"no repo {repo_id!r} in the models folder {root}"
+            + (f"; it has: {', '.join(known)}" if known else " (it holds no repos)")
+        )
+    rev = revision or "main"
+    ref = repo / "refs" / rev
+    if ref.is_file():
+        sha = ref.read_text().strip()
+    elif _SHA_RE.match(rev):
+        hits = [p.name for p in (repo / "snapshots").iterdir() if p.name.startswith(rev)]
+        if len(hits) > 1:
+            raise ModelNotFoundError(f"revision {rev!r} of {repo_id} is ambiguous: {hits}")
+        sha = hits[0] if hits else rev
+    else:
+        sha = ""
+    snapshot = repo / "snapshots" / sha
+    if not sha or not snapshot.is_dir():
+        branches = (
+            sorted(p.name for p in (repo / "refs").glob("*")) if (repo / "refs").is_dir() else []
+        )
+        raise ModelNotFoundError(
+            f"{repo_id} has no revision {rev!r}; branches: {', '.join(branches) or 'none'}"
+        )
+    return snapshot
+
+
+def resolve(model_id: ModelId) -> Path:
+    """A local path holding the model's files (downloading `hf-hub:` repos to the cache)."""
+    if model_id.scheme == "local":
+        return resolve_local(model_id.name, model_id.revision)
+    if model_id.scheme == "hf-hub":
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(model_id.name, revision=model_id.revision))
+    path = Path(model_id.name).expanduser()
+    if not path.exists():
+        raise ModelNotFoundError(
+            f"model {model_id.name!r} not found: not a file or folder, and not a "
+            "'local:<ns>/<name>' or 'hf-hub:<ns>/<name>' id"
+        )
+    return path
+
+
+def load_model(
+    source: str | os.PathLike[str],
+    revision: str | None = None,
+    *,
+    with_decoder: bool | None = None,
+    device: str | None = None,
+    **overrides: Any,
+) -> MaskedAutoencoder:
+    """Load an MAE from any model id (see the module docstring), in eval mode.
+
+    with_decoder: None keeps the decoder when the weights have one, True requires it,
+    False leaves it out (embeddings only). `overrides` replace inferred config fields.
+    """
+    model_id = parse_model_id(source, revision)
+    model = load_weights(resolve(model_id), with_decoder=with_decoder, **overrides)
+    model.source_info["model_id"] = str(model_id)
+    return model.to(device) if device else model
