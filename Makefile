@@ -19,6 +19,15 @@ $(VENV)/.installed: pyproject.toml Makefile
 	@touch $@
 
 serve: venv
+	@$(BIN)/mae info --no-hash $(DEFAULT_MODEL) >/dev/null 2>&1 || { \
+	  echo "make serve: the default model $(DEFAULT_MODEL) is not in models/ yet."; \
+	  echo "  It is trained and published by the default-model work (issue 6); until then"; \
+	  echo "  serve another one with: make serve DEFAULT_MODEL=<folder, .pth or local:ns/name>"; \
+	  exit 1; }
+	@$(BIN)/mae serve --help >/dev/null 2>&1 || { \
+	  echo "make serve: this checkout has no 'mae serve' command yet (the service, issue 5)."; \
+	  echo "  What works today: $(BIN)/mae --help, $(BIN)/mae info MODEL, and the mae_core API."; \
+	  exit 1; }
 	$(BIN)/mae serve --model $(DEFAULT_MODEL)
 
 test: venv lint

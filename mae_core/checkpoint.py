@@ -150,13 +150,14 @@ def load_weights(
     (e.g. `norm_pix_loss`, `num_heads` for unusual widths).
     """
     path = Path(source).expanduser()
+    hints = dict(overrides)
     if path.is_dir():
         if (path / MAE_CONFIG_FILE).is_file():
             cfg, sd, fmt = _read_ours(path, with_decoder)
         elif _is_transformers_dir(path):
             cfg, sd, fmt = _read_transformers(path)
         elif (path / ENCODER_FILE).is_file():
-            cfg, sd, fmt = _read_timm_dir(path)
+            cfg, sd, fmt = _read_timm_dir(path, hints)
         else:
             raise CheckpointError(
                 f"{path} is not a model folder: expected {MAE_CONFIG_FILE} (mae-hub), a "
@@ -164,15 +165,17 @@ def load_weights(
             )
     elif path.is_file():
         if path.suffix == ".safetensors":
-            sd, fmt = load_file(str(path)), "safetensors"
-            cfg = infer_config(sd)
+            sd, fmt = _load_safetensors(path), "safetensors"
+            cfg = infer_config(sd, hints)
         else:
-            cfg, sd, fmt = _read_official(path)
+            cfg, sd, fmt = _read_official(path, hints)
     else:
         raise CheckpointError(f"no such file or folder: {path}")
 
-    if overrides:
-        cfg = cfg.replace(**overrides)
+    try:
+        cfg = cfg.replace(**overrides) if overrides else cfg
+    except TypeError as e:
+        raise CheckpointError(f"unknown MAEConfig override: {e}") from e
     has_decoder = any(is_decoder_key(k) for k in sd)
     if with_decoder and not has_decoder:
         raise CheckpointError(
@@ -281,7 +284,10 @@ def infer_config(sd: dict[str, torch.Tensor], hints: dict[str, Any] | None = Non
         fields["num_heads"] = heads_for_width(dim)
     if "decoder_embed_dim" in fields and "decoder_num_heads" not in fields:
         fields["decoder_num_heads"] = heads_for_width(fields["decoder_embed_dim"], decoder=True)
-    cfg = MAEConfig(**{**_paper_decoder_defaults(), **fields})
+    try:
+        cfg = MAEConfig(**{**_paper_decoder_defaults(), **fields})
+    except TypeError as e:
+        raise CheckpointError(f"unknown MAEConfig field: {e}") from e
     return cfg.replace(variant=match_variant(cfg)) if cfg.variant == "custom" else cfg
 
 
@@ -314,19 +320,25 @@ def _read_ours(path: Path, with_decoder: bool | None) -> tuple[MAEConfig, dict, 
         raise CheckpointError(f"{path / MAE_CONFIG_FILE}: {e}") from e
     if not (path / ENCODER_FILE).is_file():
         raise CheckpointError(f"{path} has {MAE_CONFIG_FILE} but no {ENCODER_FILE}")
-    sd = load_file(str(path / ENCODER_FILE))
+    sd = _load_safetensors(path / ENCODER_FILE)
     if with_decoder is not False and (path / DECODER_FILE).is_file():
-        sd.update(load_file(str(path / DECODER_FILE)))
+        sd.update(_load_safetensors(path / DECODER_FILE))
     return cfg, sd, "mae-hub"
 
 
-def _read_timm_dir(path: Path) -> tuple[MAEConfig, dict, str]:
-    sd = load_file(str(path / ENCODER_FILE))
-    hints: dict[str, Any] = {}
+def _read_timm_dir(path: Path, hints: dict[str, Any]) -> tuple[MAEConfig, dict, str]:
+    sd = _load_safetensors(path / ENCODER_FILE)
     if (path / CONFIG_FILE).is_file():
         args = _read_json(path / CONFIG_FILE).get("model_args", {})
-        hints = {"num_heads": args.get("num_heads")}
+        hints = {"num_heads": args.get("num_heads"), **hints}
     return infer_config(sd, hints), sd, "timm"
+
+
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except Exception as e:  # safetensors raises its own error types for bad headers
+        raise CheckpointError(f"cannot read {path} as safetensors: {e}") from e
 
 
 # -- official MAE .pth ------------------------------------------------------------------
@@ -336,16 +348,28 @@ def safe_torch_load(path: str | Path) -> Any:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = _unpickler_reason(str(e))
+        if "global" in reason.lower():
+            raise CheckpointError(
+                f"refusing to load {path}: it pickles objects outside the allow-list of "
+                f"tensors, containers and argparse.Namespace ({reason})"
+            ) from e
+        raise CheckpointError(f"cannot read {path} as a PyTorch checkpoint: {reason}") from e
+    except Exception as e:  # a damaged or foreign file can fail anywhere in the unpickler
         raise CheckpointError(
-            f"refusing to load {path}: it pickles objects outside the allow-list of tensors, "
-            f"containers and argparse.Namespace ({first})"
+            f"cannot read {path} as a PyTorch checkpoint: {type(e).__name__}: {e}"
         ) from e
-    except (RuntimeError, EOFError, OSError) as e:
-        raise CheckpointError(f"cannot read {path} as a PyTorch checkpoint: {e}") from e
 
 
-def _read_official(path: Path) -> tuple[MAEConfig, dict, str]:
+def _unpickler_reason(message: str) -> str:
+    """The useful line of torch's long weights-only error (after 'WeightsUnpickler error:')."""
+    _, _, tail = message.partition("WeightsUnpickler error:")
+    lines = [ln.strip() for ln in (tail or message).splitlines() if ln.strip()]
+    # torch goes on to suggest allow-listing the global; for an untrusted file, do not.
+    return lines[0].split(" Please use")[0] if lines else "not a valid pickle"
+
+
+def _read_official(path: Path, hints: dict[str, Any]) -> tuple[MAEConfig, dict, str]:
     obj = safe_torch_load(path)
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a checkpoint dict")
@@ -353,14 +377,13 @@ def _read_official(path: Path) -> tuple[MAEConfig, dict, str]:
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise CheckpointError(f"{path}: no state dict of tensors under 'model' or 'state_dict'")
     sd = {k.removeprefix("module."): v for k, v in sd.items()}
-    hints: dict[str, Any] = {}
+    hints = dict(hints)
     args = obj.get("args")
     if isinstance(args, argparse.Namespace):
         a = vars(args)
-        if isinstance(a.get("norm_pix_loss"), bool):
-            hints["norm_pix_loss"] = a["norm_pix_loss"]
-        if isinstance(a.get("mask_ratio"), float):
-            hints["mask_ratio"] = a["mask_ratio"]
+        for key, kind in (("norm_pix_loss", bool), ("mask_ratio", float)):
+            if isinstance(a.get(key), kind):
+                hints.setdefault(key, a[key])
     if "norm_pix_loss" not in hints:
         # The released visualisation checkpoints predict raw pixels; the pretraining ones
         # were trained with normalised-pixel targets.
@@ -442,12 +465,12 @@ def convert_transformers_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, to
 
 def _read_transformers_weights(path: Path) -> dict[str, torch.Tensor]:
     if (path / "model.safetensors").is_file():
-        return load_file(str(path / "model.safetensors"))
+        return _load_safetensors(path / "model.safetensors")
     index = path / "model.safetensors.index.json"
     if index.is_file():
         sd: dict[str, torch.Tensor] = {}
         for shard in sorted(set(_read_json(index).get("weight_map", {}).values())):
-            sd.update(load_file(str(path / shard)))
+            sd.update(_load_safetensors(path / shard))
         return sd
     if (path / "pytorch_model.bin").is_file():
         obj = safe_torch_load(path / "pytorch_model.bin")

@@ -163,13 +163,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .checkpoint import CheckpointError
-
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from .checkpoint import CheckpointError  # after parsing: `mae --help` stays instant
+
     try:
         return int(args.func(args) or 0)
     except (CLIError, CheckpointError, ValueError, FileNotFoundError) as e:

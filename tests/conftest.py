@@ -1,0 +1,39 @@
+"""Shared test set-up: the house tiny config, the `gpu` marker, a seeded RNG per test."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mae_core import MaskedAutoencoder
+from mae_core.config import MAEConfig
+from tests.reference import TINY, perturb_
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+@pytest.fixture
+def tiny_cfg() -> MAEConfig:
+    return TINY
+
+
+@pytest.fixture
+def tiny_model(tiny_cfg: MAEConfig) -> MaskedAutoencoder:
+    return perturb_(MaskedAutoencoder(tiny_cfg)).eval()
+
+
+@pytest.fixture
+def imgs() -> torch.Tensor:
+    return torch.randn(3, 3, 32, 32)

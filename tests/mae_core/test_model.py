@@ -1,0 +1,226 @@
+"""MaskedAutoencoder invariants: the loss, gradients, fixed tables, reproducibility, shapes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mae_core import VARIANTS, MaskedAutoencoder, create_model, sincos_2d
+from mae_core.config import MAEConfig
+
+
+def test_output_shapes(tiny_model: MaskedAutoencoder, imgs: torch.Tensor) -> None:
+    out = tiny_model(imgs, mask_ratio=0.75)
+    assert out.loss.shape == ()
+    assert out.pred.shape == (3, 16, 8 * 8 * 3)
+    assert out.mask.shape == out.ids_restore.shape == (3, 16)
+    assert torch.equal(out.mask.sum(1), torch.full((3,), 12.0))
+
+
+def test_patchify_roundtrip_and_layout(tiny_model: MaskedAutoencoder, imgs: torch.Tensor) -> None:
+    patches = tiny_model.patchify(imgs)
+    assert patches.shape == (3, 16, 192)
+    assert torch.equal(tiny_model.unpatchify(patches), imgs)
+    # Patch 5 is grid row 1, column 1; its first entry is pixel (8, 8), channel 0.
+    assert patches[0, 5, 0] == imgs[0, 0, 8, 8]
+    assert patches[0, 5, 1] == imgs[0, 1, 8, 8]  # channels vary fastest
+    rect = torch.randn(1, 3, 16, 40)
+    assert torch.equal(tiny_model.unpatchify(tiny_model.patchify(rect), (2, 5)), rect)
+
+
+def test_loss_is_mse_on_masked_patches_only(
+    tiny_model: MaskedAutoencoder, imgs: torch.Tensor
+) -> None:
+    out = tiny_model(imgs, mask_ratio=0.75)
+    pred = out.pred.detach().clone()
+    visible = out.mask == 0
+    changed = pred.clone()
+    changed[visible] += 100.0
+    assert torch.allclose(tiny_model.forward_loss(imgs, changed, out.mask), out.loss)
+    changed_masked = pred.clone()
+    changed_masked[~visible] += 1.0
+    assert tiny_model.forward_loss(imgs, changed_masked, out.mask) > out.loss + 0.5
+    # And it is the per-patch-normalised MSE written out by hand.
+    target = tiny_model.patchify(imgs)
+    target = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True) + 1e-6).sqrt()
+    manual = (((pred - target) ** 2).mean(-1) * out.mask).sum() / out.mask.sum()
+    assert torch.allclose(manual, out.loss, atol=1e-6)
+
+
+def test_raw_pixel_loss_when_norm_pix_off(tiny_cfg: MAEConfig, imgs: torch.Tensor) -> None:
+    model = MaskedAutoencoder(tiny_cfg.replace(norm_pix_loss=False))
+    out = model(imgs)
+    manual = (((out.pred - model.patchify(imgs)) ** 2).mean(-1) * out.mask).sum() / out.mask.sum()
+    assert torch.allclose(manual, out.loss, atol=1e-6)
+
+
+def test_mask_ratio_zero_gives_zero_loss_not_nan(tiny_model: MaskedAutoencoder, imgs) -> None:
+    out = tiny_model(imgs, mask_ratio=0.0)
+    assert out.mask.sum() == 0 and out.loss.item() == 0.0
+
+
+def test_every_trainable_parameter_gets_a_gradient(tiny_cfg: MAEConfig, imgs) -> None:
+    model = MaskedAutoencoder(tiny_cfg).train()
+    model(imgs).loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None, name
+        assert torch.count_nonzero(p.grad) > 0, name
+
+
+def test_position_tables_are_not_trained(tiny_cfg: MAEConfig, imgs) -> None:
+    model = MaskedAutoencoder(tiny_cfg).train()
+    names = {n for n, _ in model.named_parameters()}
+    assert "pos_embed" not in names and "decoder_pos_embed" not in names
+    before = model.pos_embed.clone(), model.decoder_pos_embed.clone()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(2):
+        opt.zero_grad()
+        model(imgs).loss.backward()
+        opt.step()
+    assert torch.equal(model.pos_embed, before[0])
+    assert torch.equal(model.decoder_pos_embed, before[1])
+    # ... and they are saved with the weights, under timm's and the official names.
+    assert {"pos_embed", "decoder_pos_embed"} <= set(model.state_dict())
+
+
+def test_same_noise_or_generator_same_mask_and_loss(tiny_model: MaskedAutoencoder, imgs) -> None:
+    noise = torch.rand(3, 16)
+    a, b = tiny_model(imgs, noise=noise), tiny_model(imgs, noise=noise)
+    assert torch.equal(a.mask, b.mask) and torch.equal(a.loss, b.loss)
+    g = [torch.Generator().manual_seed(3) for _ in range(2)]
+    c, d = tiny_model(imgs, generator=g[0]), tiny_model(imgs, generator=g[1])
+    assert torch.equal(c.mask, d.mask) and torch.equal(c.loss, d.loss)
+    assert not torch.equal(a.mask, c.mask)
+
+
+def test_official_initialisation(tiny_cfg: MAEConfig) -> None:
+    model = MaskedAutoencoder(tiny_cfg)
+    for name, mod in model.named_modules():
+        if isinstance(mod, torch.nn.LayerNorm):
+            assert torch.all(mod.weight == 1) and torch.all(mod.bias == 0), name
+            assert mod.eps == 1e-6
+        if isinstance(mod, torch.nn.Linear):
+            assert torch.all(mod.bias == 0), name
+            bound = (6 / sum(mod.weight.shape)) ** 0.5  # xavier uniform
+            assert mod.weight.abs().max() <= bound, name
+    assert 0.01 < model.cls_token.std() < 0.04 and 0.01 < model.mask_token.std() < 0.04
+    assert all(blk.attn.qkv.bias is not None for blk in model.blocks)
+
+
+def test_forward_features_keeps_patch_order(tiny_model: MaskedAutoencoder, imgs) -> None:
+    feats = tiny_model.forward_features(imgs)
+    assert feats.shape == (3, 17, 32)
+    # The masked path with increasing noise keeps every patch in its own order: same tokens.
+    identity_noise = torch.arange(16.0).expand(3, 16)
+    latent, m = tiny_model.forward_encoder(imgs, 0.0, noise=identity_noise)
+    assert torch.equal(m.ids_restore, torch.arange(16).expand(3, 16))
+    assert torch.allclose(latent, feats, atol=1e-6)
+    # A change to one patch of the image moves that patch's token most.
+    edited = imgs.clone()
+    edited[:, :, 8:16, 16:24] += 3.0  # grid row 1, column 2 -> patch 6
+    delta = (tiny_model.forward_features(edited) - feats)[:, 1:].norm(dim=-1)
+    assert torch.all(delta.argmax(dim=1) == 6)
+
+
+def test_embed_pooling(tiny_model: MaskedAutoencoder, imgs) -> None:
+    feats = tiny_model.forward_features(imgs)
+    assert torch.allclose(tiny_model.embed(imgs, "cls"), feats[:, 0])
+    assert torch.allclose(tiny_model.embed(imgs, "mean"), feats[:, 1:].mean(1))
+    with pytest.raises(ValueError, match="pooling must be 'cls' or 'mean'"):
+        tiny_model.embed(imgs, "max")
+
+
+def test_other_image_sizes_use_a_recomputed_table(tiny_model: MaskedAutoencoder) -> None:
+    big = torch.randn(2, 3, 48, 40)
+    assert tiny_model.forward_features(big).shape == (2, 1 + 6 * 5, 32)
+    out = tiny_model(big)
+    assert out.pred.shape == (2, 30, 192) and torch.isfinite(out.loss)
+    table = tiny_model._table("pos_embed", (6, 5))
+    assert torch.allclose(table[0], sincos_2d(32, (6, 5)))
+
+
+@pytest.mark.parametrize(
+    ("shape", "message"),
+    [
+        ((2, 1, 32, 32), "model expects 3 channels, got 1"),
+        ((2, 3, 30, 32), "image size 30x32 is not a positive multiple of the patch size 8"),
+        ((2, 3, 4, 4), "image size 4x4 is not a positive multiple"),
+        ((3, 32, 32), r"imgs must have shape \(N, C, H, W\)"),
+    ],
+)
+def test_bad_images_are_named(tiny_model: MaskedAutoencoder, shape, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        tiny_model(torch.randn(*shape))
+    with pytest.raises(ValueError, match=message):
+        tiny_model.forward_features(torch.randn(*shape))
+
+
+def test_integer_images_are_refused(tiny_model: MaskedAutoencoder) -> None:
+    with pytest.raises(ValueError, match="normalised float tensor"):
+        tiny_model.embed(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
+
+
+@pytest.mark.parametrize("ratio", [1.0, -0.5])
+def test_bad_mask_ratio(tiny_model: MaskedAutoencoder, imgs, ratio: float) -> None:
+    with pytest.raises(ValueError, match=r"mask_ratio must be in \[0, 1\)"):
+        tiny_model(imgs, mask_ratio=ratio)
+
+
+def test_encoder_only_model(tiny_cfg: MAEConfig, imgs) -> None:
+    model = MaskedAutoencoder(tiny_cfg, with_decoder=False)
+    assert model.embed(imgs).shape == (3, 32)
+    assert model.num_params()["decoder"] == 0
+    with pytest.raises(RuntimeError, match="needs the MAE decoder"):
+        model(imgs)
+    full = MaskedAutoencoder(tiny_cfg)
+    enc_keys = set(full.encoder_state_dict())
+    full.drop_decoder()
+    assert set(full.state_dict()) == enc_keys and not full.has_decoder
+    assert "mask_token" not in enc_keys
+
+
+def test_variants_table() -> None:
+    assert len(VARIANTS) == 20
+    dims = {
+        "tiny": (192, 12, 3, 128, 4, 4),
+        "small": (384, 12, 6, 256, 4, 8),
+        "base": (768, 12, 12, 512, 8, 16),
+        "large": (1024, 24, 16, 512, 8, 16),
+        "huge": (1280, 32, 16, 512, 8, 16),
+    }
+    for size, d in dims.items():
+        for patch, img in ((4, 32), (8, 64), (14, 224), (16, 224)):
+            c = VARIANTS[f"mae_vit_{size}_patch{patch}"]
+            assert (
+                c.embed_dim,
+                c.depth,
+                c.num_heads,
+                c.decoder_embed_dim,
+                c.decoder_depth,
+                c.decoder_num_heads,
+            ) == d
+            assert (c.patch_size, c.img_size) == (patch, img)
+    assert create_model("mae_vit_tiny_patch8", img_size=96).config.img_size == 96
+    with pytest.raises(ValueError, match="unknown MAE variant 'mae_vit_giant_patch16'"):
+        create_model("mae_vit_giant_patch16")
+
+
+@pytest.mark.parametrize(
+    ("name", "millions"),
+    [
+        ("mae_vit_base_patch16", 85.8),
+        ("mae_vit_large_patch16", 303.3),
+        ("mae_vit_huge_patch14", 630.8),
+    ],
+)
+def test_encoder_sizes_match_the_paper(name: str, millions: float) -> None:
+    with torch.device("meta"):
+        model = create_model(name)
+    assert abs(model.num_params()["encoder"] / 1e6 - millions) < 0.5
+
+
+def test_invalid_config_is_named() -> None:
+    with pytest.raises(ValueError, match="img_size 30 is not a multiple of patch_size 8"):
+        MAEConfig(img_size=30, patch_size=8)
+    with pytest.raises(ValueError, match="embed_dim 30 is not divisible by num_heads 4"):
+        MAEConfig(embed_dim=30, num_heads=4)
