@@ -1,0 +1,146 @@
+"""Model throughput against the peers, same weights, same inputs, same process.
+
+Training step (forward + backward at mask ratio 0.75): mae_core vs transformers'
+ViTMAEForPreTraining. Feature extraction (no masking): mae_core vs timm's ViT loaded from
+our `save_pretrained` folder vs transformers' ViTMAEModel at mask ratio 0.
+
+    .venv/bin/python bench/bench_model.py --variant mae_vit_tiny_patch8 --batch 64
+    .venv/bin/python bench/bench_model.py --variant mae_vit_base_patch16 --batch 128 --device cuda
+
+Prints a Markdown table: images/s of each, and each peer's time over ours (a ratio above 1
+means we are faster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+
+import timm
+import torch
+from transformers import ViTMAEConfig, ViTMAEForPreTraining
+
+import mae_core
+
+
+def hf_config(cfg: mae_core.MAEConfig, mask_ratio: float) -> ViTMAEConfig:
+    return ViTMAEConfig(
+        image_size=cfg.img_size,
+        patch_size=cfg.patch_size,
+        num_channels=cfg.in_chans,
+        hidden_size=cfg.embed_dim,
+        num_hidden_layers=cfg.depth,
+        num_attention_heads=cfg.num_heads,
+        intermediate_size=int(cfg.embed_dim * cfg.mlp_ratio),
+        decoder_hidden_size=cfg.decoder_embed_dim,
+        decoder_num_hidden_layers=cfg.decoder_depth,
+        decoder_num_attention_heads=cfg.decoder_num_heads,
+        decoder_intermediate_size=int(cfg.decoder_embed_dim * cfg.mlp_ratio),
+        norm_pix_loss=cfg.norm_pix_loss,
+        mask_ratio=mask_ratio,
+        layer_norm_eps=1e-6,
+    )
+
+
+def timed(fn: Callable[[], object], steps: int, warmup: int, device: str) -> float:
+    """Median seconds per call."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(steps):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--variant", default="mae_vit_tiny_patch8")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = ap.parse_args()
+    dev = args.device
+
+    torch.manual_seed(0)
+    hf = ViTMAEForPreTraining(hf_config(mae_core.variant_config(args.variant), 0.75))
+    with tempfile.TemporaryDirectory() as d:
+        hf.save_pretrained(d)
+        ours = mae_core.load_model(d)  # the same weights in our model
+        ours.save_pretrained(d + "/ours")
+        vit = timm.create_model(f"local-dir:{d}/ours", pretrained=True)
+    hf_feat = ViTMAEForPreTraining(hf_config(ours.config, 0.0)).vit
+    hf_feat.load_state_dict(hf.vit.state_dict())
+    for m in (hf, ours, vit, hf_feat):
+        m.to(dev)
+
+    cfg = ours.config
+    x = torch.randn(args.batch, 3, cfg.img_size, cfg.img_size, device=dev)
+    noise = torch.rand(args.batch, cfg.num_patches, device=dev)
+
+    def train_ours() -> None:
+        ours.zero_grad(set_to_none=True)
+        ours(x, mask_ratio=0.75, noise=noise).loss.backward()
+
+    def train_hf() -> None:
+        hf.zero_grad(set_to_none=True)
+        hf(pixel_values=x, noise=noise).loss.backward()
+
+    ours.train()
+    hf.train()
+    rows = [
+        (
+            "train step, mask 0.75",
+            "transformers ViTMAEForPreTraining",
+            timed(train_ours, args.steps, args.warmup, dev),
+            timed(train_hf, args.steps, args.warmup, dev),
+        )
+    ]
+    for m in (ours, vit, hf_feat):
+        m.eval()
+    with torch.inference_mode():
+        t_ours = timed(lambda: ours.forward_features(x), args.steps, args.warmup, dev)
+        rows.append(
+            (
+                "features, no masking",
+                "timm VisionTransformer (local-dir)",
+                t_ours,
+                timed(lambda: vit.forward_features(x), args.steps, args.warmup, dev),
+            )
+        )
+        rows.append(
+            (
+                "features, no masking",
+                "transformers ViTMAEModel (ratio 0)",
+                t_ours,
+                timed(lambda: hf_feat(pixel_values=x), args.steps, args.warmup, dev),
+            )
+        )
+
+    name = (
+        torch.cuda.get_device_name() if dev == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    )
+    print(
+        f"{args.variant}, {cfg.img_size} px, batch {args.batch}, fp32, {name}, "
+        f"torch {torch.__version__}, median of {args.steps} after {args.warmup} warm-up"
+    )
+    print("| work | peer | mae_core img/s | peer img/s | peer time / ours |")
+    print("| --- | --- | ---: | ---: | ---: |")
+    for work, peer, ours_s, peer_s in rows:
+        print(
+            f"| {work} | {peer} | {args.batch / ours_s:.0f} | {args.batch / peer_s:.0f} | "
+            f"{peer_s / ours_s:.2f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
