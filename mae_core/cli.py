@@ -145,8 +145,133 @@ def add_info(sub: Any) -> None:
     p.set_defaults(func=cmd_info)
 
 
+# -- mae train --------------------------------------------------------------------------
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import logging
+
+    from .config import VARIANTS
+    from .train import TrainConfig, load_config_file, train
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    given = {k: v for k, v in vars(args).items() if k in TrainConfig.fields()}
+    settings = load_config_file(args.config) if getattr(args, "config", None) else {}
+    settings.update(given)
+    explicit = set(settings)
+    for key in ("data", "output"):
+        if key not in settings:
+            raise CLIError(f"train needs --{key} (on the command line or in --config)")
+    variant = settings.get("variant")
+    if variant is not None and variant not in VARIANTS:
+        raise CLIError(f"unknown variant {variant!r}; choose one of: {', '.join(VARIANTS)}")
+    final = train(TrainConfig(**settings), explicit)
+    if final is not None:
+        print(f"final model: {final}")
+    return 0
+
+
+def add_train(sub: Any) -> None:
+    p = sub.add_parser(
+        "train",
+        help="pretrain an MAE on images (resumable, multi-GPU with torchrun)",
+        description="Pretrain an MAE with the paper's recipe. SOURCE is a folder of images, a "
+        ".tar/.tar.gz archive, or cifar10[:train] / tinyimagenet[:train]. Settings not given "
+        "come from --config, then the defaults; with --resume, from the checkpoint.",
+        argument_default=argparse.SUPPRESS,
+    )
+    p.add_argument("--data", metavar="SOURCE", help="training images")
+    p.add_argument("--output", metavar="DIR", help="run folder (checkpoints, metrics, final/)")
+    p.add_argument(
+        "--variant", help="model variant, e.g. mae_vit_tiny_patch4 (default mae_vit_base_patch16)"
+    )
+    p.add_argument(
+        "--img-size",
+        dest="img_size",
+        type=_positive_int,
+        help="image size (default: the variant's)",
+    )
+    p.add_argument("--epochs", type=_positive_int, help="length of the schedule (default 400)")
+    p.add_argument(
+        "--max-steps",
+        dest="max_steps",
+        type=_positive_int,
+        help="stop after this optimiser step; the schedule still follows --epochs",
+    )
+    p.add_argument(
+        "--batch-size", dest="batch_size", type=_positive_int, help="per process (default 64)"
+    )
+    p.add_argument(
+        "--accum-iter",
+        dest="accum_iter",
+        type=_positive_int,
+        help="gradient accumulation (default 1)",
+    )
+    p.add_argument(
+        "--blr", type=float, help="base lr; lr = blr x effective batch / 256 (default 1.5e-4)"
+    )
+    p.add_argument("--min-lr", dest="min_lr", type=float, help="end of the cosine (default 0)")
+    p.add_argument("--warmup-epochs", dest="warmup_epochs", type=float, help="default 40")
+    p.add_argument("--weight-decay", dest="weight_decay", type=float, help="default 0.05")
+    p.add_argument("--mask-ratio", dest="mask_ratio", type=float, help="default 0.75")
+    p.add_argument(
+        "--no-norm-pix-loss",
+        dest="norm_pix_loss",
+        action="store_false",
+        help="predict raw (normalised-image) pixels instead of per-patch-normalised ones",
+    )
+    p.add_argument(
+        "--clip-grad", dest="clip_grad", type=float, help="clip the gradient norm (default off)"
+    )
+    p.add_argument(
+        "--limit", type=_positive_int, help="train on an evenly strided subset of N images"
+    )
+    p.add_argument("--seed", type=int, help="default 0")
+    p.add_argument(
+        "--log-every",
+        dest="log_every",
+        type=_positive_int,
+        help="steps between log records (default 20)",
+    )
+    p.add_argument(
+        "--checkpoint-every",
+        dest="checkpoint_every",
+        type=_positive_int,
+        help="steps between checkpoints (default: once per epoch)",
+    )
+    p.add_argument(
+        "--keep-checkpoints", dest="keep_checkpoints", type=_positive_int, help="default 3"
+    )
+    p.add_argument(
+        "--panel-every",
+        dest="panel_every",
+        type=int,
+        help="epochs between reconstruction pictures in DIR/panels (0: never; default 10)",
+    )
+    p.add_argument(
+        "--resume",
+        metavar="auto|PATH",
+        help="continue from the newest valid checkpoint in DIR (auto) or PATH",
+    )
+    p.add_argument("--device", help="auto (default), cpu or cuda")
+    p.add_argument(
+        "--num-workers",
+        dest="num_workers",
+        type=int,
+        help="data loader processes (default min(8, cores))",
+    )
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--config", metavar="FILE", help="JSON or YAML file of these settings")
+    p.set_defaults(func=cmd_train)
+
+
 # -- the parser -------------------------------------------------------------------------
-SUBCOMMANDS: list[Callable[[Any], None]] = [add_info]
+SUBCOMMANDS: list[Callable[[Any], None]] = [add_info, add_train]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -172,7 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return int(args.func(args) or 0)
-    except (CLIError, CheckpointError, ValueError, FileNotFoundError) as e:
+    except (CLIError, CheckpointError, ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"mae: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,0 +1,425 @@
+"""Image data for pretraining and evaluation: folders, tar archives, named sources.
+
+`--data SOURCE` is one of
+- a folder of images, recursive; class subfolders give labels, a flat folder gives none;
+- a `.tar`, `.tar.gz` or `.tgz` archive of images, read in place (a compressed archive is
+  read into memory once: unpack very large ones);
+- `cifar10[:train|:test]` or `tinyimagenet[:train|:val]`: the archives of `shared/data/`,
+  unpacked once into `$MAE_DATA_DIR` (default `~/.cache/mae-hub/data`).
+
+Determinism: a sample's augmentation and its masking noise are drawn from a generator
+seeded by (seed, epoch, index) alone, and the order of an epoch from (seed, epoch), so a
+run sees the same batches whatever the number of loader workers or processes, and a
+resumed run continues exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import os
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchvision.transforms.v2.functional as TF
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset, Sampler
+
+from .config import MAEConfig
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+NAMED_SOURCES = {
+    "cifar10": ("cifar10.tar.gz", ("train", "test")),
+    "tinyimagenet": ("tinyimagenet200.tar.gz", ("train", "val")),
+}
+
+
+class DataError(ValueError):
+    """A data source that cannot be used; the message says why and what to do."""
+
+
+# ---------------------------------------------------------------------------------------
+# Indexing: a source becomes a list of records (where the bytes are, which label)
+# ---------------------------------------------------------------------------------------
+@dataclass
+class ImageIndex:
+    """Where each image is and its label (-1 when the source has no labels)."""
+
+    name: str
+    items: list[Any]  # paths, or (archive member) byte strings
+    labels: list[int]
+    classes: list[str] = field(default_factory=list)
+    unreadable: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "source": self.name,
+            "images": len(self),
+            "classes": len(self.classes),
+            "unreadable": len(self.unreadable),
+        }
+
+
+def open_rgb(item: Any) -> Image.Image:
+    """A path or bytes -> RGB PIL image (first frame; palette, alpha, CMYK, 16-bit, L -> RGB)."""
+    src = io.BytesIO(item) if isinstance(item, bytes | bytearray) else item
+    with Image.open(src) as img:
+        img.seek(0)
+        if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+            img = img.point(lambda v: v / 256).convert("L")  # 16-bit grey to 8-bit
+        return img.convert("RGB")
+
+
+def _readable(item: Any) -> bool:
+    """A cheap header check: Pillow can identify the file (no full decode)."""
+    try:
+        src = io.BytesIO(item) if isinstance(item, bytes | bytearray) else item
+        with Image.open(src) as img:
+            return img.size[0] > 0 and img.size[1] > 0
+    except (UnidentifiedImageError, OSError, ValueError):
+        return False
+
+
+def _finish(
+    name: str,
+    items: list[Any],
+    labels: list[int],
+    classes: list[str],
+    ids: list[str],
+    limit: int | None = None,
+) -> ImageIndex:
+    if limit and limit < len(items):  # subset before the header checks: they cost I/O
+        keep = [math.floor(i * len(items) / limit) for i in range(limit)]
+        items, labels, ids = ([seq[i] for i in keep] for seq in (items, labels, ids))
+        name = f"{name}[:{limit}]"
+    good, bad = [], []
+    for item, label, ident in zip(items, labels, ids, strict=True):
+        (good if _readable(item) else bad).append((item, label, ident))
+    if bad:
+        log.warning(
+            "%s: %d of %d files are not readable images, skipped (first: %s)",
+            name,
+            len(bad),
+            len(items),
+            bad[0][2],
+        )
+    if not good:
+        raise DataError(
+            f"{name}: none of its {len(items)} files is a readable image"
+            if items
+            else f"{name}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)})"
+        )
+    return ImageIndex(
+        name, [g[0] for g in good], [g[1] for g in good], classes, [b[2] for b in bad]
+    )
+
+
+def index_folder(root: str | Path, limit: int | None = None) -> ImageIndex:
+    """Images under `root`, recursively; the first folder level names the classes when
+    every image sits in one (a flat or mixed folder gives label -1)."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DataError(f"data folder {root} does not exist")
+    files = sorted(
+        p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+    )
+    tops = [p.relative_to(root).parts for p in files]
+    classes = sorted({t[0] for t in tops}) if tops and all(len(t) > 1 for t in tops) else []
+    lookup = {c: i for i, c in enumerate(classes)}
+    labels = [lookup[t[0]] if classes else -1 for t in tops]
+    return _finish(str(root), files, labels, classes, [str(f) for f in files], limit)
+
+
+def index_tar(path: str | Path, limit: int | None = None) -> ImageIndex:
+    """Images in a tar archive, read in place; class folders as in `index_folder`."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataError(f"archive {path} does not exist")
+    try:
+        with tarfile.open(path) as tar:
+            members = sorted(
+                (
+                    m
+                    for m in tar.getmembers()
+                    if m.isfile() and Path(m.name).suffix.lower() in IMAGE_EXTENSIONS
+                ),
+                key=lambda m: m.name,
+            )
+            blobs = [tar.extractfile(m).read() for m in members]  # type: ignore[union-attr]
+    except (tarfile.TarError, OSError, EOFError) as e:
+        raise DataError(f"cannot read archive {path}: {e}") from e
+    parts = [Path(m.name).parts for m in members]
+    classes = sorted({p[-2] for p in parts}) if parts and all(len(p) > 1 for p in parts) else []
+    lookup = {c: i for i, c in enumerate(classes)}
+    labels = [lookup[p[-2]] if classes else -1 for p in parts]
+    if len(classes) == 1:  # one folder holding everything is no labelling
+        classes, labels = [], [-1] * len(parts)
+    return _finish(str(path), blobs, labels, classes, [m.name for m in members], limit)
+
+
+# -- named sources ----------------------------------------------------------------------
+def data_dir() -> Path:
+    return Path(os.environ.get("MAE_DATA_DIR", "~/.cache/mae-hub/data")).expanduser()
+
+
+def _archive_dirs() -> list[Path]:
+    here = Path(__file__).resolve().parent.parent
+    dirs = [Path(os.environ["MAE_SHARED_DATA"])] if os.environ.get("MAE_SHARED_DATA") else []
+    dirs += [
+        here.parent / "shared" / "data",
+        Path.cwd().parent / "shared" / "data",
+        Path.cwd() / "shared" / "data",
+    ]
+    return list(dict.fromkeys(d.resolve() for d in dirs))
+
+
+def unpack_named(name: str) -> Path:
+    """The unpacked folder of a named source, unpacking its archive the first time."""
+    archive_name, _ = NAMED_SOURCES[name]
+    target = data_dir() / name
+    if (target / ".complete").is_file():
+        return target
+    candidates = [d / archive_name for d in _archive_dirs()]
+    archive = next((c for c in candidates if c.is_file()), None)
+    if archive is None:
+        raise DataError(
+            f"{name}: archive {archive_name} not found; put it in one of "
+            f"{', '.join(str(c.parent) for c in candidates)} (or set MAE_SHARED_DATA to its folder)"
+        )
+    log.info("unpacking %s into %s (once)", archive, target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    try:
+        with tarfile.open(archive) as tar:
+            tar.extractall(tmp, filter="data")
+        (tmp / ".complete").write_text(str(archive) + "\n")
+        if target.exists():  # a partial earlier attempt
+            shutil.rmtree(target)
+        tmp.rename(target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def _index_tinyimagenet(root: Path, split: str, limit: int | None) -> ImageIndex:
+    base = root / "tiny-imagenet-200"
+    wnids = (base / "wnids.txt").read_text().split()
+    lookup = {w: i for i, w in enumerate(sorted(wnids))}
+    if split == "train":
+        files = sorted((base / "train").glob("*/images/*.JPEG"))
+        labels = [lookup[f.parent.parent.name] for f in files]
+    else:
+        ann = dict(
+            line.split("\t")[:2]
+            for line in (base / "val" / "val_annotations.txt").read_text().splitlines()
+            if line.strip()
+        )
+        files = sorted((base / "val" / "images").glob("*.JPEG"))
+        labels = [lookup[ann[f.name]] for f in files]
+    return _finish(
+        f"tinyimagenet:{split}", files, labels, sorted(wnids), [str(f) for f in files], limit
+    )
+
+
+def index_source(source: str, limit: int | None = None) -> ImageIndex:
+    """Index `source` (see the module docstring); `limit` keeps an evenly strided subset."""
+    name, _, split = source.partition(":")
+    if name in NAMED_SOURCES:
+        splits = NAMED_SOURCES[name][1]
+        split = {"val": splits[1], "test": splits[1]}.get(split, split) or splits[0]
+        if split not in splits:
+            raise DataError(f"{name} has splits {' and '.join(splits)}, not {split!r}")
+        root = unpack_named(name)
+        if name == "tinyimagenet":
+            return _index_tinyimagenet(root, split, limit)
+        index = index_folder(root / split, limit)
+        index.name = index.name.replace(str(root / split), f"{name}:{split}")
+        return index
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return index_folder(path, limit)
+    if path.is_file() and (path.suffix in (".tar", ".tgz") or path.name.endswith(".tar.gz")):
+        return index_tar(path, limit)
+    if path.exists():
+        raise DataError(f"{source}: not a folder or a .tar/.tar.gz archive of images")
+    raise DataError(
+        f"data source {source!r} not found: not a folder, an archive, or one of "
+        f"{', '.join(NAMED_SOURCES)} (with :train/:test/:val)"
+    )
+
+
+def held_out_source(source: str) -> str | None:
+    """The held-out split of a named source (for panels and evaluation), else None."""
+    name = source.partition(":")[0]
+    return f"{name}:{NAMED_SOURCES[name][1][1]}" if name in NAMED_SOURCES else None
+
+
+# ---------------------------------------------------------------------------------------
+# Transforms and datasets
+# ---------------------------------------------------------------------------------------
+def sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:
+    """The generator of one sample's random draws: a pure function of its arguments."""
+    key = (seed * 1_000_003 + epoch) * 10_000_019 + index
+    return torch.Generator().manual_seed(key % (2**63 - 1))
+
+
+def random_resized_crop_box(
+    width: int,
+    height: int,
+    g: torch.Generator,
+    scale: tuple[float, float] = (0.2, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> tuple[int, int, int, int]:
+    """(top, left, h, w) as torchvision's RandomResizedCrop draws it, from generator `g`."""
+    area = width * height
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        u = torch.rand(3, generator=g).tolist()
+        target = area * (scale[0] + u[0] * (scale[1] - scale[0]))
+        aspect = math.exp(log_ratio[0] + u[1] * (log_ratio[1] - log_ratio[0]))
+        w = round(math.sqrt(target * aspect))
+        h = round(math.sqrt(target / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(u[2] * (height - h + 1))
+            left = int(torch.randint(0, width - w + 1, (1,), generator=g))
+            return top, left, h, w
+    # Fallback: the central crop at the nearest allowed aspect ratio.
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        w, h = width, round(width / ratio[0])
+    elif in_ratio > ratio[1]:
+        h, w = height, round(height * ratio[1])
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def _normalise(img: Image.Image, cfg: MAEConfig) -> torch.Tensor:
+    x = TF.to_dtype(TF.pil_to_tensor(img), torch.float32, scale=True)  # (3, H, W) in [0, 1]
+    return TF.normalize(x, list(cfg.mean), list(cfg.std))
+
+
+def train_transform(img: Image.Image, cfg: MAEConfig, g: torch.Generator) -> torch.Tensor:
+    """The paper's pretraining augmentation: RandomResizedCrop(scale 0.2-1, bicubic) and a
+    horizontal flip, then ImageNet normalisation. -> (3, img_size, img_size)."""
+    top, left, h, w = random_resized_crop_box(img.width, img.height, g)
+    img = TF.resized_crop(
+        img,
+        top,
+        left,
+        h,
+        w,
+        [cfg.img_size, cfg.img_size],
+        interpolation=TF.InterpolationMode.BICUBIC,
+        antialias=True,
+    )
+    if torch.rand(1, generator=g).item() < 0.5:
+        img = TF.horizontal_flip(img)
+    return _normalise(img, cfg)
+
+
+def eval_transform(img: Image.Image, cfg: MAEConfig) -> torch.Tensor:
+    """Resize the shorter side to img_size / crop_pct, centre-crop img_size, normalise."""
+    short = math.floor(cfg.img_size / cfg.crop_pct)
+    interp = TF.InterpolationMode(cfg.interpolation)
+    img = TF.resize(img, [short], interpolation=interp, antialias=True)
+    img = TF.center_crop(img, [cfg.img_size, cfg.img_size])
+    return _normalise(img, cfg)
+
+
+class PretrainDataset(Dataset):
+    """Item `(index, epoch)` -> (image (3, S, S), masking noise (L,), index).
+
+    Both the augmentation and the noise come from `sample_generator(seed, epoch, index)`.
+    """
+
+    def __init__(self, index: ImageIndex, cfg: MAEConfig, seed: int) -> None:
+        self.index, self.cfg, self.seed = index, cfg, seed
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, int]:
+        i, epoch = key
+        g = sample_generator(self.seed, epoch, i)
+        img = self._load(i)
+        x = train_transform(img, self.cfg, g)
+        noise = torch.rand(self.cfg.num_patches, generator=g)
+        return x, noise, i
+
+    def _load(self, i: int) -> Image.Image:
+        # A file that passed the header check but fails to decode is replaced by the next
+        # one, deterministically, so the run goes on and stays reproducible.
+        n = len(self.index)
+        for step in range(min(n, 16)):
+            j = (i + step) % n
+            try:
+                return open_rgb(self.index.items[j])
+            except (OSError, ValueError, UnidentifiedImageError) as e:
+                log.warning(
+                    "cannot decode image %d of %s (%s); using the next", j, self.index.name, e
+                )
+        raise DataError(f"{self.index.name}: 16 images in a row failed to decode near {i}")
+
+
+class EvalDataset(Dataset):
+    """Item i -> (image (3, S, S) with the eval transform, label)."""
+
+    def __init__(self, index: ImageIndex, cfg: MAEConfig) -> None:
+        self.index, self.cfg = index, cfg
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return eval_transform(open_rgb(self.index.items[i]), self.cfg), self.index.labels[i]
+
+
+class EpochSampler(Sampler):
+    """Yields `(index, epoch)` for one rank's share of an epoch, from batch `start_batch` on.
+
+    The epoch's order is a permutation seeded by (seed, epoch). Global batch b is
+    `order[b*B*W:(b+1)*B*W]` (B per rank, W ranks); rank r takes every W-th item of it, so
+    the global batch is the same whatever W is. Incomplete last batches are dropped.
+    """
+
+    def __init__(
+        self,
+        n: int,
+        batch_per_rank: int,
+        seed: int,
+        epoch: int,
+        rank: int = 0,
+        world: int = 1,
+        start_batch: int = 0,
+        num_batches: int | None = None,
+    ) -> None:
+        self.n, self.b, self.seed, self.epoch = n, batch_per_rank, seed, epoch
+        self.rank, self.world, self.start = rank, world, start_batch
+        full = n // (batch_per_rank * world)
+        self.batches = full if num_batches is None else min(full, num_batches)
+
+    def __len__(self) -> int:
+        return max(0, self.batches - self.start) * self.b
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(self.n, generator=g).tolist()
+        gb = self.b * self.world
+        for b in range(self.start, self.batches):
+            chunk = order[b * gb : (b + 1) * gb]
+            for i in chunk[self.rank :: self.world]:
+                yield i, self.epoch
