@@ -564,11 +564,11 @@ class Trainer:
                 batches = iter(self._loader(epoch, start))
                 t0, seen = time.perf_counter(), 0
                 while self.step < end and self.step // self.steps_per_epoch == epoch:
-                    loss, grad_norm = self._train_step(batches, autocast)
+                    loss, grad_norm, ok = self._train_step(batches, autocast)
                     seen += self.global_batch * cfg.accum_iter
                     self.step += 1
                     progress.update(1)
-                    if self.step % cfg.log_every == 0 or self.step == end:
+                    if ok and (self.step % cfg.log_every == 0 or self.step == end):
                         rate = seen / (time.perf_counter() - t0)
                         self._record(epoch, loss, grad_norm, rate, progress)
                         t0, seen = time.perf_counter(), 0
@@ -595,7 +595,8 @@ class Trainer:
             return None
         return self._finish(end)
 
-    def _train_step(self, batches: Any, autocast: Any) -> tuple[float, float]:
+    def _train_step(self, batches: Any, autocast: Any) -> tuple[float, float, bool]:
+        """One optimiser step over `accum_iter` micro-batches -> (loss, grad norm, applied)."""
         cfg = self.cfg
         lr = learning_rate(self.step, self.base_lr, cfg.min_lr, self.warmup_steps, self.total_steps)
         for group in self.optimizer.param_groups:
@@ -614,7 +615,8 @@ class Trainer:
             total += loss.item() / cfg.accum_iter
         max_norm = cfg.clip_grad if cfg.clip_grad else float("inf")
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
-        if math.isfinite(grad_norm) and math.isfinite(total):
+        ok = math.isfinite(grad_norm) and math.isfinite(total)
+        if ok:
             self.optimizer.step()
             self.bad_steps = 0
         else:
@@ -626,7 +628,14 @@ class Trainer:
                     total,
                     grad_norm,
                 )
-                self._log({"step": self.step + 1, "event": "skipped_non_finite", "loss": total})
+                self._log(
+                    {
+                        "step": self.step + 1,
+                        "event": "skipped_non_finite",
+                        "loss": str(total),
+                        "grad_norm": str(grad_norm),
+                    }
+                )
             if self.bad_steps >= cfg.max_bad_steps:
                 last = checkpoint_paths(self.output)
                 raise TrainingError(
@@ -635,7 +644,7 @@ class Trainer:
                     f"{last[0] if last else 'none'}. Try a lower --blr or --clip-grad 1.0"
                 )
         self.optimizer.zero_grad(set_to_none=True)
-        return self.dist.all_mean(total, self.device), grad_norm
+        return self.dist.all_mean(total, self.device), grad_norm, ok
 
     def _record(
         self, epoch: int, loss: float, grad_norm: float, rate: float, progress: Any

@@ -37,3 +37,11 @@ def tiny_model(tiny_cfg: MAEConfig) -> MaskedAutoencoder:
 @pytest.fixture
 def imgs() -> torch.Tensor:
     return torch.randn(3, 3, 32, 32)
+
+
+@pytest.fixture(scope="session")
+def cifar_folder(tmp_path_factory: pytest.TempPathFactory):
+    """300 real CIFAR-10 test JPEGs, 30 per class, in class folders."""
+    from tests.data_fixtures import extract_cifar_subset
+
+    return extract_cifar_subset(tmp_path_factory.mktemp("cifar300"), per_class=30)

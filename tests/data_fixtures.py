@@ -1,0 +1,30 @@
+"""Real images for the tests: a few hundred CIFAR-10 JPEGs taken from the shared archive."""
+
+from __future__ import annotations
+
+import tarfile
+from pathlib import Path
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+CIFAR_ARCHIVE = SHARED_DATA / "cifar10.tar.gz"
+
+
+def extract_cifar_subset(dest: Path, per_class: int, split: str = "test") -> Path:
+    """Extract the first `per_class` JPEGs of each CIFAR-10 class of `split` into
+    dest/<class>/; reads the archive as a stream and stops early (the test split is first)."""
+    wanted: dict[str, int] = {}
+    with tarfile.open(CIFAR_ARCHIVE) as tar:
+        for member in tar:
+            parts = Path(member.name).parts
+            if len(parts) != 3 or parts[0] != split or not member.isfile():
+                if wanted and parts[0] != split:
+                    break
+                continue
+            cls = parts[1]
+            if wanted.get(cls, 0) >= per_class:
+                continue
+            wanted[cls] = wanted.get(cls, 0) + 1
+            target = dest / cls / parts[2]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(tar.extractfile(member).read())  # type: ignore[union-attr]
+    return dest

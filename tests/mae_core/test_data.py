@@ -1,0 +1,184 @@
+"""Data sources, decoding, augmentation and the epoch sampler, on real CIFAR-10 JPEGs."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mae_core import variant_config
+from mae_core.data import (
+    DataError,
+    EpochSampler,
+    EvalDataset,
+    PretrainDataset,
+    index_folder,
+    index_source,
+    open_rgb,
+    random_resized_crop_box,
+    sample_generator,
+)
+
+CFG = variant_config("mae_vit_tiny_patch8", img_size=32)
+
+
+def test_folder_with_classes(cifar_folder: Path) -> None:
+    idx = index_folder(cifar_folder)
+    assert len(idx) == 300 and len(idx.classes) == 10
+    assert idx.classes[0] == "airplane" and sorted(set(idx.labels)) == list(range(10))
+    assert idx.labels.count(3) == 30
+
+
+def test_limit_is_an_even_subset(cifar_folder: Path) -> None:
+    idx = index_source(str(cifar_folder), limit=50)
+    assert len(idx) == 50 and len(set(idx.labels)) == 10  # strided: every class present
+
+
+def test_formats_and_modes_become_rgb(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    rgb = Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8))
+    variants = {
+        "grey.png": rgb.convert("L"),
+        "cmyk.jpg": rgb.convert("CMYK"),
+        "alpha.png": rgb.convert("RGBA"),
+        "palette.gif": rgb.convert("P"),
+        "photo.webp": rgb,
+        "photo.bmp": rgb,
+        "photo.tiff": rgb,
+        "deep.png": Image.fromarray((rng.integers(0, 65535, (20, 24))).astype(np.uint16)),
+    }
+    for name, img in variants.items():
+        img.save(tmp_path / name)
+    frames = [rgb, rgb.transpose(Image.Transpose.FLIP_LEFT_RIGHT)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    idx = index_folder(tmp_path)
+    assert len(idx) == 9 and idx.classes == [] and set(idx.labels) == {-1}
+    for item in idx.items:
+        img = open_rgb(item)
+        assert img.mode == "RGB" and img.size == (24, 20), item
+    deep = np.asarray(open_rgb(tmp_path / "deep.png"))
+    assert deep.max() > 128  # 16-bit values scaled into 8 bits, not clipped to 255 or 0
+
+
+def test_unreadable_files_are_counted_not_fatal(cifar_folder: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "mixed" / "cat"
+    bad.mkdir(parents=True)
+    for f in sorted((cifar_folder / "cat").iterdir())[:5]:
+        (bad / f.name).write_bytes(f.read_bytes())
+    (bad / "broken.jpg").write_bytes(b"not a jpeg at all")
+    (bad / "notes.txt").write_text("ignored: not an image extension")
+    idx = index_folder(tmp_path / "mixed")
+    assert len(idx) == 5 and len(idx.unreadable) == 1 and idx.summary()["unreadable"] == 1
+
+
+def test_bad_sources_are_named(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="not found"):
+        index_source(str(tmp_path / "missing"))
+    with pytest.raises(DataError, match="no images found"):
+        index_source(str(tmp_path))
+    (tmp_path / "a.jpg").write_bytes(b"junk")
+    with pytest.raises(DataError, match="none of its 1 files is a readable image"):
+        index_source(str(tmp_path))
+    with pytest.raises(DataError, match="cifar10 has splits train and test"):
+        index_source("cifar10:holdout")
+
+
+def test_tar_archives_read_in_place(cifar_folder: Path, tmp_path: Path) -> None:
+    for name, mode in (("imgs.tar", "w"), ("imgs.tar.gz", "w:gz")):
+        with tarfile.open(tmp_path / name, mode) as tar:
+            tar.add(cifar_folder, arcname="cifar")
+        idx = index_source(str(tmp_path / name))
+        assert len(idx) == 300 and len(idx.classes) == 10
+        assert open_rgb(idx.items[0]).size == (32, 32)
+    with pytest.raises(DataError, match="cannot read archive"):
+        (tmp_path / "bad.tar").write_bytes(b"x" * 1000)
+        index_source(str(tmp_path / "bad.tar"))
+
+
+def test_missing_archive_names_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MAE_DATA_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("MAE_SHARED_DATA", str(tmp_path / "nowhere"))
+    monkeypatch.chdir(tmp_path)
+    import mae_core.data as data
+
+    monkeypatch.setattr(data, "_archive_dirs", lambda: [tmp_path / "nowhere"])
+    with pytest.raises(DataError, match=r"archive tinyimagenet200\.tar\.gz not found; put it in"):
+        index_source("tinyimagenet")
+
+
+def test_named_cifar10_unpacks_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MAE_DATA_DIR", str(tmp_path))
+    idx = index_source("cifar10:test", limit=100)
+    assert idx.name == "cifar10:test[:100]" and len(idx.classes) == 10
+    assert (tmp_path / "cifar10" / ".complete").is_file()
+    assert len(list((tmp_path / "cifar10" / "train").rglob("*.jpg"))) == 50_000
+    mtime = (tmp_path / "cifar10" / ".complete").stat().st_mtime
+    assert len(index_source("cifar10:val", limit=10)) == 10  # val is an alias of test
+    assert (tmp_path / "cifar10" / ".complete").stat().st_mtime == mtime
+
+
+def test_crop_box_stays_inside_and_is_seeded() -> None:
+    for i in range(200):
+        g = sample_generator(0, 0, i)
+        top, left, h, w = random_resized_crop_box(40, 30, g)
+        assert top >= 0 and top + h <= 30 and left >= 0 and left + w <= 40
+        assert 0.2 * 1200 * 0.5 <= h * w <= 1200
+    a = random_resized_crop_box(64, 64, sample_generator(1, 2, 3))
+    assert a == random_resized_crop_box(64, 64, sample_generator(1, 2, 3))
+
+
+def test_sample_is_a_pure_function_of_seed_epoch_index(cifar_folder: Path) -> None:
+    ds = PretrainDataset(index_folder(cifar_folder), CFG, seed=5)
+    x1, n1, _ = ds[(7, 2)]
+    ds[(8, 2)]  # other draws in between change nothing
+    x2, n2, _ = ds[(7, 2)]
+    assert torch.equal(x1, x2) and torch.equal(n1, n2)
+    assert x1.shape == (3, 32, 32) and n1.shape == (16,)
+    x3, _, _ = ds[(7, 3)]
+    assert not torch.equal(x1, x3)  # a new epoch, a new crop
+
+
+def test_eval_dataset_is_centre_crop(cifar_folder: Path) -> None:
+    cfg64 = variant_config("mae_vit_tiny_patch8")  # 64 px: CIFAR upscaled
+    x, label = EvalDataset(index_folder(cifar_folder), cfg64)[31]
+    assert x.shape == (3, 64, 64) and label == 1
+
+
+def test_sampler_global_batches_do_not_depend_on_world_size() -> None:
+    single = list(EpochSampler(100, 8, seed=1, epoch=0))
+    assert len(single) == 96 and len({i for i, _ in single}) == 96
+    two = [list(EpochSampler(100, 4, seed=1, epoch=0, rank=r, world=2)) for r in range(2)]
+    for b in range(12):
+        merged = {i for r in range(2) for i, _ in two[r][b * 4 : (b + 1) * 4]}
+        assert merged == {i for i, _ in single[b * 8 : (b + 1) * 8]}
+    resumed = list(EpochSampler(100, 8, seed=1, epoch=0, start_batch=5))
+    assert resumed == single[40:]
+    assert list(EpochSampler(100, 8, seed=1, epoch=1)) != single
+    assert len(list(EpochSampler(100, 8, seed=1, epoch=0, num_batches=4))) == 32
+
+
+def test_loader_workers_do_not_change_batches(cifar_folder: Path) -> None:
+    ds = PretrainDataset(index_folder(cifar_folder), CFG, seed=0)
+    batches = []
+    for workers in (0, 2):
+        loader = torch.utils.data.DataLoader(
+            ds,
+            batch_size=16,
+            sampler=EpochSampler(len(ds), 16, 0, 0, num_batches=3),
+            num_workers=workers,
+        )
+        batches.append([(x, n, i) for x, n, i in loader])
+    for (xa, na, ia), (xb, nb, ib) in zip(*batches, strict=True):
+        assert torch.equal(ia, ib) and torch.equal(xa, xb) and torch.equal(na, nb)
+
+
+def test_bytes_and_paths_decode_alike(cifar_folder: Path) -> None:
+    path = sorted((cifar_folder / "dog").iterdir())[0]
+    a = np.asarray(open_rgb(path))
+    b = np.asarray(open_rgb(io.BytesIO(path.read_bytes()).getvalue()))
+    assert np.array_equal(a, b)
