@@ -1,11 +1,10 @@
-"""Model throughput against the peers, same weights, same inputs, same process.
+"""Feature-extraction throughput against the peers, same weights, inputs and process.
 
-Training step (forward + backward at mask ratio 0.75): mae_core vs transformers'
-ViTMAEForPreTraining. Feature extraction (no masking): mae_core vs timm's ViT loaded from
-our `save_pretrained` folder vs transformers' ViTMAEModel at mask ratio 0.
+mae_core `forward_features` (no masking) vs timm's ViT loaded from our `save_pretrained`
+folder vs transformers' ViTMAEModel at mask ratio 0. (Training: bench/pretrain.py.)
 
-    .venv/bin/python bench/bench_model.py --variant mae_vit_tiny_patch8 --batch 64
-    .venv/bin/python bench/bench_model.py --variant mae_vit_base_patch16 --batch 128 --device cuda
+    .venv/bin/python bench/features.py --variant mae_vit_tiny_patch8 --batch 64
+    .venv/bin/python bench/features.py --variant mae_vit_base_patch16 --batch 128 --device cuda
 
 Prints a Markdown table: images/s of each, and each peer's time over ours (a ratio above 1
 means we are faster).
@@ -80,31 +79,13 @@ def main() -> None:
         vit = timm.create_model(f"local-dir:{d}/ours", pretrained=True)
     hf_feat = ViTMAEForPreTraining(hf_config(ours.config, 0.0)).vit
     hf_feat.load_state_dict(hf.vit.state_dict())
-    for m in (hf, ours, vit, hf_feat):
+    for m in (ours, vit, hf_feat):
         m.to(dev)
 
     cfg = ours.config
     x = torch.randn(args.batch, 3, cfg.img_size, cfg.img_size, device=dev)
-    noise = torch.rand(args.batch, cfg.num_patches, device=dev)
 
-    def train_ours() -> None:
-        ours.zero_grad(set_to_none=True)
-        ours(x, mask_ratio=0.75, noise=noise).loss.backward()
-
-    def train_hf() -> None:
-        hf.zero_grad(set_to_none=True)
-        hf(pixel_values=x, noise=noise).loss.backward()
-
-    ours.train()
-    hf.train()
-    rows = [
-        (
-            "train step, mask 0.75",
-            "transformers ViTMAEForPreTraining",
-            timed(train_ours, args.steps, args.warmup, dev),
-            timed(train_hf, args.steps, args.warmup, dev),
-        )
-    ]
+    rows = []
     for m in (ours, vit, hf_feat):
         m.eval()
     with torch.inference_mode():

@@ -1,0 +1,161 @@
+"""Training-step throughput: mae_core vs transformers' ViTMAEForPreTraining.
+
+Same configuration, same initial weights, same batch, same masking noise, same optimiser
+(AdamW 0.9/0.95, the recipe's weight-decay groups), in one process. On CUDA both run under
+bf16 autocast and the model FLOPs utilisation (MFU) is reported against the device's
+measured bf16 matmul peak (an 8192^3 GEMM), not a datasheet number.
+
+    .venv/bin/python bench/pretrain.py --variant mae_vit_tiny_patch8 --batch 64
+    .venv/bin/python bench/pretrain.py --variant mae_vit_base_patch16 --batch 256 --device cuda
+
+Prints a Markdown table; the last column is transformers' time over ours (above 1: we are
+faster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+
+import torch
+from transformers import ViTMAEConfig, ViTMAEForPreTraining
+
+import mae_core
+from mae_core.train import param_groups
+
+
+def hf_config(cfg: mae_core.MAEConfig) -> ViTMAEConfig:
+    return ViTMAEConfig(
+        image_size=cfg.img_size,
+        patch_size=cfg.patch_size,
+        num_channels=cfg.in_chans,
+        hidden_size=cfg.embed_dim,
+        num_hidden_layers=cfg.depth,
+        num_attention_heads=cfg.num_heads,
+        intermediate_size=int(cfg.embed_dim * cfg.mlp_ratio),
+        decoder_hidden_size=cfg.decoder_embed_dim,
+        decoder_num_hidden_layers=cfg.decoder_depth,
+        decoder_num_attention_heads=cfg.decoder_num_heads,
+        decoder_intermediate_size=int(cfg.decoder_embed_dim * cfg.mlp_ratio),
+        norm_pix_loss=cfg.norm_pix_loss,
+        mask_ratio=cfg.mask_ratio,
+        layer_norm_eps=1e-6,
+    )
+
+
+def step_flops(cfg: mae_core.MAEConfig, batch: int) -> float:
+    """Matmul FLOPs of one training step (forward x 3), counted from the shapes."""
+    L, keep = cfg.num_patches, int(cfg.num_patches * (1 - cfg.mask_ratio))
+
+    def blocks(tokens: int, dim: int, depth: int) -> float:
+        dense = 2 * tokens * dim * dim * (4 + 2 * cfg.mlp_ratio)  # qkv, proj, mlp
+        attn = 2 * 2 * tokens * tokens * dim  # scores and weighted sum
+        return depth * (dense + attn)
+
+    fwd = (
+        2 * L * cfg.embed_dim * cfg.patch_size**2 * cfg.in_chans  # patch embedding
+        + blocks(1 + keep, cfg.embed_dim, cfg.depth)
+        + 2 * (1 + keep) * cfg.embed_dim * cfg.decoder_embed_dim
+        + blocks(1 + L, cfg.decoder_embed_dim, cfg.decoder_depth)
+        + 2 * (1 + L) * cfg.decoder_embed_dim * cfg.patch_size**2 * cfg.in_chans
+    )
+    return 3 * fwd * batch
+
+
+def bf16_peak(device: str) -> float:
+    n = 8192
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(20):
+        a @ b
+    torch.cuda.synchronize()
+    return 2 * n**3 * 20 / (time.perf_counter() - t0)
+
+
+def timed(fn: Callable[[], object], steps: int, warmup: int, device: str) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(steps):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--variant", default="mae_vit_tiny_patch8")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = ap.parse_args()
+    dev = args.device
+
+    torch.manual_seed(0)
+    hf = ViTMAEForPreTraining(hf_config(mae_core.variant_config(args.variant)))
+    with tempfile.TemporaryDirectory() as d:
+        hf.save_pretrained(d)
+        ours = mae_core.load_model(d)
+    hf.to(dev).train()
+    ours.to(dev).train()
+    cfg = ours.config
+    x = torch.randn(args.batch, 3, cfg.img_size, cfg.img_size, device=dev)
+    noise = torch.rand(args.batch, cfg.num_patches, device=dev)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev == "cuda")
+
+    def stepper(model: torch.nn.Module, loss_of: Callable[[], torch.Tensor]) -> Callable[[], None]:
+        opt = torch.optim.AdamW(param_groups(model, 0.05), lr=1e-4, betas=(0.9, 0.95))
+
+        def step() -> None:
+            opt.zero_grad(set_to_none=True)
+            with autocast:
+                loss = loss_of()
+            loss.backward()
+            opt.step()
+
+        return step
+
+    t_ours = timed(
+        stepper(ours, lambda: ours(x, mask_ratio=0.75, noise=noise).loss),
+        args.steps,
+        args.warmup,
+        dev,
+    )
+    t_hf = timed(
+        stepper(hf, lambda: hf(pixel_values=x, noise=noise).loss), args.steps, args.warmup, dev
+    )
+
+    flops = step_flops(cfg, args.batch)
+    if dev == "cuda":
+        peak = bf16_peak(dev)
+        name = f"{torch.cuda.get_device_name()}, bf16 autocast, measured bf16 peak {peak / 1e12:.0f} TFLOP/s"
+    else:
+        peak, name = None, f"CPU, {torch.get_num_threads()} threads, fp32"
+    print(
+        f"{args.variant}, {cfg.img_size} px, batch {args.batch}, {name}, torch "
+        f"{torch.__version__}, median of {args.steps} steps after {args.warmup} warm-up"
+    )
+    print("| implementation | img/s | TFLOP/s | MFU | transformers time / ours |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for label, t in (("mae_core", t_ours), ("transformers ViTMAEForPreTraining", t_hf)):
+        mfu = f"{flops / t / peak:.1%}" if peak else "-"
+        print(
+            f"| {label} | {args.batch / t:.0f} | {flops / t / 1e12:.2f} | {mfu} | {t_hf / t:.2f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
