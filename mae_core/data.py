@@ -2,8 +2,11 @@
 
 `--data SOURCE` is one of
 - a folder of images, recursive; class subfolders give labels, a flat folder gives none;
-- a `.tar`, `.tar.gz` or `.tgz` archive of images, read in place (a compressed archive is
-  read into memory once: unpack very large ones);
+- a `.tar`, `.tar.gz` or `.tgz` archive of images, read in place (an uncompressed archive
+  by offset, a compressed one into memory once: unpack very large ones);
+- WebDataset shards, `shards-{000000..000099}.tar`: uncompressed tars whose samples share a
+  key (`0001.jpg` + `0001.cls`); the label is the integer in the `.cls` member, if any.
+  Read by offset, so samples are addressed by index like any other source;
 - `cifar10[:train|:test]` or `tinyimagenet[:train|:val]`: the archives of `shared/data/`,
   unpacked once into `$MAE_DATA_DIR` (default `~/.cache/mae-hub/data`).
 
@@ -72,10 +75,30 @@ class ImageIndex:
         }
 
 
+@dataclass(frozen=True)
+class TarMember:
+    """An image inside an uncompressed tar, read by offset (no unpacking)."""
+
+    archive: str
+    offset: int
+    size: int
+
+    def read(self) -> bytes:
+        with open(self.archive, "rb") as f:
+            f.seek(self.offset)
+            return f.read(self.size)
+
+
+def _source(item: Any) -> Any:
+    if isinstance(item, TarMember):
+        return io.BytesIO(item.read())
+    return io.BytesIO(item) if isinstance(item, bytes | bytearray) else item
+
+
 def open_rgb(item: Any) -> Image.Image:
-    """A path or bytes -> RGB PIL image (first frame; palette, alpha, CMYK, 16-bit, L -> RGB)."""
-    src = io.BytesIO(item) if isinstance(item, bytes | bytearray) else item
-    with Image.open(src) as img:
+    """A path, bytes or TarMember -> RGB PIL image (first frame; palette, alpha, CMYK,
+    16-bit and grey -> RGB)."""
+    with Image.open(_source(item)) as img:
         img.seek(0)
         if img.mode in ("I;16", "I;16B", "I;16L", "I"):
             img = img.point(lambda v: v / 256).convert("L")  # 16-bit grey to 8-bit
@@ -85,8 +108,7 @@ def open_rgb(item: Any) -> Image.Image:
 def _readable(item: Any) -> bool:
     """A cheap header check: Pillow can identify the file (no full decode)."""
     try:
-        src = io.BytesIO(item) if isinstance(item, bytes | bytearray) else item
-        with Image.open(src) as img:
+        with Image.open(_source(item)) as img:
             return img.size[0] > 0 and img.size[1] > 0
     except (UnidentifiedImageError, OSError, ValueError):
         return False
@@ -142,31 +164,68 @@ def index_folder(root: str | Path, limit: int | None = None) -> ImageIndex:
     return _finish(str(root), files, labels, classes, [str(f) for f in files], limit)
 
 
+def _tar_entries(path: Path) -> list[tuple[str, Any, bytes | None]]:
+    """(member name, image item, .cls bytes or None) for each image in one tar."""
+    try:
+        with tarfile.open(path) as tar:
+            compressed = tar.fileobj is not None and not isinstance(tar.fileobj, io.BufferedReader)
+            members = [m for m in tar.getmembers() if m.isfile()]
+            by_key = {m.name: m for m in members}
+            out = []
+            for m in sorted(members, key=lambda m: m.name):
+                stem, ext = os.path.splitext(m.name)
+                if ext.lower() not in IMAGE_EXTENSIONS:
+                    continue
+                if compressed:
+                    item: Any = tar.extractfile(m).read()  # type: ignore[union-attr]
+                else:
+                    item = TarMember(str(path), m.offset_data, m.size)
+                cls = by_key.get(stem + ".cls")
+                label = tar.extractfile(cls).read() if cls else None  # type: ignore[union-attr]
+                out.append((m.name, item, label))
+            return out
+    except (tarfile.TarError, OSError, EOFError) as e:
+        raise DataError(f"cannot read archive {path}: {e}") from e
+
+
 def index_tar(path: str | Path, limit: int | None = None) -> ImageIndex:
     """Images in a tar archive, read in place; class folders as in `index_folder`."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise DataError(f"archive {path} does not exist")
-    try:
-        with tarfile.open(path) as tar:
-            members = sorted(
-                (
-                    m
-                    for m in tar.getmembers()
-                    if m.isfile() and Path(m.name).suffix.lower() in IMAGE_EXTENSIONS
-                ),
-                key=lambda m: m.name,
-            )
-            blobs = [tar.extractfile(m).read() for m in members]  # type: ignore[union-attr]
-    except (tarfile.TarError, OSError, EOFError) as e:
-        raise DataError(f"cannot read archive {path}: {e}") from e
-    parts = [Path(m.name).parts for m in members]
+    entries = _tar_entries(path)
+    parts = [Path(name).parts for name, _, _ in entries]
     classes = sorted({p[-2] for p in parts}) if parts and all(len(p) > 1 for p in parts) else []
+    if len(classes) == 1:  # one folder holding everything is no labelling
+        classes = []
     lookup = {c: i for i, c in enumerate(classes)}
     labels = [lookup[p[-2]] if classes else -1 for p in parts]
-    if len(classes) == 1:  # one folder holding everything is no labelling
-        classes, labels = [], [-1] * len(parts)
-    return _finish(str(path), blobs, labels, classes, [m.name for m in members], limit)
+    return _finish(
+        str(path), [e[1] for e in entries], labels, classes, [e[0] for e in entries], limit
+    )
+
+
+def index_shards(pattern: str, limit: int | None = None) -> ImageIndex:
+    """WebDataset shards (`dir/shard-{000000..000009}.tar`), each read by offset."""
+    from braceexpand import braceexpand
+
+    paths = [Path(p).expanduser() for p in braceexpand(pattern)]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise DataError(
+            f"{len(missing)} of {len(paths)} shards of {pattern} are missing (first: {missing[0]})"
+        )
+    items, labels, ids = [], [], []
+    for path in paths:
+        for name, item, cls in _tar_entries(path):
+            items.append(item)
+            ids.append(f"{path.name}:{name}")
+            try:
+                labels.append(int(cls.decode().strip()) if cls else -1)
+            except ValueError as e:
+                raise DataError(f"{path}: {name} has a .cls member that is not an integer") from e
+    classes = [str(c) for c in sorted(set(labels))] if -1 not in labels else []
+    return _finish(pattern, items, labels, classes, ids, limit)
 
 
 # -- named sources ----------------------------------------------------------------------
@@ -248,6 +307,8 @@ def index_source(source: str, limit: int | None = None) -> ImageIndex:
         index = index_folder(root / split, limit)
         index.name = index.name.replace(str(root / split), f"{name}:{split}")
         return index
+    if "{" in source and ".tar" in source:
+        return index_shards(source, limit)
     path = Path(source).expanduser()
     if path.is_dir():
         return index_folder(path, limit)

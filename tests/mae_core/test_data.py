@@ -182,3 +182,32 @@ def test_bytes_and_paths_decode_alike(cifar_folder: Path) -> None:
     a = np.asarray(open_rgb(path))
     b = np.asarray(open_rgb(io.BytesIO(path.read_bytes()).getvalue()))
     assert np.array_equal(a, b)
+
+
+def test_plain_tar_is_read_by_offset(cifar_folder: Path, tmp_path: Path) -> None:
+    from mae_core.data import TarMember
+
+    with tarfile.open(tmp_path / "imgs.tar", "w") as tar:
+        tar.add(cifar_folder / "ship", arcname="ship")
+    idx = index_source(str(tmp_path / "imgs.tar"))
+    assert all(isinstance(i, TarMember) for i in idx.items)
+    first = sorted((cifar_folder / "ship").iterdir())[0]
+    assert idx.items[0].read() == first.read_bytes()
+
+
+def test_webdataset_shards_with_labels(cifar_folder: Path, tmp_path: Path) -> None:
+    files = sorted(cifar_folder.rglob("*.jpg"))[:40]
+    for shard in range(4):
+        with tarfile.open(tmp_path / f"shard-{shard:06d}.tar", "w") as tar:
+            for k, f in enumerate(files[shard * 10 : (shard + 1) * 10]):
+                key = f"{shard:02d}{k:04d}"
+                tar.add(f, arcname=f"{key}.jpg")
+                label = str(["airplane", "automobile"].index(f.parent.name)).encode()
+                info = tarfile.TarInfo(f"{key}.cls")
+                info.size = len(label)
+                tar.addfile(info, io.BytesIO(label))
+    idx = index_source(str(tmp_path / "shard-{000000..000003}.tar"))
+    assert len(idx) == 40 and idx.labels[:3] == [0, 0, 0] and idx.labels[-1] == 1
+    assert np.asarray(open_rgb(idx.items[0])).shape == (32, 32, 3)
+    with pytest.raises(DataError, match="1 of 5 shards"):
+        index_source(str(tmp_path / "shard-{000000..000004}.tar"))
