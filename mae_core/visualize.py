@@ -1,0 +1,201 @@
+"""Reconstruction panels: original | masked | reconstruction | reconstruction + visible.
+
+A norm-pix model predicts each hidden patch up to its own mean and variance, which the
+picture cannot know without peeking at the hidden pixels. Using the hidden patch's true
+statistics leaks the answer; one global mean/std washes every patch out. Here each hidden
+patch's mean/std is interpolated from its nearest visible patches (`interpolate_patch_stats`),
+so the picture is made from the visible pixels and the decoder's output alone.
+"""
+
+from __future__ import annotations
+
+import math
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from .masking import check_mask_ratio, num_visible
+from .model import MaskedAutoencoder
+
+GREY = 128  # fill of hidden patches in the `masked` panel
+LABELS = ("original", "masked", "reconstruction", "reconstruction + visible")
+NEIGHBOURS = 4
+
+
+@dataclass(eq=False)
+class Panels:
+    """Pictures (uint8, (H, W, 3)) and per-patch facts (L = number of patches)."""
+
+    original: np.ndarray
+    masked: np.ndarray  # hidden patches filled with GREY
+    reconstruction: np.ndarray  # every patch as the decoder predicts it
+    pasted: np.ndarray  # reconstruction with the visible patches' original pixels
+    mask: np.ndarray  # (L,) uint8, 1 = hidden
+    patch_error: np.ndarray  # (L,) float32 MSE per patch in the loss space
+    loss: float  # the model's loss (mean patch_error over hidden patches)
+    mask_ratio: float
+    seed: int
+    caption: str
+
+
+def interpolate_patch_stats(
+    values: torch.Tensor, mask: torch.Tensor, grid_size: tuple[int, int], k: int = NEIGHBOURS
+) -> torch.Tensor:
+    """Replace the hidden entries of `values` by inverse-distance-weighted means of visible ones.
+
+    values: (L, *) per-patch statistics in row-major grid order; mask: (L,) 1 = hidden;
+    grid_size: (h, w) with h * w = L. Each hidden patch gets sum(v_j / d_j) / sum(1 / d_j)
+    over its `k` nearest visible patches j (Euclidean distance d_j on the grid, ties broken
+    by patch index). Visible entries come back unchanged. Returns a new (L, *) tensor.
+    """
+    h, w = grid_size
+    hidden = mask.reshape(-1).bool().to(values.device)
+    if hidden.numel() != h * w or values.shape[0] != h * w:
+        raise ValueError(f"values {tuple(values.shape)} and mask must have h*w = {h * w} rows")
+    if bool(hidden.all()):
+        raise ValueError("no visible patch to interpolate from")
+    rows, cols = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    pos = torch.stack([rows.flatten(), cols.flatten()], dim=1).to(values.device, torch.float64)
+    vis_idx, hid_idx = (~hidden).nonzero().flatten(), hidden.nonzero().flatten()
+    out = values.clone()
+    if hid_idx.numel() == 0:
+        return out
+    dist = torch.cdist(pos[hid_idx], pos[vis_idx])  # (n_hidden, n_visible), all >= 1
+    # A stable sort makes the choice among equally distant neighbours deterministic.
+    near_d, near = dist.sort(dim=1, stable=True)
+    kk = min(k, vis_idx.numel())
+    weights = 1.0 / near_d[:, :kk]  # (n_hidden, kk)
+    weights = weights / weights.sum(dim=1, keepdim=True)
+    neighbour_vals = values[vis_idx[near[:, :kk]]].to(torch.float64)  # (n_hidden, kk, *)
+    weights = weights.reshape(*weights.shape, *([1] * (values.ndim - 1)))
+    out[hid_idx] = (weights * neighbour_vals).sum(dim=1).to(values.dtype)
+    return out
+
+
+def preprocess(image: Image.Image, model: MaskedAutoencoder) -> torch.Tensor:
+    """PIL image (any mode) -> normalised (3, S, S), S = img_size: shorter side resized to S
+    (bicubic), centre crop."""
+    cfg = model.config
+    size = cfg.img_size
+    image = image.convert("RGB")
+    scale = size / min(image.size)
+    new = (max(size, round(image.width * scale)), max(size, round(image.height * scale)))
+    image = image.resize(new, Image.Resampling.BICUBIC)
+    left, top = (new[0] - size) // 2, (new[1] - size) // 2
+    image = image.crop((left, top, left + size, top + size))
+    x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    mean, std = torch.tensor(cfg.mean)[:, None, None], torch.tensor(cfg.std)[:, None, None]
+    return (x - mean) / std
+
+
+def _to_uint8(imgs: torch.Tensor, model: MaskedAutoencoder) -> np.ndarray:
+    """Normalised (1, 3, H, W) -> (H, W, 3) uint8."""
+    mean = torch.tensor(model.config.mean)[:, None, None]
+    std = torch.tensor(model.config.std)[:, None, None]
+    x = (imgs[0].float().cpu() * std + mean).clamp(0.0, 1.0)
+    return (x * 255.0).round().to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+def reconstruction_panels(
+    model: MaskedAutoencoder,
+    image: Image.Image | torch.Tensor,
+    mask_ratio: float = 0.75,
+    seed: int = 0,
+) -> Panels:
+    """Mask `image`, reconstruct it with `model` and return the four pictures.
+
+    image: a PIL image (resized and cropped to the model's size), or an already normalised
+    float tensor (3, H, W) with H, W multiples of the patch size. Same seed -> same mask.
+    """
+    if not model.has_decoder:
+        raise ValueError("reconstruction panels need the MAE decoder; this model has none")
+    ratio = check_mask_ratio(mask_ratio)
+    imgs = image if isinstance(image, torch.Tensor) else preprocess(image, model)
+    if imgs.ndim != 3:
+        raise ValueError(f"image tensor must have shape (3, H, W), got {tuple(imgs.shape)}")
+    imgs = imgs[None].float()  # (1, 3, H, W)
+    grid = model.check_images(imgs)
+    length = grid[0] * grid[1]
+    if num_visible(length, ratio) == 0:
+        raise ValueError(f"mask_ratio {ratio} leaves no visible patch out of {length}")
+
+    param = next(model.parameters())
+    generator = torch.Generator().manual_seed(seed)  # CPU: same mask on any device
+    with torch.inference_mode():
+        out = model(imgs.to(param.device, param.dtype), mask_ratio=ratio, generator=generator)
+        pred = out.pred[0].float().cpu()  # (L, p*p*3)
+        mask = out.mask[0].cpu()  # (L,)
+        target = model.patch_targets(imgs)[0]  # (L, p*p*3), CPU float32
+        patch_error = ((pred - target) ** 2).mean(dim=-1)  # (L,)
+        if model.config.norm_pix_loss:
+            pix = model.patchify(imgs)[0]  # (L, p*p*3) normalised-image space
+            # The statistics patch_targets divided out: unbiased var + 1e-6, as in training.
+            stats = torch.stack([pix.mean(-1), (pix.var(-1) + 1.0e-6).sqrt()], dim=1)  # (L, 2)
+            stats = interpolate_patch_stats(stats, mask, grid)
+            pred = pred * stats[:, 1:] + stats[:, :1]
+        recon = model.unpatchify(pred[None], grid)  # (1, 3, H, W)
+
+    original, reconstruction = _to_uint8(imgs, model), _to_uint8(recon, model)
+    p = model.patch_size
+    # (H, W) hidden-pixel map from the (L,) mask, to paint and paste whole patches.
+    hidden = mask.reshape(grid).bool().numpy().repeat(p, 0).repeat(p, 1)
+    masked, pasted = original.copy(), reconstruction.copy()
+    masked[hidden] = GREY
+    pasted[~hidden] = original[~hidden]
+
+    n_hidden = int(mask.sum())
+    how = (
+        f"hidden patches' mean/std interpolated from the {NEIGHBOURS} nearest visible patches "
+        "(inverse-distance weights); no hidden pixel used"
+        if model.config.norm_pix_loss
+        else "pixel-target model: decoder output shown as is"
+    )
+    caption = f"{n_hidden}/{length} patches hidden (mask ratio {ratio:g}, seed {seed}); {how}"
+    return Panels(
+        original=original,
+        masked=masked,
+        reconstruction=reconstruction,
+        pasted=pasted,
+        mask=mask.to(torch.uint8).numpy(),
+        patch_error=patch_error.numpy().astype(np.float32),
+        loss=float(out.loss),
+        mask_ratio=ratio,
+        seed=seed,
+        caption=caption,
+    )
+
+
+def panels_figure(panels: Panels, labels: bool = True, min_width: int = 256) -> Image.Image:
+    """The four panels side by side, each upscaled (nearest) to at least `min_width` px so
+    that 32-64 px models stay legible; with `labels`, a title above each and the caption
+    below."""
+    pictures = [panels.original, panels.masked, panels.reconstruction, panels.pasted]
+    h, w = pictures[0].shape[:2]
+    scale = max(1, math.ceil(min_width / w))
+    gap, band = 8, (20 if labels else 0)
+    pw, ph = w * scale, h * scale
+    width = 4 * pw + 5 * gap
+    caption = textwrap.wrap(panels.caption, width=max(20, width // 7)) if labels else []
+    height = gap + band + ph + gap + 14 * len(caption) + (gap if caption else 0)
+    fig = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(fig)
+    for i, (pic, label) in enumerate(zip(pictures, LABELS, strict=True)):
+        x = gap + i * (pw + gap)
+        fig.paste(Image.fromarray(pic).resize((pw, ph), Image.Resampling.NEAREST), (x, gap + band))
+        if labels:
+            draw.text((x, gap + 4), label, fill="black")
+    for j, line in enumerate(caption):
+        draw.text((gap, gap + band + ph + gap + 14 * j), line, fill="black")
+    return fig
+
+
+def save_panels(panels: Panels, path: str | Path, labels: bool = True) -> Path:
+    """Write `panels_figure(panels)` as a PNG (parent folders created); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    panels_figure(panels, labels=labels).save(path, format="PNG")
+    return path
