@@ -1,0 +1,183 @@
+"""Frozen-feature evaluation: weighted k-NN against a brute-force reference, the linear probe
+on separable features, and `evaluate_model` on real CIFAR-10 JPEGs with its baseline."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from mae_core import MaskedAutoencoder
+from mae_core.data import EvalDataset, index_folder
+from mae_core.evaluate import (
+    evaluate_model,
+    extract_features,
+    extract_pooled,
+    format_table,
+    knn_classify,
+    knn_votes,
+    linear_probe,
+)
+
+
+def clusters(
+    n_per: int, classes: int, dim: int, spread: float, seed: int, draw: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gaussian blobs around random unit centres (fixed by `seed`; `draw` picks the sample):
+    features (N, D), labels (N,)."""
+    centres = torch.nn.functional.normalize(
+        torch.randn(classes, dim, generator=torch.Generator().manual_seed(seed)), dim=1
+    )
+    y = torch.arange(classes).repeat_interleave(n_per)
+    x = centres[y] + spread * torch.randn(
+        len(y), dim, generator=torch.Generator().manual_seed(1000 + draw)
+    )
+    return x, y
+
+
+def brute_force_knn(train_x, train_y, test_x, k, t, c):
+    """Per-row Python reference of weighted k-NN voting (cosine, exp(sim / T))."""
+    votes = torch.zeros(len(test_x), c, dtype=torch.float64)
+    for i, q in enumerate(test_x):
+        sims = [
+            float(q.double() @ x.double() / (q.double().norm() * x.double().norm()))
+            for x in train_x
+        ]
+        order = sorted(range(len(sims)), key=lambda j: -sims[j])[:k]
+        for j in order:
+            votes[i, int(train_y[j])] += math.exp(sims[j] / t)
+    return votes
+
+
+def test_knn_votes_match_a_brute_force_reference() -> None:
+    train_x, train_y = clusters(12, 4, 8, spread=0.8, seed=1)
+    test_x, _ = clusters(5, 4, 8, spread=0.8, seed=1, draw=1)
+    ours = knn_votes(train_x, train_y, test_x, k=7, temperature=0.1, chunk=3).double()
+    ref = brute_force_knn(train_x, train_y, test_x, 7, 0.1, 4)
+    # ours divides each row by its top weight (overflow guard): compare normalised votes
+    torch.testing.assert_close(
+        ours / ours.sum(1, keepdim=True), ref / ref.sum(1, keepdim=True), rtol=1e-5, atol=1e-6
+    )
+
+
+def test_knn_accuracy_on_separable_and_on_shuffled_labels() -> None:
+    train_x, train_y = clusters(30, 6, 16, spread=0.05, seed=3)
+    test_x, test_y = clusters(10, 6, 16, spread=0.05, seed=3, draw=1)
+    r = knn_classify(train_x, train_y, test_x, test_y)
+    assert r["top1"] == 100.0 and r["top5"] == 100.0 and r["k"] == 20
+    shuffled = train_y[torch.randperm(len(train_y), generator=torch.Generator().manual_seed(0))]
+    assert knn_classify(train_x, shuffled, test_x, test_y)["top1"] < 60.0
+
+
+def test_knn_clamps_k_and_reports_no_top5_under_five_classes() -> None:
+    train_x, train_y = clusters(2, 3, 4, spread=0.1, seed=0)
+    r = knn_classify(train_x, train_y, train_x, train_y, k=50)
+    assert r["k"] == 6 and r["top5"] is None
+    # a tiny temperature must not overflow into NaN
+    assert knn_classify(train_x, train_y, train_x, train_y, temperature=1e-4)["top1"] == 100.0
+
+
+def test_linear_probe_learns_separable_features_deterministically() -> None:
+    train_x, train_y = clusters(60, 5, 32, spread=0.3, seed=4)
+    test_x, test_y = clusters(20, 5, 32, spread=0.3, seed=4, draw=1)
+    before = torch.get_rng_state()
+    a = linear_probe(train_x, train_y, test_x, test_y, epochs=10, seed=7)
+    assert torch.equal(before, torch.get_rng_state()), "the probe must not touch the global RNG"
+    b = linear_probe(train_x, train_y, test_x, test_y, epochs=10, seed=7)
+    assert a == b
+    assert a["top1"] >= 95.0 and a["train_loss"] < 0.5
+    noise = linear_probe(
+        torch.randn_like(train_x), train_y, torch.randn_like(test_x), test_y, epochs=10
+    )
+    assert noise["top1"] < 50.0
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (
+            lambda x, y: knn_classify(x, y, x[:, :3], y),
+            "train features have D=8, test features D=3",
+        ),
+        (lambda x, y: knn_classify(x, torch.zeros_like(y), x, y), "fewer than 2 classes"),
+        (lambda x, y: knn_classify(x, y.float(), x, y), "1-D integer tensor"),
+        (lambda x, y: knn_classify(x, y[:-1], x, y), "feature rows but"),
+        (lambda x, y: knn_classify(x, y, x, y, k=0), "k must be >= 1"),
+        (
+            lambda x, y: knn_classify(x, y, x, y, num_classes=2),
+            "num_classes=2 but labels go up to 3",
+        ),
+        (lambda x, y: linear_probe(x, y, x, y, batch_size=1), "batch_size >= 2"),
+        (lambda x, y: linear_probe(x, y - 1, x, y), "non-negative"),
+    ],
+)
+def test_bad_inputs_name_the_problem(call, message: str) -> None:
+    x, y = clusters(4, 4, 8, spread=0.1, seed=0)
+    with pytest.raises(ValueError, match=message):
+        call(x, y)
+
+
+# -- on real images ------------------------------------------------------------------------
+def test_extract_pooled_equals_embed(tiny_model: MaskedAutoencoder, cifar_splits) -> None:
+    ds = EvalDataset(index_folder(cifar_splits[1], limit=20), tiny_model.config)
+    feats, labels = extract_pooled(tiny_model, ds, ("cls", "mean"), batch_size=8, progress=False)
+    imgs = torch.stack([ds[i][0] for i in range(len(ds))])
+    with torch.no_grad():
+        for pooling in ("cls", "mean"):
+            torch.testing.assert_close(
+                feats[pooling], tiny_model.embed(imgs, pooling), rtol=1e-5, atol=1e-5
+            )
+    assert labels.tolist() == [ds[i][1] for i in range(len(ds))]
+    single, _ = extract_features(tiny_model, ds, "mean", batch_size=7, progress=False)
+    torch.testing.assert_close(single, feats["mean"], rtol=1e-5, atol=1e-5)
+    assert not tiny_model.training
+
+
+def test_evaluate_model_on_real_images_reports_the_baseline(
+    tiny_model: MaskedAutoencoder, cifar_splits
+) -> None:
+    cfg = tiny_model.config
+    train = EvalDataset(index_folder(cifar_splits[0]), cfg)
+    test = EvalDataset(index_folder(cifar_splits[1]), cfg)
+    state = torch.get_rng_state()
+    result = evaluate_model(
+        tiny_model, train, test, poolings=("cls", "mean"), progress=False, epochs=3
+    )
+    assert torch.equal(state, torch.get_rng_state())
+    assert (result["train_size"], result["test_size"], result["num_classes"]) == (200, 100, 10)
+    assert [(r["method"], r["pooling"]) for r in result["results"]] == [
+        ("knn", "cls"),
+        ("linear", "cls"),
+        ("knn", "mean"),
+        ("linear", "mean"),
+    ]
+    for r in result["results"]:
+        for key in ("top1", "top5", "baseline_top1", "baseline_top5"):
+            assert 0.0 <= r[key] <= 100.0, (key, r)
+        assert r["top5"] >= r["top1"]
+    # the baseline is a different network: its numbers come from different features
+    assert any(r["top1"] != r["baseline_top1"] for r in result["results"])
+    json.dumps(result)  # serialisable as-is
+    table = format_table(result)
+    assert (
+        "200 train / 100 test images, 10 classes" in table and table.count("| k-NN (k=20) |") == 2
+    )
+
+    alone = evaluate_model(
+        tiny_model, train, test, methods=("knn",), baseline=False, progress=False
+    )
+    assert alone["results"][0]["baseline_top1"] is None
+    assert alone["results"][0]["top1"] == result["results"][0]["top1"]  # same features, same answer
+    assert "| - | - |" in format_table(alone)
+
+
+def test_evaluate_model_rejects_bad_options(tiny_model: MaskedAutoencoder, cifar_splits) -> None:
+    ds = EvalDataset(index_folder(cifar_splits[1], limit=20), tiny_model.config)
+    with pytest.raises(ValueError, match="methods must be"):
+        evaluate_model(tiny_model, ds, ds, methods=("svm",))
+    with pytest.raises(ValueError, match="pooling must be"):
+        evaluate_model(tiny_model, ds, ds, poolings=("max",))
+    with pytest.raises(TypeError, match="unknown probe option"):
+        evaluate_model(tiny_model, ds, ds, neighbours=5)
