@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -270,8 +271,145 @@ def add_train(sub: Any) -> None:
     p.set_defaults(func=cmd_train)
 
 
+# -- mae eval ---------------------------------------------------------------------------
+def cmd_eval(args: argparse.Namespace) -> int:
+    import logging
+
+    from .data import EvalDataset, held_out_source, index_source
+    from .evaluate import evaluate_model, format_table
+    from .hub import load_model
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    test_source = args.test_data or held_out_source(args.data)
+    if test_source is None:
+        raise CLIError(
+            f"{args.data} has no held-out split of its own: give one with --test-data SOURCE"
+        )
+    train_source = args.data
+    if train_source.partition(":")[0] in ("cifar10", "tinyimagenet") and ":" not in train_source:
+        train_source += ":train"
+    if test_source == train_source:
+        raise CLIError(
+            f"{train_source} is the held-out split itself: train on another, or give --test-data"
+        )
+    indexes = {}
+    for role, source in (("--data", train_source), ("--test-data", test_source)):
+        idx = indexes[role] = index_source(source, args.limit)
+        if not idx.classes or min(idx.labels) < 0:
+            raise CLIError(
+                f"{role} {source} has no labels: evaluation needs one subfolder per class"
+            )
+    train_idx, test_idx = indexes["--data"], indexes["--test-data"]
+    if train_idx.classes != test_idx.classes:
+        only = sorted(set(train_idx.classes) ^ set(test_idx.classes))[:5]
+        raise CLIError(
+            f"train and test classes differ ({len(train_idx.classes)} vs {len(test_idx.classes)}"
+            + (f"; e.g. {', '.join(only)}" if only else "; same names, different order")
+            + ")"
+        )
+    model = load_model(args.model, args.revision, with_decoder=False, device=args.device)
+    cfg = model.config
+    train_ds, test_ds = EvalDataset(train_idx, cfg), EvalDataset(test_idx, cfg)
+    methods = ("knn", "linear") if args.method == "all" else (args.method,)
+    poolings = ("cls", "mean") if args.pooling == "both" else (args.pooling,)
+    result = evaluate_model(
+        model,
+        train_ds,
+        test_ds,
+        methods=methods,
+        poolings=poolings,
+        baseline=not args.no_baseline,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+    )
+    result.update(
+        model_id=args.model,
+        revision=args.revision,
+        train_data=train_ds.index.name,
+        test_data=test_ds.index.name,
+    )
+    print(format_table(result))
+    if args.output:
+        out = Path(args.output)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {out}")
+    return 0
+
+
+def add_eval(sub: Any) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="k-NN and linear-probe accuracy of a model's frozen features, beside random init",
+        description="Evaluate frozen features by weighted k-NN (k=20, T=0.07) and a linear probe "
+        "(BatchNorm without affine + linear), each beside the same architecture with random "
+        "weights. SOURCE is cifar10 or tinyimagenet (their held-out split is the test set), "
+        "or a labelled folder/archive with --test-data.",
+    )
+    p.add_argument("model", metavar="MODEL", help="model id (folder, .pth, local:, hf-hub:)")
+    p.add_argument("--data", required=True, metavar="SOURCE", help="labelled training images")
+    p.add_argument("--test-data", metavar="SOURCE", help="labelled test images")
+    p.add_argument("--method", choices=("knn", "linear", "all"), default="all")
+    p.add_argument("--pooling", choices=("cls", "mean", "both"), default="cls")
+    p.add_argument("--output", metavar="FILE", help="write the results as JSON")
+    p.add_argument("--revision", help="branch or commit for local:/hf-hub: ids")
+    p.add_argument(
+        "--limit", type=_positive_int, help="an evenly strided subset of N images per split"
+    )
+    p.add_argument("--no-baseline", action="store_true", help="skip the random-init twin")
+    p.add_argument("--batch-size", type=_positive_int, default=256, help="feature extraction batch")
+    p.add_argument("--num-workers", type=int, default=min(8, os.cpu_count() or 1))
+    p.add_argument("--device", help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the baseline and the probe")
+    p.set_defaults(func=cmd_eval)
+
+
+# -- mae reconstruct --------------------------------------------------------------------
+def cmd_reconstruct(args: argparse.Namespace) -> int:
+    from PIL import Image, UnidentifiedImageError
+
+    from .hub import load_model
+    from .visualize import reconstruction_panels, save_panels
+
+    try:
+        with Image.open(args.image) as img:
+            img.load()
+            image = img.copy()
+    except FileNotFoundError as e:
+        raise CLIError(f"no such image: {args.image}") from e
+    except (UnidentifiedImageError, OSError) as e:
+        raise CLIError(f"cannot read {args.image} as an image: {e}") from e
+    model = load_model(args.model, args.revision, with_decoder=True, device=args.device)
+    panels = reconstruction_panels(model, image, mask_ratio=args.mask_ratio, seed=args.seed)
+    out = save_panels(panels, args.output)
+    print(
+        f"wrote {out}: loss {panels.loss:.4f} on {int(panels.mask.sum())} hidden patches "
+        f"of {panels.mask.size}; {panels.caption}"
+    )
+    return 0
+
+
+def add_reconstruct(sub: Any) -> None:
+    p = sub.add_parser(
+        "reconstruct",
+        help="hide patches of an image and write the model's reconstruction as a PNG",
+        description="Mask IMAGE at random (reproducible with --seed), run the full MAE, and "
+        "write one picture: original | masked | reconstruction | reconstruction with the "
+        "visible patches pasted back.",
+    )
+    p.add_argument("image", metavar="IMAGE", help="a JPEG, PNG, WebP, ... file")
+    p.add_argument("--model", required=True, help="a model id with its decoder")
+    p.add_argument("--output", required=True, metavar="PNG", help="where to write the picture")
+    p.add_argument("--mask-ratio", type=float, default=0.75)
+    p.add_argument("--seed", type=int, default=0, help="masking seed")
+    p.add_argument("--revision", help="branch or commit for local:/hf-hub: ids")
+    p.add_argument("--device", help="cpu or cuda (default: cpu)")
+    p.set_defaults(func=cmd_reconstruct)
+
+
 # -- the parser -------------------------------------------------------------------------
-SUBCOMMANDS: list[Callable[[Any], None]] = [add_info, add_train]
+SUBCOMMANDS: list[Callable[[Any], None]] = [add_info, add_train, add_eval, add_reconstruct]
 
 
 def build_parser() -> argparse.ArgumentParser:

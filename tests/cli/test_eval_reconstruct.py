@@ -1,0 +1,158 @@
+"""`mae eval` and `mae reconstruct` as a user runs them, on real images."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mae_core import MaskedAutoencoder
+from tests.cli.test_info import run
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny model (32 px, patch 8) saved with and without its decoder."""
+    import torch
+
+    from tests.reference import TINY, perturb_
+
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("saved")
+    model = perturb_(MaskedAutoencoder(TINY))
+    model.save_pretrained(root / "full")
+    model.save_pretrained(root / "encoder", encoder_only=True)
+    return root
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from skimage import data
+
+    path = tmp_path_factory.mktemp("photo") / "chelsea.jpg"
+    Image.fromarray(data.chelsea()).save(path, quality=92)
+    return path
+
+
+def test_eval_writes_a_table_and_json(saved: Path, cifar_splits, tmp_path: Path) -> None:
+    train, test = cifar_splits
+    out = run(
+        "eval", str(saved / "encoder"), "--data", str(train), "--test-data", str(test),
+        "--output", str(tmp_path / "r" / "eval.json"), "--num-workers", "0",
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "200 train / 100 test images, 10 classes" in out.stdout
+    assert "| k-NN (k=20) | cls |" in out.stdout and "| linear probe | cls |" in out.stdout
+    result = json.loads((tmp_path / "r" / "eval.json").read_text())
+    assert result["model_id"] == str(saved / "encoder")
+    assert [r["method"] for r in result["results"]] == ["knn", "linear"]
+    assert all(r["baseline_top1"] is not None for r in result["results"])
+    assert result["train_data"] == str(train) and result["test_data"] == str(test)
+
+
+def test_eval_help() -> None:
+    out = run("eval", "--help")
+    assert out.returncode == 0 and "--test-data" in out.stdout and "random" in out.stdout
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--data", "{train}"], "has no held-out split of its own: give one with --test-data"),
+        (["--data", "{flat}", "--test-data", "{test}"], "has no labels"),
+        (
+            ["--data", "{train}", "--test-data", "{few}"],
+            "train and test classes differ (10 vs 2; e.g. ",
+        ),
+        (["--data", "{train}", "--test-data", "{tmp}/missing"], "missing"),
+        (["--data", "{train}", "--method", "svm"], "invalid choice: 'svm'"),
+        (["--data", "cifar10:test"], "is the held-out split itself"),
+    ],
+)
+def test_eval_bad_inputs(
+    saved: Path, cifar_splits, tmp_path: Path, extra: list[str], message: str
+) -> None:
+    train, test = cifar_splits
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for f in sorted((train / "cat").iterdir())[:3]:
+        (flat / f.name).symlink_to(f.resolve())
+    few = tmp_path / "few"
+    for cls in ("cat", "dog"):
+        (few / cls).mkdir(parents=True)
+        (few / cls / "a.jpg").symlink_to(next((test / cls).iterdir()).resolve())
+    subst = {"train": train, "test": test, "flat": flat, "few": few, "tmp": tmp_path}
+    out = run("eval", str(saved / "encoder"), *[a.format(**subst) for a in extra])
+    assert out.returncode == 2, out.stdout
+    assert out.stderr.startswith("usage:") or out.stderr.startswith("mae: error: "), out.stderr
+    assert message in out.stderr and "Traceback" not in out.stderr
+
+
+def test_reconstruct_a_real_photo(saved: Path, photo: Path, tmp_path: Path) -> None:
+    out = run(
+        "reconstruct",
+        str(photo),
+        "--model",
+        str(saved / "full"),
+        "--output",
+        str(tmp_path / "a.png"),
+    )
+    assert out.returncode == 0, out.stderr
+    assert "12/16 patches hidden" in out.stdout and "wrote" in out.stdout
+    with Image.open(tmp_path / "a.png") as img:
+        assert img.format == "PNG" and img.mode == "RGB"
+        # four 256 px panels (32 px upscaled 8x) and five 8 px gaps
+        assert img.width == 4 * 256 + 5 * 8
+        pic = np.asarray(img)
+    # the masked panel (second) shows grey hidden patches: 12 of 16 cells of 64x64 px
+    masked = pic[28 : 28 + 256, 8 + 256 + 8 : 8 + 2 * 256 + 8]
+    grey = (masked == 128).all(axis=-1).reshape(4, 64, 4, 64).all(axis=(1, 3))
+    assert grey.sum() == 12
+
+    again = run(
+        "reconstruct",
+        str(photo),
+        "--model",
+        str(saved / "full"),
+        "--output",
+        str(tmp_path / "b.png"),
+    )
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+    other = run(
+        "reconstruct", str(photo), "--model", str(saved / "full"), "--output", str(tmp_path / "c.png"),
+        "--seed", "1", "--mask-ratio", "0.5",
+    )  # fmt: skip
+    assert again.returncode == other.returncode == 0 and "8/16 patches hidden" in other.stdout
+    assert (tmp_path / "c.png").read_bytes() != (tmp_path / "a.png").read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("image", "model", "extra", "message"),
+    [
+        ("{photo}", "encoder", [], "reconstructions need a full checkpoint with the decoder"),
+        ("{tmp}/none.jpg", "full", [], "no such image"),
+        ("{tmp}/text.jpg", "full", [], "cannot read"),
+        ("{photo}", "full", ["--mask-ratio", "1.5"], "mask_ratio"),
+        ("{photo}", "full", ["--mask-ratio", "0.99"], "leaves no visible patch"),
+    ],
+)
+def test_reconstruct_bad_inputs(
+    saved: Path, photo: Path, tmp_path: Path, image: str, model: str, extra: list[str], message: str
+) -> None:
+    (tmp_path / "text.jpg").write_text("not a picture")
+    image = image.format(photo=photo, tmp=tmp_path)
+    out = run(
+        "reconstruct",
+        image,
+        "--model",
+        str(saved / model),
+        "--output",
+        str(tmp_path / "x.png"),
+        *extra,
+    )
+    assert out.returncode == 2, out.stdout
+    assert out.stderr.startswith("mae: error: ") and message in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr and not (tmp_path / "x.png").exists()
