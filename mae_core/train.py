@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import json
 import logging
 import math
@@ -23,6 +24,7 @@ import random
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +50,7 @@ RESUMABLE_CHANGES = {
     "panel_every",
     "device",
     "num_workers",
+    "data_on_device",  # same crops and masks; pixels differ by resampling rounding only
     "compile",
     "resume",
     "output",
@@ -84,6 +87,7 @@ class TrainConfig:
     resume: str | None = None  # "auto" or a checkpoint path
     device: str = "auto"
     num_workers: int | None = None
+    data_on_device: bool = False  # decode once into device memory, augment there
     compile: bool = False
     max_bad_steps: int = 5
     extra: dict[str, Any] = field(default_factory=dict)
@@ -382,6 +386,13 @@ class Trainer:
         self.warmup_steps = cfg.warmup_epochs * self.steps_per_epoch
         self.eff_batch = self.global_batch * cfg.accum_iter
         self.base_lr = cfg.blr * self.eff_batch / 256
+        self._device_images = None
+        if cfg.data_on_device:
+            from .device_data import DeviceImages
+
+            self._device_images = DeviceImages(
+                self.index, self.model_cfg, cfg.seed, self.device, self._workers(), progress=d.main
+            )
 
         torch.manual_seed(cfg.seed)  # the same initial weights for every process and resume
         self.model = MaskedAutoencoder(self.model_cfg).to(self.device)
@@ -427,6 +438,38 @@ class Trainer:
         if self.dist.main:
             log.info("resumed from %s at step %d", path, self.step)
 
+    def _workers(self) -> int:
+        n = self.cfg.num_workers
+        return n if n is not None else min(8, os.cpu_count() or 1)
+
+    def _batches(
+        self, epoch: int, start_batch: int
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, Any]]:
+        """This rank's (images, noise, indices) of `epoch` from batch `start_batch` on."""
+        if self._device_images is None:
+            return iter(self._loader(epoch, start_batch))
+        return self._device_batches(epoch, start_batch)
+
+    def _device_batches(
+        self, epoch: int, start_batch: int
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, Any]]:
+        cfg, d, images = self.cfg, self.dist, self._device_images
+        assert images is not None
+        sampler = EpochSampler(
+            len(self.index),
+            cfg.batch_size,
+            cfg.seed,
+            epoch,
+            d.rank,
+            d.world,
+            start_batch,
+            self.batches_per_epoch,
+        )
+        keys = iter(sampler)
+        while chunk := [i for i, _ in itertools.islice(keys, cfg.batch_size)]:
+            imgs, noise = images.batch(chunk, epoch)
+            yield imgs, noise, chunk
+
     def _loader(self, epoch: int, start_batch: int) -> DataLoader:
         cfg, d = self.cfg, self.dist
         sampler = EpochSampler(
@@ -439,7 +482,7 @@ class Trainer:
             start_batch,
             num_batches=self.batches_per_epoch,
         )
-        workers = cfg.num_workers if cfg.num_workers is not None else min(8, os.cpu_count() or 1)
+        workers = self._workers()
         return DataLoader(
             PretrainDataset(self.index, self.model_cfg, cfg.seed),
             batch_size=cfg.batch_size,
@@ -561,7 +604,7 @@ class Trainer:
             while self.step < end:
                 epoch = self.step // self.steps_per_epoch
                 start = self.step % self.steps_per_epoch * cfg.accum_iter
-                batches = iter(self._loader(epoch, start))
+                batches = self._batches(epoch, start)
                 t0, seen = time.perf_counter(), 0
                 while self.step < end and self.step // self.steps_per_epoch == epoch:
                     loss, grad_norm, ok = self._train_step(batches, autocast)
