@@ -93,7 +93,7 @@ def test_local_errors_name_what_exists(
     monkeypatch.setenv("MAE_MODELS_DIR", str(root))
     with pytest.raises(ModelNotFoundError, match=r"no repo 'mae/other'.*it has: mae/tiny"):
         load_model("local:mae/other")
-    with pytest.raises(ModelNotFoundError, match="has no revision 'dev'; branches: main"):
+    with pytest.raises(ModelNotFoundError, match=r"has no revision 'dev' \(branches: main\)"):
         load_model("local:mae/tiny@dev")
     with pytest.raises(ModelNotFoundError, match="not found: not a file or folder"):
         load_model(str(tmp_path / "missing"))

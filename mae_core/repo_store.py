@@ -1,0 +1,492 @@
+"""Model repos on disk, in the `huggingface_hub` cache layout, with atomic commits.
+
+    root/<ns>/<name>/
+        blobs/<sha256>                 file contents, named by their sha256, never rewritten
+        snapshots/<commit>/<path>      relative symlinks into blobs/: a loadable folder per commit
+        refs/<branch>                  the branch's head commit (moved last, atomically)
+        commits/<commit>.json          parent, message, date, and every file's size and hashes
+        repo.json                      created_at, private
+
+This is the embedded hub (`models/`): `local:ns/name@rev` reads it, `mae push
+--to-models-dir` and the service's hub endpoints write it. A commit writes and verifies its
+blobs first, then the snapshot folder, then its record, and moves the branch ref last, so
+a crash at any point leaves the previous revision intact, and a revision never changes
+once written. Names and paths are checked before they touch the file system: nothing can
+resolve outside the root.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+from filelock import FileLock
+
+REPO_RE = re.compile(
+    r"^[A-Za-z0-9][A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]+)*/[A-Za-z0-9][A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]+)*$"
+)
+BRANCH_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+SHA_RE = re.compile(r"^[0-9a-f]{7,40}$")
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+# Weights are reported as LFS files (sha256 ETag, `lfs` metadata) however they were sent.
+LFS_SUFFIXES = (
+    ".safetensors",
+    ".bin",
+    ".pt",
+    ".pth",
+    ".ckpt",
+    ".onnx",
+    ".msgpack",
+    ".h5",
+    ".npz",
+    ".gguf",
+)
+LFS_MIN_SIZE = 10 * 1024 * 1024
+MAX_PATH = 1000
+GITATTRIBUTES = "".join(
+    f"*{suffix} filter=lfs diff=lfs merge=lfs -text\n" for suffix in LFS_SUFFIXES
+).encode()
+CHUNK = 1 << 20
+
+
+class HubError(Exception):
+    """A request the store refuses: HTTP status, the Hub's X-Error-Code, a message."""
+
+    status = 400
+    code = "BadRequest"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class RepoNotFound(HubError):
+    status, code = 404, "RepoNotFound"
+
+
+class RevisionNotFound(HubError):
+    status, code = 404, "RevisionNotFound"
+
+
+class EntryNotFound(HubError):
+    status, code = 404, "EntryNotFound"
+
+
+class Conflict(HubError):
+    status, code = 409, "Conflict"
+
+
+class StaleParent(HubError):
+    status, code = 412, "PreconditionFailed"
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    path: str
+    size: int
+    sha256: str
+    blob_id: str  # git blob sha1 of the content, or of the LFS pointer for LFS files
+    lfs: bool
+
+    @property
+    def etag(self) -> str:
+        """What the Hub sends as ETag: sha256 for LFS files, the git blob sha1 otherwise."""
+        return self.sha256 if self.lfs else self.blob_id
+
+    def pointer(self) -> str:
+        return f"version https://git-lfs.github.com/spec/v1\noid sha256:{self.sha256}\nsize {self.size}\n"
+
+
+@dataclass
+class Commit:
+    oid: str
+    parent: str | None
+    summary: str
+    description: str
+    date: str
+    files: dict[str, FileEntry] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["files"] = [asdict(f) for f in self.files.values()]
+        return json.dumps(data, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> Commit:
+        data = json.loads(text)
+        files = {f["path"]: FileEntry(**f) for f in data.pop("files")}
+        return cls(**data, files=files)
+
+
+def git_blob_sha1(data: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(data) + data, usedforsecurity=False).hexdigest()
+
+
+def check_repo_id(repo_id: str) -> str:
+    if (
+        not isinstance(repo_id, str)
+        or len(repo_id) > 200
+        or not REPO_RE.match(repo_id)
+        or repo_id.endswith(".git")
+    ):
+        raise HubError(
+            f"invalid repo id {repo_id!r}: use '<namespace>/<name>' (letters, digits, '-', '_', '.')"
+        )
+    return repo_id
+
+
+def check_branch(branch: str) -> str:
+    if not BRANCH_RE.match(branch or ""):
+        raise HubError(f"invalid branch name {branch!r}")
+    return branch
+
+
+def check_path(path: str) -> str:
+    """A file path inside a repo: relative, '/'-separated, no '.', '..', empty or hidden-git parts."""
+    bad = (
+        not isinstance(path, str)
+        or not path
+        or len(path) > MAX_PATH
+        or path.startswith("/")
+        or "\\" in path
+        or any(ord(c) < 32 or c == "\x7f" for c in path)
+    )
+    parts = path.split("/") if isinstance(path, str) else []
+    if bad or any(p in ("", ".", "..") for p in parts) or parts[0] == ".git":
+        raise HubError(f"invalid file path {path!r}")
+    return path
+
+
+def _fsync_write(path: Path, data: bytes) -> None:
+    """Write `data` to `path` atomically: a temporary file, fsync, rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+class RepoStore:
+    """The repos under `root`. Safe for concurrent use by threads and processes."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+
+    # -- paths --------------------------------------------------------------------------
+    def repo_dir(self, repo_id: str) -> Path:
+        return self.root / check_repo_id(repo_id)
+
+    def _existing(self, repo_id: str) -> Path:
+        repo = self.repo_dir(repo_id)
+        if not (repo / "snapshots").is_dir() and not (repo / "repo.json").is_file():
+            raise RepoNotFound(f"repository {repo_id} not found")
+        return repo
+
+    def _lock(self, repo: Path) -> FileLock:
+        repo.mkdir(parents=True, exist_ok=True)
+        return FileLock(repo / ".lock")
+
+    def _inside(self, path: Path) -> Path:
+        """`path` resolved, refused unless it stays under the root (symlinks included)."""
+        real, root = path.resolve(), self.root.resolve()
+        if not real.is_relative_to(root):
+            raise EntryNotFound(f"{path.name} resolves outside the models folder")
+        return real
+
+    # -- repos --------------------------------------------------------------------------
+    def exists(self, repo_id: str) -> bool:
+        try:
+            self._existing(repo_id)
+        except RepoNotFound:
+            return False
+        return True
+
+    def create_repo(self, repo_id: str, private: bool = False) -> bool:
+        """Create an empty repo (no commit yet); False if it already exists."""
+        repo = self.repo_dir(repo_id)
+        with self._lock(repo):
+            if self.exists(repo_id):
+                return False
+            for sub in ("blobs", "snapshots", "refs", "commits"):
+                (repo / sub).mkdir(parents=True, exist_ok=True)
+            meta = {"created_at": _now(), "private": bool(private)}
+            _fsync_write(repo / "repo.json", json.dumps(meta).encode())
+        # As on the Hub, a new repo starts with one commit: main exists from the start.
+        self.commit(
+            repo_id, "main", add=[(".gitattributes", GITATTRIBUTES)], summary="initial commit"
+        )
+        return True
+
+    def meta(self, repo_id: str) -> dict[str, Any]:
+        repo = self._existing(repo_id)
+        try:
+            return json.loads((repo / "repo.json").read_text())
+        except FileNotFoundError:  # a repo copied in by hand: public, dated by its folder
+            return {"created_at": _iso(repo.stat().st_mtime), "private": False}
+
+    def repos(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        found = []
+        for repo in sorted(self.root.glob("*/*")):
+            name = f"{repo.parent.name}/{repo.name}"
+            if REPO_RE.match(name) and (
+                (repo / "snapshots").is_dir() or (repo / "repo.json").is_file()
+            ):
+                found.append(name)
+        return found
+
+    def branches(self, repo_id: str) -> dict[str, str]:
+        refs = self._existing(repo_id) / "refs"
+        if not refs.is_dir():
+            return {}
+        return {
+            p.name: p.read_text().strip() for p in sorted(refs.iterdir()) if BRANCH_RE.match(p.name)
+        }
+
+    # -- reading ------------------------------------------------------------------------
+    def resolve_revision(self, repo_id: str, revision: str | None = None) -> str:
+        """A branch name, or a commit sha or unique prefix -> the full commit sha."""
+        repo = self._existing(repo_id)
+        rev = revision or "main"
+        branches = self.branches(repo_id)
+        if rev in branches:
+            return branches[rev]
+        if SHA_RE.match(rev):
+            hits = [
+                p.name
+                for p in (repo / "snapshots").iterdir()
+                if p.name.startswith(rev) and SHA_RE.match(p.name)
+            ]
+            if len(hits) == 1:
+                return hits[0]
+            if len(hits) > 1:
+                raise RevisionNotFound(f"revision {rev} of {repo_id} is ambiguous")
+        raise RevisionNotFound(
+            f"{repo_id} has no revision {rev!r}"
+            + (f" (branches: {', '.join(branches)})" if branches else " (it has no commits yet)")
+        )
+
+    def commit_info(self, repo_id: str, oid: str) -> Commit:
+        repo = self._existing(repo_id)
+        record = repo / "commits" / f"{oid}.json"
+        if record.is_file():
+            return Commit.from_json(record.read_text())
+        snapshot = repo / "snapshots" / oid
+        if SHA_RE.match(oid) and snapshot.is_dir():
+            return self._describe_snapshot(snapshot, oid)
+        raise RevisionNotFound(f"{repo_id} has no commit {oid}")
+
+    def _describe_snapshot(self, snapshot: Path, oid: str) -> Commit:
+        """A commit record for a snapshot written without one (copied in by hand)."""
+        files = {}
+        for path in sorted(p for p in snapshot.rglob("*") if p.is_file()):
+            rel = path.relative_to(snapshot).as_posix()
+            data = self._inside(path).read_bytes()
+            files[rel] = _entry(rel, data, lfs=None)
+        return Commit(oid, None, "", "", _iso(snapshot.stat().st_mtime), files)
+
+    def open_file(self, repo_id: str, oid: str, path: str) -> tuple[FileEntry, Path]:
+        """The entry of `path` at commit `oid` and the blob file holding its bytes."""
+        check_path(path)
+        commit = self.commit_info(repo_id, oid)
+        entry = commit.files.get(path)
+        if entry is None:
+            raise EntryNotFound(f"{path} not found in {repo_id} at {oid[:12]}")
+        blob = self._inside(self._existing(repo_id) / "snapshots" / oid / path)
+        return entry, blob
+
+    def has_blob(self, repo_id: str, sha256: str, size: int) -> bool:
+        blob = self._existing(repo_id) / "blobs" / sha256
+        return (
+            SHA256_RE.match(sha256) is not None and blob.is_file() and blob.stat().st_size == size
+        )
+
+    # -- writing ------------------------------------------------------------------------
+    def put_blob(
+        self, repo_id: str, sha256: str, size: int, stream: IO[bytes] | Iterable[bytes]
+    ) -> None:
+        """Store an LFS object: streamed to a temporary file, its size and sha256 checked,
+        then renamed into blobs/. A mismatch stores nothing."""
+        if not SHA256_RE.match(sha256) or size < 0:
+            raise HubError(f"invalid LFS object {sha256!r} of size {size}")
+        blobs = self._existing(repo_id) / "blobs"
+        blobs.mkdir(exist_ok=True)
+        digest, written = hashlib.sha256(), 0
+        fd, tmp = tempfile.mkstemp(dir=blobs, prefix=".incoming-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                chunks = (
+                    iter(lambda: stream.read(CHUNK), b"") if hasattr(stream, "read") else stream
+                )
+                for chunk in chunks:
+                    written += len(chunk)
+                    if written > size:
+                        raise HubError(
+                            f"LFS object {sha256[:12]} is larger than the declared {size} bytes"
+                        )
+                    digest.update(chunk)
+                    f.write(chunk)
+                f.flush()
+                os.fsync(f.fileno())
+            if written != size or digest.hexdigest() != sha256:
+                raise HubError(
+                    f"LFS object does not match its declaration: got {written} bytes with sha256 "
+                    f"{digest.hexdigest()[:12]}, expected {size} bytes with {sha256[:12]}"
+                )
+            os.replace(tmp, blobs / sha256)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+    def create_branch(self, repo_id: str, branch: str, starting_point: str | None = None) -> str:
+        repo = self._existing(repo_id)
+        check_branch(branch)
+        with self._lock(repo):
+            if branch in self.branches(repo_id):
+                raise Conflict(f"branch {branch} already exists in {repo_id}")
+            oid = (
+                self.resolve_revision(repo_id, starting_point)
+                if (starting_point or self.branches(repo_id))
+                else ""
+            )
+            if not oid:
+                raise RevisionNotFound(f"{repo_id} has no commit to branch from")
+            _fsync_write(repo / "refs" / branch, oid.encode())
+        return oid
+
+    def commit(
+        self,
+        repo_id: str,
+        branch: str,
+        *,
+        add: Iterable[tuple[str, bytes]] = (),
+        add_lfs: Iterable[tuple[str, str, int]] = (),
+        delete: Iterable[str] = (),
+        summary: str = "",
+        description: str = "",
+        parent_commit: str | None = None,
+    ) -> str:
+        """One atomic commit on `branch` (created when the repo has no commit yet):
+        `add` (path, bytes), `add_lfs` (path, sha256, size) of objects already uploaded,
+        `delete` paths (a folder path deletes what is under it). Refused with StaleParent
+        when `parent_commit` is not the branch head. Returns the new commit sha."""
+        repo = self._existing(repo_id)
+        check_branch(branch)
+        add, add_lfs, delete = list(add), list(add_lfs), list(delete)
+        for path in [p for p, _ in add] + [p for p, _, _ in add_lfs] + delete:
+            check_path(path.rstrip("/") if path.endswith("/") else path)
+        with self._lock(repo):
+            branches = self.branches(repo_id)
+            head = branches.get(branch)
+            if head is None and branches:
+                raise RevisionNotFound(f"{repo_id} has no branch {branch}: create it first")
+            if parent_commit and parent_commit != head:
+                raise StaleParent(
+                    f"parent commit {parent_commit[:12]} is not the head of {branch} "
+                    f"({(head or 'none')[:12]}): fetch the new revision and commit again"
+                )
+            files = dict(self.commit_info(repo_id, head).files) if head else {}
+            for path in delete:
+                prefix = path.rstrip("/") + "/"
+                gone = [p for p in files if p == path.rstrip("/") or p.startswith(prefix)]
+                if not gone:
+                    raise EntryNotFound(f"cannot delete {path}: not in {repo_id}@{branch}")
+                for p in gone:
+                    del files[p]
+            for path, data in add:
+                entry = _entry(path, data, lfs=None)
+                _store_blob(repo / "blobs" / entry.sha256, data)
+                files[path] = entry
+            for path, sha256, size in add_lfs:
+                if not self.has_blob(repo_id, sha256, size):
+                    raise HubError(
+                        f"{path}: LFS object {sha256[:12]} ({size} bytes) was not uploaded"
+                    )
+                pointer = FileEntry(path, size, sha256, "", True).pointer().encode()
+                files[path] = FileEntry(path, size, sha256, git_blob_sha1(pointer), True)
+            self._check_no_file_dir_clash(files)
+            oid = _commit_oid(head, branch, files, summary, description)
+            record = Commit(oid, head, summary, description, _now(), files)
+            self._write_snapshot(repo, record)
+            _fsync_write(repo / "commits" / f"{oid}.json", record.to_json().encode())
+            _fsync_write(repo / "refs" / branch, oid.encode())  # the commit exists from here on
+        return oid
+
+    @staticmethod
+    def _check_no_file_dir_clash(files: dict[str, FileEntry]) -> None:
+        dirs = {"/".join(p.split("/")[:i]) for p in files for i in range(1, p.count("/") + 1)}
+        clash = sorted(dirs & set(files))
+        if clash:
+            raise HubError(f"{clash[0]} would be both a file and a folder")
+
+    def _write_snapshot(self, repo: Path, record: Commit) -> None:
+        final = repo / "snapshots" / record.oid
+        if final.is_dir():
+            return
+        tmp = Path(tempfile.mkdtemp(dir=repo / "snapshots", prefix=".tmp-"))
+        try:
+            for entry in record.files.values():
+                link = tmp / entry.path
+                link.parent.mkdir(parents=True, exist_ok=True)
+                depth = entry.path.count("/") + 2  # snapshots/<oid>/<dirs...>/file -> repo/
+                link.symlink_to(Path(*[".."] * depth, "blobs", entry.sha256))
+            os.replace(tmp, final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def blob_paths(self, repo_id: str) -> Iterator[Path]:
+        yield from (self._existing(repo_id) / "blobs").glob("[0-9a-f]" * 8 + "*")
+
+
+# -- helpers ------------------------------------------------------------------------------
+def _entry(path: str, data: bytes, lfs: bool | None) -> FileEntry:
+    sha256 = hashlib.sha256(data).hexdigest()
+    if lfs is None:
+        lfs = path.endswith(LFS_SUFFIXES) or len(data) >= LFS_MIN_SIZE
+    entry = FileEntry(path, len(data), sha256, git_blob_sha1(data), lfs)
+    if lfs:
+        entry = FileEntry(path, len(data), sha256, git_blob_sha1(entry.pointer().encode()), True)
+    return entry
+
+
+def _store_blob(path: Path, data: bytes) -> None:
+    if path.is_file() and path.stat().st_size == len(data):
+        return  # content-addressed: the same name is the same bytes
+    _fsync_write(path, data)
+
+
+def _commit_oid(
+    parent: str | None, branch: str, files: dict[str, FileEntry], summary: str, description: str
+) -> str:
+    h = hashlib.sha1(usedforsecurity=False)
+    h.update(json.dumps([parent, branch, summary, description, time.time_ns()]).encode())
+    for path in sorted(files):
+        h.update(f"{path}\0{files[path].sha256}\0".encode())
+    return h.hexdigest()
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
