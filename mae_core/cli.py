@@ -415,8 +415,159 @@ def add_reconstruct(sub: Any) -> None:
     p.set_defaults(func=cmd_reconstruct)
 
 
+# -- mae push / mae pull -----------------------------------------------------------------
+def cmd_push(args: argparse.Namespace) -> int:
+    from .hub import push
+
+    if args.endpoint and args.to_models_dir:
+        raise CLIError("give --endpoint or --to-models-dir, not both")
+    result = push(
+        args.model_dir,
+        args.repo_id,
+        endpoint=args.endpoint,
+        revision=args.revision,
+        private=args.private,
+        encoder_only=args.encoder_only,
+        message=args.message,
+        token=args.token,
+        to_models_dir=args.to_models_dir,
+        license=args.license,
+        eval_file=args.eval,
+        card_image=args.card_image,
+    )
+    print(
+        f"pushed {len(result.files)} files to {result.repo_id}@{result.revision}: commit {result.commit}"
+    )
+    print(f"  {result.url}")
+    print(f"  files: {', '.join(result.files)}")
+    if args.to_models_dir:
+        print(
+            f"  load: mae_core.load_model('local:{result.repo_id}@{result.commit[:12]}') with MAE_MODELS_DIR={args.to_models_dir}"
+        )
+    else:
+        print(
+            f"  load: timm.create_model('hf-hub:{result.repo_id}', pretrained=True)  (HF_ENDPOINT={args.endpoint or 'default'})"
+        )
+    return 0
+
+
+def add_push(sub: Any) -> None:
+    p = sub.add_parser(
+        "push",
+        help="publish a model folder to a Hugging Face-compatible hub, with a model card",
+        description="Upload MODEL_DIR (a save_pretrained folder, e.g. a run's final/, or any model "
+        "mae can load) to REPO_ID as one commit, with a generated model card (README.md): "
+        "training recipe, evaluation beside the random-init baseline (eval.json in the folder "
+        "or its parent, or --eval), a reconstruction picture, and how to load it. The token "
+        "comes from HF_TOKEN or --token and is never printed.",
+    )
+    p.add_argument("model_dir", metavar="MODEL_DIR")
+    p.add_argument("repo_id", metavar="REPO_ID", help="<namespace>/<name>")
+    p.add_argument("--endpoint", help="hub URL, e.g. http://127.0.0.1:8000 (default HF_ENDPOINT)")
+    p.add_argument(
+        "--to-models-dir", metavar="DIR", help="write the commit straight into a models folder"
+    )
+    p.add_argument(
+        "--revision", help="branch to commit to (default main; created from main if new)"
+    )
+    p.add_argument("--private", action="store_true", help="create the repo private")
+    p.add_argument("--encoder-only", action="store_true", help="leave the decoder out")
+    p.add_argument("--message", help="commit message")
+    p.add_argument("--token", help="hub token (default HF_TOKEN)")
+    p.add_argument(
+        "--license", default="apache-2.0", help="licence in the card (default apache-2.0)"
+    )
+    p.add_argument("--eval", metavar="FILE", help="mae eval --output JSON to cite in the card")
+    p.add_argument("--card-image", metavar="IMAGE", help="reconstruct this image for the card")
+    p.set_defaults(func=cmd_push)
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    from .hub import parse_model_id, pull
+
+    mid = parse_model_id("hf-hub:" + args.repo_id.removeprefix("hf-hub:"))
+    folder = pull(
+        mid.name, mid.revision, local_dir=args.local_dir, endpoint=args.endpoint, token=args.token
+    )
+    files = sorted(p.name for p in folder.iterdir() if p.is_file())
+    print(f"{mid}: {len(files)} files verified in {folder}")
+    print(f"  files: {', '.join(files)}")
+    return 0
+
+
+def add_pull(sub: Any) -> None:
+    p = sub.add_parser(
+        "pull",
+        help="download a model repo, pinned to a revision, every file verified",
+        description="Download REPO_ID[@REVISION] (branch or commit sha) with huggingface_hub into "
+        "its cache (or --local-dir) and check every file's size and sha256 / git hash against "
+        "the hub's record; a mismatch deletes the file and fails. HF_HUB_OFFLINE=1 serves the "
+        "cache only.",
+    )
+    p.add_argument("repo_id", metavar="REPO_ID[@REVISION]")
+    p.add_argument("--local-dir", metavar="DIR", help="download into DIR instead of the cache")
+    p.add_argument("--endpoint", help="hub URL (default HF_ENDPOINT)")
+    p.add_argument("--token", help="hub token (default HF_TOKEN)")
+    p.set_defaults(func=cmd_pull)
+
+
+# -- mae serve ---------------------------------------------------------------------------
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from service.app import create_app
+    from service.settings import Settings
+
+    overrides: dict[str, Any] = {}
+    if args.models_dir:
+        overrides["models_dir"] = Path(args.models_dir)
+    if args.hub_only:
+        overrides["hub_only"] = True
+    settings = Settings(**overrides)
+    if not settings.hub_only:
+        raise CLIError(
+            "serving a model (embeddings, reconstructions) is not built yet: run "
+            "`mae serve --hub-only` for the hub endpoints"
+        )
+    app = create_app(settings)
+    store = app.state.store
+    writes = (
+        "writes need a token in MAE_HUB_TOKENS"
+        if settings.hub_tokens
+        else "read-only (set MAE_HUB_TOKENS to allow pushes)"
+    )
+    print(f"mae hub over {store.root} ({len(store.repos())} repos), {writes}")
+    print(f"  HF_ENDPOINT=http://{args.host}:{args.port}")
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
+def add_serve(sub: Any) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="run the HTTP service (hub endpoints; embeddings and reconstructions)",
+        description="Serve the embedded hub (MAE_MODELS_DIR, default the checkout's models/) over "
+        "the Hugging Face Hub HTTP protocol: point HF_ENDPOINT at it and use huggingface_hub, "
+        "timm's hf-hub: or mae push / mae pull. Settings come from MAE_* variables.",
+    )
+    p.add_argument("--hub-only", action="store_true", help="serve the hub, load no model")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--models-dir", metavar="DIR", help="the hub's folder (default MAE_MODELS_DIR)")
+    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    p.set_defaults(func=cmd_serve)
+
+
 # -- the parser -------------------------------------------------------------------------
-SUBCOMMANDS: list[Callable[[Any], None]] = [add_info, add_train, add_eval, add_reconstruct]
+SUBCOMMANDS: list[Callable[[Any], None]] = [
+    add_info,
+    add_train,
+    add_eval,
+    add_reconstruct,
+    add_push,
+    add_pull,
+    add_serve,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -439,9 +590,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     from .checkpoint import CheckpointError  # after parsing: `mae --help` stays instant
+    from .repo_store import HubError
 
     try:
         return int(args.func(args) or 0)
+    except HubError as e:
+        print(f"mae: error: {e.message}", file=sys.stderr)
+        return 2
     except (CLIError, CheckpointError, ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"mae: error: {e}", file=sys.stderr)
         return 2

@@ -1,0 +1,166 @@
+"""The model card (`README.md`) written by `mae push`: a YAML header the Hub reads, then
+what the model is, how it was trained, what its features are worth, and how to load it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+PAPER = "He et al., 2021, *Masked Autoencoders Are Scalable Vision Learners* (arXiv:2111.06377)"
+DATASET_IDS = {"cifar10": "cifar10", "tinyimagenet": "tiny-imagenet-200"}
+
+
+def _dataset(source: str) -> str | None:
+    name = source.partition(":")[0].partition("[")[0]
+    return DATASET_IDS.get(name)
+
+
+def _fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
+def _loss(v: float | None) -> str:
+    return "-" if v is None else f"{v:.4f}"
+
+
+def eval_table(result: dict[str, Any]) -> list[str]:
+    lines = [
+        f"Frozen features, {result.get('train_size')} train / {result.get('test_size')} test images "
+        f"({result.get('train_data', '?')} -> {result.get('test_data', '?')}), "
+        f"{result.get('num_classes')} classes. Accuracies in %; the random-init column is the same "
+        "architecture with random weights, so the gain is what pretraining bought.",
+        "",
+        "| method | pooling | top-1 | top-5 | random-init top-1 | gain (points) |",
+        "|---|---|--:|--:|--:|--:|",
+    ]
+    for r in result.get("results", []):
+        name = (
+            f"k-NN (k={r.get('k')}, T={r.get('temperature')})"
+            if r["method"] == "knn"
+            else "linear probe"
+        )
+        base = r.get("baseline_top1")
+        gain = "-" if base is None else f"{r['top1'] - base:+.2f}"
+        lines.append(
+            f"| {name} | {r['pooling']} | {_fmt(r['top1'])} | {_fmt(r.get('top5'))} | {_fmt(base)} | {gain} |"
+        )
+    return lines
+
+
+def render_card(
+    repo_id: str,
+    mae_config: dict[str, Any],
+    params: dict[str, int],
+    *,
+    encoder_only: bool,
+    license: str = "apache-2.0",
+    eval_result: dict[str, Any] | None = None,
+    picture: str | None = None,
+    picture_caption: str = "",
+) -> str:
+    """Markdown with a YAML header: library_name timm, tags, license, datasets, pipeline tag."""
+    training = mae_config.get("training") or {}
+    data = training.get("data") or {}
+    dataset = _dataset(str(data.get("source", "")))
+    header: dict[str, Any] = {
+        "library_name": "timm",
+        "license": license,
+        "tags": [
+            "mae",
+            "masked-autoencoder",
+            "image-feature-extraction",
+            "vision-transformer",
+            "mae-hub",
+        ],
+        "pipeline_tag": "image-feature-extraction",
+    }
+    if dataset:
+        header["datasets"] = [dataset]
+    c = mae_config
+    size = f"{c['img_size']}x{c['img_size']} px, patch {c['patch_size']}"
+    enc = f"{c['embed_dim']}-d, {c['depth']} blocks, {c['num_heads']} heads"
+    lines = [
+        "---",
+        yaml.safe_dump(header, sort_keys=False).rstrip(),
+        "---",
+        "",
+        f"# {repo_id}",
+        "",
+        f"A Masked Autoencoder ({PAPER}) `{c.get('variant') or 'custom'}`: a ViT encoder ({enc}, "
+        f"{params.get('encoder', 0) / 1e6:.1f}M parameters) at {size}, pretrained by hiding "
+        f"{round(100 * c.get('mask_ratio', 0.75))}% of the patches and reconstructing them"
+        + (
+            " from per-patch-normalised pixels."
+            if c.get("norm_pix_loss")
+            else " (raw-pixel targets)."
+        ),
+        "",
+        "`model.safetensors` holds the encoder in timm's ViT key names (load it with timm as is); "
+        + (
+            "this repo has no decoder (encoder-only): it gives embeddings, not reconstructions."
+            if encoder_only
+            else f"`decoder.safetensors` holds the MAE decoder ({c['decoder_embed_dim']}-d, "
+            f"{c['decoder_depth']} blocks, {params.get('decoder', 0) / 1e6:.1f}M parameters) for "
+            "reconstructions; `mae_config.json` holds the MAE settings and the training summary."
+        ),
+        "",
+        "## Use",
+        "",
+        "```python",
+        "import timm  # >= 1.0.16; HF_ENDPOINT may point at a self-hosted mae-hub",
+        f'encoder = timm.create_model("hf-hub:{repo_id}", pretrained=True).eval()',
+        "cfg = timm.data.resolve_data_config({}, model=encoder)",
+        "transform = timm.data.create_transform(**cfg)",
+        "tokens = encoder.forward_features(transform(image).unsqueeze(0))  # (1, 1 + patches, D)",
+        "```",
+        "",
+        "```python",
+        "import mae_core",
+        f'model = mae_core.load_model("hf-hub:{repo_id}")  # pin with "@<commit sha>"',
+        'embedding = model.embed(images, pooling="cls")  # (N, D)',
+        "```",
+        "",
+        f"Served by mae-hub: `mae serve hf-hub:{repo_id}`, then `POST /v1/embeddings`.",
+        "",
+    ]
+    if training:
+        lines += [
+            "## Training",
+            "",
+            "| setting | value |",
+            "|---|---|",
+            f"| data | {data.get('source', '?')} ({data.get('images', '?')} images) |",
+            f"| steps / epochs | {training.get('steps')} / {training.get('epochs')} "
+            f"(schedule {training.get('schedule_epochs')} epochs"
+            + ("" if training.get("schedule_complete", True) else ", stopped early")
+            + ") |",
+            f"| effective batch | {training.get('effective_batch')} |",
+            f"| optimiser | AdamW (0.9, 0.95), base lr {training.get('blr')} (lr {training.get('lr')}), "
+            f"weight decay {training.get('weight_decay')}, warmup {training.get('warmup_epochs')} epochs, cosine |",
+            f"| mask ratio | {training.get('mask_ratio')} |",
+            f"| final loss | {_loss(training.get('final_loss'))} |",
+            f"| device | {training.get('device')} x {training.get('world_size', 1)} |",
+            f"| versions | {', '.join(f'{k} {v}' for k, v in (training.get('versions') or {}).items())} |",
+            "",
+        ]
+    if eval_result:
+        lines += ["## Evaluation", "", *eval_table(eval_result), ""]
+    if picture:
+        lines += ["## Reconstructions", "", f"![reconstruction]({picture})", ""]
+        if picture_caption:
+            lines += [picture_caption, ""]
+    lines += [
+        "## Citation",
+        "",
+        "```bibtex",
+        "@inproceedings{he2022masked,",
+        "  title={Masked Autoencoders Are Scalable Vision Learners},",
+        "  author={He, Kaiming and Chen, Xinlei and Xie, Saining and Li, Yanghao and Doll{\\'a}r, Piotr and Girshick, Ross},",
+        "  booktitle={CVPR},",
+        "  year={2022}",
+        "}",
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
