@@ -339,6 +339,14 @@ class StopFlag:
             signal.signal(sig, handler)
 
 
+def _ignore_stop_signals(worker_id: int) -> None:
+    """Loader workers leave SIGINT/SIGTERM to the main process: a signal sent to the whole
+    process group (Ctrl-C, `timeout`, Slurm, systemd) must not kill a worker mid-batch
+    before the main process has checkpointed."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def _versions() -> dict[str, str]:
     import timm
 
@@ -360,6 +368,14 @@ class Trainer:
         self.output = Path(cfg.output)
         self.dist = init_distributed(cfg.device)
         self.device = resolve_device(cfg.device, self.dist)
+        if self.output.exists() and not self.output.is_dir():
+            raise TrainingError(f"--output {self.output} is a file, not a folder")
+        old_ckpts = sorted((self.output / "checkpoints").glob("ckpt-*.pt"))
+        if old_ckpts and not cfg.resume:
+            raise TrainingError(
+                f"{self.output} already holds a run ({len(old_ckpts)} checkpoints, newest "
+                f"{old_ckpts[-1].name}): continue it with --resume auto, or give a new --output"
+            )
         resumed = find_resume(self.output, cfg.resume) if cfg.resume else None
         if resumed is not None:
             self.cfg = cfg = self._merge_resumed(cfg, resumed[1]["train_config"], explicit or set())
@@ -491,6 +507,7 @@ class Trainer:
             pin_memory=self.device.type == "cuda",
             drop_last=True,
             persistent_workers=False,
+            worker_init_fn=_ignore_stop_signals,
         )
 
     # -- writing ---------------------------------------------------------------------------

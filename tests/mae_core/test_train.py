@@ -159,11 +159,14 @@ def _fast_flags(data: Path, out: Path) -> list[str]:
 
 def test_sigterm_leaves_a_resumable_checkpoint(cifar_folder: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
+    # Two loader workers, and the signal sent to the whole process group, as `timeout`,
+    # Slurm and systemd do: the workers must leave it to the main process.
     proc = subprocess.Popen(
-        [MAE, *_fast_flags(cifar_folder, out), "--epochs", "50"],
+        [MAE, *_fast_flags(cifar_folder, out), "--epochs", "50", "--num-workers", "2"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=True,
     )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -171,10 +174,11 @@ def test_sigterm_leaves_a_resumable_checkpoint(cifar_folder: Path, tmp_path: Pat
         if m.exists() and len(m.read_text().splitlines()) >= 3:
             break
         time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
+    os.killpg(proc.pid, signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert "stopped by SIGTERM" in err and "--resume auto" in err
+    assert err.count("received SIGTERM") == 1  # the main process only
     ckpts = sorted((out / "checkpoints").glob("*.pt"))
     assert ckpts and not (out / "final").exists()
     stopped_at = int(ckpts[-1].stem.split("-")[1])
@@ -201,9 +205,15 @@ def test_sigterm_leaves_a_resumable_checkpoint(cifar_folder: Path, tmp_path: Pat
         (["--blr=-1e-3"], "blr (base learning rate) must be positive"),
         (["--batch-size", "512"], "batch larger than the data: 300 images"),
         (["--batch-size", "0"], "must be a positive integer"),
+        (["--output", "{file}"], "is a file, not a folder"),
+        (["--output", "{run}"], "already holds a run (1 checkpoints, newest ckpt-00000009.pt)"),
     ],
 )
 def test_bad_training_input_is_one_clear_line(cifar_folder, tmp_path, extra, message) -> None:
+    (tmp_path / "file").write_text("not a folder")
+    (tmp_path / "old" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "old" / "checkpoints" / "ckpt-00000009.pt").write_bytes(b"")
+    extra = [a.format(file=tmp_path / "file", run=tmp_path / "old") for a in extra]
     out = _cli(*_fast_flags(cifar_folder, tmp_path / "run"), *extra)
     assert out.returncode == 2
     assert message in out.stderr and "Traceback" not in out.stderr
