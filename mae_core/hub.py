@@ -467,7 +467,10 @@ def _push_http(
     xet_before = constants.HF_HUB_DISABLE_XET
     constants.HF_HUB_DISABLE_XET = xet_before or self_hosted
     try:
-        api.create_repo(repo_id, private=private, exist_ok=True)
+        # not create_repo(exist_ok=True): on a 403 it retries in a way that fails on any
+        # endpoint but huggingface.co, hiding the real answer ("wrong token")
+        if not api.repo_exists(repo_id):
+            api.create_repo(repo_id, private=private)
         refs = api.list_repo_refs(repo_id)
         names = {b.name for b in refs.branches}
         if names and branch not in names:

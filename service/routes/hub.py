@@ -82,19 +82,21 @@ def _check_token(request: Request, why: str) -> None:
     tokens: list[str] = request.app.state.settings.hub_tokens
     token = _token(request)
     if token is None:
-        raise Unauthorized(f"{why} needs a token: send 'Authorization: Bearer <token>' (HF_TOKEN)")
+        raise Unauthorized(
+            f"to {why} you need a token: send 'Authorization: Bearer <token>' (HF_TOKEN)"
+        )
     # compare with every token, in constant time, so timing reveals neither match nor position
     ok = False
     for known in tokens:
         ok |= hmac.compare_digest(token.encode(), known.encode())
     if not ok:
-        raise Forbidden(f"the token is not allowed to {why.removeprefix('this ')}")
+        raise Forbidden(f"this token may not {why}")
 
 
 def require_write(request: Request) -> None:
     if not request.app.state.settings.hub_tokens:
         raise Forbidden("this hub is read-only: start it with MAE_HUB_TOKENS to allow writes")
-    _check_token(request, "writing to the hub")
+    _check_token(request, "write to this hub")
 
 
 def check_read(request: Request, repo_id: str) -> None:
@@ -102,7 +104,7 @@ def check_read(request: Request, repo_id: str) -> None:
     private = store.meta(repo_id).get("private", False)
     if private or request.app.state.settings.hub_read_token_required:
         try:
-            _check_token(request, "reading this repo")
+            _check_token(request, "read this repo")
         except HubError:
             if private:  # do not confirm that a private repo exists
                 raise RepoNotFound(

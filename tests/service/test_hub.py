@@ -244,6 +244,16 @@ def test_commit_protocol_details(hub: LiveServer) -> None:
     ).json()
     href = batch["objects"][0]["actions"]["upload"]["href"]
     assert httpx.put(href, content=b"y" * 1000).status_code == 400
+    assert httpx.put(href, content=body[:500]).status_code == 400  # cut short: nothing stored
+    early = httpx.post(
+        f"{hub.url}/api/models/team/raw/commit/main",
+        content=json.dumps(
+            {"key": "lfsFile", "value": {"path": "w.safetensors", "oid": oid, "size": 1000}}
+        ),
+        headers=auth,
+    )
+    assert early.status_code == 400 and "was not uploaded" in early.json()["error"]
+    assert [s.rfilename for s in api.model_info("team/raw").siblings] == [".gitattributes"]
     assert httpx.put(href.replace("sig=", "sig=0"), content=body).status_code == 403
     assert httpx.put(href, content=body).status_code == 200
 
