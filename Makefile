@@ -24,11 +24,7 @@ serve: venv
 	  echo "  It is trained and published by the default-model work (issue 6); until then"; \
 	  echo "  serve another one with: make serve DEFAULT_MODEL=<folder, .pth or local:ns/name>"; \
 	  exit 1; }
-	@$(BIN)/mae serve --help >/dev/null 2>&1 || { \
-	  echo "make serve: this checkout has no 'mae serve' command yet (the service, issue 5)."; \
-	  echo "  What works today: $(BIN)/mae --help, $(BIN)/mae info MODEL, and the mae_core API."; \
-	  exit 1; }
-	$(BIN)/mae serve --model $(DEFAULT_MODEL)
+	$(BIN)/mae serve $(DEFAULT_MODEL)
 
 test: venv lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

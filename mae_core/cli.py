@@ -550,6 +550,9 @@ def add_serve(sub: Any) -> None:
         "the Hugging Face Hub HTTP protocol: point HF_ENDPOINT at it and use huggingface_hub, "
         "timm's hf-hub: or mae push / mae pull. Settings come from MAE_* variables.",
     )
+    p.add_argument(
+        "model", nargs="?", metavar="MODEL", help="model id to serve (with the service issue)"
+    )
     p.add_argument("--hub-only", action="store_true", help="serve the hub, load no model")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000)

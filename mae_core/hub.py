@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import CheckpointError, load_weights
+from .checkpoint import CheckpointError, load_weights, sha256_file
 from .model import MaskedAutoencoder
 
 _REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -149,16 +149,6 @@ class VerificationError(CheckpointError):
     """A downloaded file does not match the hub's record (size or hash)."""
 
 
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _git_blob_sha1(path: Path) -> str:
     import hashlib
 
@@ -187,7 +177,7 @@ def verify_files(folder: Path, siblings: list[Any]) -> int:
             continue  # not downloaded (filtered out)
         size = path.stat().st_size
         if sib.lfs is not None:
-            want, got, kind = sib.lfs.sha256, _sha256(path), "sha256"
+            want, got, kind = sib.lfs.sha256, sha256_file(path), "sha256"
             want_size = sib.lfs.size
         else:
             want, got, kind = sib.blob_id, _git_blob_sha1(path) if sib.blob_id else None, "git sha1"
@@ -212,7 +202,7 @@ def verify_cached_lfs(folder: Path) -> int:
     for path in sorted(p for p in folder.rglob("*") if p.is_symlink() and p.is_file()):
         name = path.resolve().name
         if re.fullmatch(r"[0-9a-f]{64}", name):
-            if _sha256(path) != name:
+            if sha256_file(path) != name:
                 _discard(path)
                 raise VerificationError(
                     f"{path.name} in the cache does not match its sha256 {name[:12]}...; deleted"
