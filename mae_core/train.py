@@ -469,26 +469,17 @@ class Trainer:
     def _device_batches(
         self, epoch: int, start_batch: int
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor, Any]]:
-        cfg, d, images = self.cfg, self.dist, self._device_images
+        images = self._device_images
         assert images is not None
-        sampler = EpochSampler(
-            len(self.index),
-            cfg.batch_size,
-            cfg.seed,
-            epoch,
-            d.rank,
-            d.world,
-            start_batch,
-            self.batches_per_epoch,
-        )
-        keys = iter(sampler)
-        while chunk := [i for i, _ in itertools.islice(keys, cfg.batch_size)]:
+        keys = iter(self._sampler(epoch, start_batch))
+        while chunk := [i for i, _ in itertools.islice(keys, self.cfg.batch_size)]:
             imgs, noise = images.batch(chunk, epoch)
             yield imgs, noise, chunk
 
-    def _loader(self, epoch: int, start_batch: int) -> DataLoader:
+    def _sampler(self, epoch: int, start_batch: int) -> EpochSampler:
+        """This rank's share of `epoch`, from batch `start_batch` on."""
         cfg, d = self.cfg, self.dist
-        sampler = EpochSampler(
+        return EpochSampler(
             len(self.index),
             cfg.batch_size,
             cfg.seed,
@@ -498,6 +489,10 @@ class Trainer:
             start_batch,
             num_batches=self.batches_per_epoch,
         )
+
+    def _loader(self, epoch: int, start_batch: int) -> DataLoader:
+        cfg = self.cfg
+        sampler = self._sampler(epoch, start_batch)
         workers = self._workers()
         return DataLoader(
             PretrainDataset(self.index, self.model_cfg, cfg.seed),
