@@ -15,35 +15,18 @@ faster).
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 import time
 from collections.abc import Callable
 
 import torch
-from transformers import ViTMAEConfig, ViTMAEForPreTraining
+
+# bench/ is on sys.path when a script here runs: share the peer config and the timer
+from features import hf_config, timed
+from transformers import ViTMAEForPreTraining
 
 import mae_core
 from mae_core.train import param_groups
-
-
-def hf_config(cfg: mae_core.MAEConfig) -> ViTMAEConfig:
-    return ViTMAEConfig(
-        image_size=cfg.img_size,
-        patch_size=cfg.patch_size,
-        num_channels=cfg.in_chans,
-        hidden_size=cfg.embed_dim,
-        num_hidden_layers=cfg.depth,
-        num_attention_heads=cfg.num_heads,
-        intermediate_size=int(cfg.embed_dim * cfg.mlp_ratio),
-        decoder_hidden_size=cfg.decoder_embed_dim,
-        decoder_num_hidden_layers=cfg.decoder_depth,
-        decoder_num_attention_heads=cfg.decoder_num_heads,
-        decoder_intermediate_size=int(cfg.decoder_embed_dim * cfg.mlp_ratio),
-        norm_pix_loss=cfg.norm_pix_loss,
-        mask_ratio=cfg.mask_ratio,
-        layer_norm_eps=1e-6,
-    )
 
 
 def step_flops(cfg: mae_core.MAEConfig, batch: int) -> float:
@@ -79,21 +62,6 @@ def bf16_peak(device: str) -> float:
     return 2 * n**3 * 20 / (time.perf_counter() - t0)
 
 
-def timed(fn: Callable[[], object], steps: int, warmup: int, device: str) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(steps):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--variant", default="mae_vit_tiny_patch8")
@@ -105,7 +73,9 @@ def main() -> None:
     dev = args.device
 
     torch.manual_seed(0)
-    hf = ViTMAEForPreTraining(hf_config(mae_core.variant_config(args.variant)))
+    hf = ViTMAEForPreTraining(
+        hf_config(cfg := mae_core.variant_config(args.variant), cfg.mask_ratio)
+    )
     with tempfile.TemporaryDirectory() as d:
         hf.save_pretrained(d)
         ours = mae_core.load_model(d)
