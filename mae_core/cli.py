@@ -512,50 +512,108 @@ def add_pull(sub: Any) -> None:
 
 
 # -- mae serve ---------------------------------------------------------------------------
+def _serve_env(args: argparse.Namespace) -> dict[str, str]:
+    """The MAE_* variables the flags stand for (flags override the environment)."""
+    env: dict[str, str] = {}
+    models = [*([args.model] if args.model else []), *(args.models or [])]
+    if models:
+        env["MAE_MODEL"] = ",".join(models)
+    for flag, var in (("device", "DEVICE"), ("dtype", "DTYPE"), ("models_dir", "MODELS_DIR")):
+        value = getattr(args, flag)
+        if value:
+            env[f"MAE_{var}"] = str(value)
+    if args.hub_only:
+        env["MAE_HUB_ONLY"] = "true"
+    if args.no_reconstruction:
+        env["MAE_RECONSTRUCTION"] = "false"
+    return env
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
+    from pydantic import ValidationError
 
-    from service.app import create_app
-    from service.settings import Settings
+    from service.settings import Settings, settings_error_message
 
-    overrides: dict[str, Any] = {}
-    if args.models_dir:
-        overrides["models_dir"] = Path(args.models_dir)
-    if args.hub_only:
-        overrides["hub_only"] = True
-    settings = Settings(**overrides)
-    if not settings.hub_only:
-        raise CLIError(
-            "serving a model (embeddings, reconstructions) is not built yet: run "
-            "`mae serve --hub-only` for the hub endpoints"
+    os.environ.update(_serve_env(args))  # worker processes (--workers) read them too
+    try:
+        settings = Settings()
+    except ValidationError as e:
+        raise CLIError(f"bad setting: {settings_error_message(e)}") from None
+    if args.workers < 1:
+        raise CLIError(f"--workers must be at least 1, got {args.workers}")
+    from .hub import parse_model_id, resolve, resolve_local
+
+    if settings.hub_only:
+        from .repo_store import RepoStore
+
+        store = RepoStore(settings.resolved_models_dir())
+        writes = (
+            "writes need a token in MAE_HUB_TOKENS"
+            if settings.hub_tokens
+            else "read-only (set MAE_HUB_TOKENS to allow pushes)"
         )
-    app = create_app(settings)
-    store = app.state.store
-    writes = (
-        "writes need a token in MAE_HUB_TOKENS"
-        if settings.hub_tokens
-        else "read-only (set MAE_HUB_TOKENS to allow pushes)"
-    )
-    print(f"mae hub over {store.root} ({len(store.repos())} repos), {writes}")
-    print(f"  HF_ENDPOINT=http://{args.host}:{args.port}")
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+        print(f"mae hub over {store.root} ({len(store.repos())} repos), {writes}")
+        print(f"  HF_ENDPOINT=http://{args.host}:{args.port}")
+    else:
+        for model_id in settings.model:  # fail now, in one line, rather than in a log later
+            parsed = parse_model_id(model_id)
+            if parsed.scheme == "local":
+                resolve_local(parsed.name, parsed.revision, root=settings.models_dir)
+            else:
+                resolve(parsed)
+        print(f"mae serve: {', '.join(settings.model)} on http://{args.host}:{args.port}")
+        print("  demo page /, API docs /docs, readiness /ready, metrics /metrics")
+    grace = settings.request_timeout_s + 5  # SIGTERM: finish the requests in flight first
+    options = dict(host=args.host, port=args.port, log_level=args.log_level)
+    if args.workers > 1:
+        uvicorn.run(
+            "service.app:create_app",
+            factory=True,
+            workers=args.workers,
+            timeout_graceful_shutdown=grace,
+            **options,
+        )
+    else:
+        from service.app import create_app
+
+        uvicorn.run(create_app(settings), timeout_graceful_shutdown=grace, **options)
     return 0
 
 
 def add_serve(sub: Any) -> None:
     p = sub.add_parser(
         "serve",
-        help="run the HTTP service (hub endpoints; embeddings and reconstructions)",
-        description="Serve the embedded hub (MAE_MODELS_DIR, default the checkout's models/) over "
-        "the Hugging Face Hub HTTP protocol: point HF_ENDPOINT at it and use huggingface_hub, "
-        "timm's hf-hub: or mae push / mae pull. Settings come from MAE_* variables.",
+        help="run the HTTP service: embeddings, reconstructions, demo page, hub",
+        description="Serve MODEL: batched embeddings (/v1/embeddings), masked reconstructions "
+        "(/v1/reconstructions), the demo page (/), /v1/models, /health, /ready, /metrics, and "
+        "the embedded hub (MAE_MODELS_DIR) over the Hugging Face Hub protocol. Every setting "
+        "is also an MAE_* variable (see docs/service.md); flags override them.",
     )
     p.add_argument(
-        "model", nargs="?", metavar="MODEL", help="model id to serve (with the service issue)"
+        "model",
+        nargs="?",
+        metavar="MODEL",
+        help="model id: local:<ns>/<name>[@rev], hf-hub:<ns>/<name>, a folder or a .pth file",
+    )
+    p.add_argument(
+        "--model",
+        dest="models",
+        action="append",
+        metavar="ID",
+        help="another model to serve (repeatable; the first served is the default)",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="default 8000")
+    p.add_argument("--device", help="auto (default: CUDA when present), cpu, cuda, cuda:N")
+    p.add_argument("--dtype", help="auto (default), float32, bfloat16, float16")
+    p.add_argument("--workers", type=int, default=1, help="processes, each with its own model")
+    p.add_argument(
+        "--no-reconstruction",
+        action="store_true",
+        help="load the encoder only (no decoder, no /v1/reconstructions)",
     )
     p.add_argument("--hub-only", action="store_true", help="serve the hub, load no model")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000)
     p.add_argument("--models-dir", metavar="DIR", help="the hub's folder (default MAE_MODELS_DIR)")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     p.set_defaults(func=cmd_serve)

@@ -1,23 +1,76 @@
 """Service settings: environment variables with the `MAE_` prefix (or an `.env` file),
-read once by `create_app`."""
+read once by `create_app`. `mae serve` flags override them.
+
+Invalid values fail at start: `settings_error_message` turns pydantic's report into one
+line per problem, each naming the environment variable.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ENV_PREFIX = "MAE_"
+CommaList = Annotated[list[str], NoDecode]
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="MAE_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_file=".env", extra="ignore", protected_namespaces=()
+    )
 
+    # -- models ---------------------------------------------------------------------------
+    model: CommaList = Field(
+        default_factory=list,
+        description="model id(s) to serve, comma-separated; the first is the default",
+    )
+    device: str = Field(default="auto", description="auto (CUDA when present), cpu, cuda, cuda:N")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto", description="compute dtype (autocast); auto: bfloat16 on CUDA, else float32"
+    )
+    reconstruction: bool = Field(
+        default=True, description="keep the decoder for /v1/reconstructions (off: encoder only)"
+    )
+    warmup: bool = Field(default=True, description="run a batch through each model before /ready")
     models_dir: Path | None = Field(
         default=None, description="the embedded hub's folder (default: the checkout's models/)"
     )
+
+    # -- batching and limits --------------------------------------------------------------
+    max_batch_images: int = Field(default=32, ge=1, le=4096, description="images per forward")
+    max_batch_wait_ms: float = Field(
+        default=5.0, ge=0, le=10_000, description="how long a batch waits for more requests"
+    )
+    max_queue_images: int = Field(
+        default=1024, ge=1, description="images waiting at most; more -> 429 with Retry-After"
+    )
+    request_timeout_s: float = Field(
+        default=30.0, gt=0, description="deadline of a request from its arrival; past it -> 504"
+    )
+    max_images_per_request: int = Field(default=64, ge=1, description="images in one request")
+    max_image_bytes: int = Field(default=16 * 1024**2, ge=1, description="bytes of one image")
+    max_image_pixels: int = Field(
+        default=40_000_000, ge=1, description="width x height of one image, checked before decoding"
+    )
+    max_body_bytes: int = Field(
+        default=64 * 1024**2, ge=1, description="bytes of one request body on the /v1 routes"
+    )
+
+    # -- access ---------------------------------------------------------------------------
+    api_keys: CommaList = Field(
+        default_factory=list,
+        description="bearer keys for the /v1 routes, comma-separated (empty: open)",
+    )
+    cors_origins: CommaList = Field(
+        default_factory=list, description="origins allowed by CORS, comma-separated (empty: off)"
+    )
+
+    # -- hub ------------------------------------------------------------------------------
     hub_only: bool = Field(default=False, description="serve the hub endpoints, load no model")
-    hub_tokens: Annotated[list[str], NoDecode] = Field(
+    hub_tokens: CommaList = Field(
         default_factory=list, description="comma-separated tokens allowed to write to the hub"
     )
     hub_read_token_required: bool = Field(
@@ -27,14 +80,46 @@ class Settings(BaseSettings):
         default=2 * 1024**3, description="largest commit body (inline files, base64) accepted"
     )
 
-    @field_validator("hub_tokens", mode="before")
+    @field_validator("model", "api_keys", "cors_origins", "hub_tokens", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:
         if isinstance(value, str):
             return [t.strip() for t in value.split(",") if t.strip()]
         return value
 
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        value = value.strip().lower()
+        ok = value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit())
+        if not ok:
+            raise ValueError(f"must be auto, cpu, cuda or cuda:N, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.max_images_per_request > self.max_queue_images:
+            raise ValueError(
+                f"{ENV_PREFIX}MAX_IMAGES_PER_REQUEST ({self.max_images_per_request}) is larger "
+                f"than {ENV_PREFIX}MAX_QUEUE_IMAGES ({self.max_queue_images}): such a request "
+                "could never be queued"
+            )
+        if not self.hub_only and not self.model:
+            raise ValueError(f"no model to serve: set {ENV_PREFIX}MODEL (or pass one to mae serve)")
+        return self
+
     def resolved_models_dir(self) -> Path:
         from mae_core.hub import models_dir
 
         return self.models_dir if self.models_dir is not None else models_dir()
+
+
+def settings_error_message(exc: ValidationError) -> str:
+    """One line per problem, naming the environment variable (MAE_MAX_BATCH_IMAGES: ...)."""
+    lines = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err.get("loc", ()))
+        where = f"{ENV_PREFIX}{field.upper()}: " if field else ""
+        message = err.get("msg", "invalid").removeprefix("Value error, ")
+        lines.append(f"{where}{message}")
+    return "; ".join(lines)

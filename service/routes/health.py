@@ -1,20 +1,41 @@
-"""Liveness and readiness."""
+"""Liveness (`/health`), readiness (`/ready`) and Prometheus metrics (`/metrics`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from ..errors import error_response
 
 router = APIRouter(tags=["health"])
 
 
 @router.get("/health")
-async def health() -> dict[str, str]:
+async def health(request: Request) -> Any:
+    """200 while the process can serve; 503 when loading the model failed (restart it)."""
+    rt = request.app.state.runtime
+    if rt is not None and rt.error:
+        return error_response(503, "load_failed", f"the model failed to load: {rt.error}")
     return {"status": "ok"}
 
 
 @router.get("/ready")
-async def ready(request: Request) -> dict[str, Any]:
-    store = request.app.state.store
-    return {"status": "ready", "models_dir": str(store.root), "repos": len(store.repos())}
+async def ready(request: Request) -> Any:
+    """200 once every model is loaded and warmed up (always, for a hub-only server)."""
+    rt, store = request.app.state.runtime, request.app.state.store
+    if rt is None:
+        return {"status": "ready", "models": [], "models_dir": str(store.root)}
+    if not rt.ready:
+        if rt.error:
+            return error_response(503, "load_failed", f"the model failed to load: {rt.error}")
+        return error_response(503, "not_ready", "loading and warming up the model(s)")
+    queued = {mid: s.batcher.queued_images for mid, s in rt.models.items()}
+    return {"status": "ready", "models": list(rt.models), "queued_images": queued}
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics(request: Request) -> Response:
+    m = request.app.state.metrics
+    return Response(m.render(), media_type=m.content_type)

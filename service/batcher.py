@@ -1,0 +1,292 @@
+"""Dynamic micro-batching: requests -> one queue -> one worker that owns the device.
+
+Every request's images are queued as jobs of at most `max_batch_images` (a larger request
+is split and its answers reassembled in order). The worker takes the oldest job, keeps
+adding queued jobs while they fit in `max_batch_images` and `max_wait_s` has not passed
+since that job arrived, then runs one forward on the stacked batch in its own thread and
+hands each job its rows. Other device work (a reconstruction) runs alone, in turn.
+
+Admission is bounded in images: a request that would push the queue past
+`max_queue_images` is refused at once (429, with a Retry-After from the measured
+throughput). A job whose deadline passes before its forward gets a 504; one whose client
+went away is removed from the queue and frees its slot. CUDA out-of-memory splits the
+batch in halves and retries; a single image that does not fit fails alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .engine import Engine
+from .errors import APIError, DeadlineExceeded, NotReady, QueueFull
+from .metrics import Metrics
+
+log = logging.getLogger("mae.service")
+
+
+@dataclass(eq=False)
+class _Job:
+    n: int  # images this job holds (its cost in the queue)
+    deadline: float  # time.monotonic()
+    future: asyncio.Future
+    images: torch.Tensor | None = None  # (n, 3, S, S) for embedding jobs
+    call: Callable[[], Any] | None = None  # exclusive device work (reconstructions)
+    enqueued: float = field(default_factory=time.monotonic)
+
+
+class Batcher:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        max_batch_images: int,
+        max_wait_s: float,
+        max_queue_images: int,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.engine = engine
+        self.max_batch_images = max_batch_images
+        self.max_wait_s = max_wait_s
+        self.max_queue_images = max_queue_images
+        self.metrics = metrics or Metrics()
+        self._label = engine.id
+        self._jobs: deque[_Job] = deque()
+        self._queued = 0  # images in self._jobs
+        self._wake: asyncio.Event | None = None
+        self._worker: asyncio.Task | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mae-device")
+        self._closing = False
+        self._rate = 0.0  # images/s of recent forwards (exponential average), for Retry-After
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def start(self) -> None:
+        self._wake = asyncio.Event()
+        self._worker = asyncio.create_task(self._run(), name=f"batcher:{self._label}")
+
+    async def close(self) -> None:
+        """Refuse new work, finish what is queued, stop the worker."""
+        self._closing = True
+        if self._wake is not None:
+            self._wake.set()
+        if self._worker is not None:
+            await self._worker
+        self._executor.shutdown(wait=True)
+
+    @property
+    def queued_images(self) -> int:
+        return self._queued
+
+    # -- submitting -----------------------------------------------------------------------
+    def _admit(self, n: int) -> None:
+        if self._closing:
+            raise NotReady("the server is shutting down")
+        if self._queued + n > self.max_queue_images:
+            self.metrics.rejected.labels(self._label, "queue_full").inc()
+            wait = (self._queued + n) / self._rate if self._rate > 0 else 1.0
+            retry = max(1, math.ceil(wait))
+            raise QueueFull(
+                f"the queue holds {self._queued} images (limit {self.max_queue_images}); "
+                f"retry in about {retry} s",
+                headers={"Retry-After": str(retry)},
+            )
+
+    def _enqueue(self, job: _Job) -> None:
+        self._jobs.append(job)
+        self._queued += job.n
+        self.metrics.queue_images.labels(self._label).set(self._queued)
+        assert self._wake is not None, "Batcher.start() was not called"
+        self._wake.set()
+
+    def _withdraw(self, job: _Job) -> None:
+        """Take a job out of the queue (if still there) and free its images."""
+        try:
+            self._jobs.remove(job)
+        except ValueError:
+            return
+        self._queued -= job.n
+        self.metrics.queue_images.labels(self._label).set(self._queued)
+
+    async def _await(self, jobs: list[_Job], deadline: float) -> list[Any]:
+        try:
+            async with asyncio.timeout_at(_loop_time(deadline)):
+                return list(await asyncio.gather(*(j.future for j in jobs)))
+        except TimeoutError:
+            self.metrics.rejected.labels(self._label, "deadline").inc()
+            raise DeadlineExceeded(
+                "the request's deadline passed before its images were processed"
+            ) from None
+        finally:
+            for job in jobs:  # a timeout, an error or a client that went away
+                if not job.future.done():
+                    job.future.cancel()
+                self._withdraw(job)
+
+    async def embed(self, images: torch.Tensor, deadline: float) -> torch.Tensor:
+        """images (n, 3, S, S) -> (n, 2, D) float32 [cls, mean], in input order."""
+        n = images.shape[0]
+        self._admit(n)
+        loop = asyncio.get_running_loop()
+        jobs = [
+            _Job(chunk.shape[0], deadline, loop.create_future(), images=chunk)
+            for chunk in images.split(self.max_batch_images)
+        ]
+        for job in jobs:
+            self._enqueue(job)
+        return torch.cat(await self._await(jobs, deadline))
+
+    async def run(self, call: Callable[[], Any], deadline: float) -> Any:
+        """Run `call()` on the device thread, in turn with the batches (costs one image)."""
+        self._admit(1)
+        job = _Job(1, deadline, asyncio.get_running_loop().create_future(), call=call)
+        self._enqueue(job)
+        return (await self._await([job], deadline))[0]
+
+    # -- the worker -----------------------------------------------------------------------
+    async def _next(self, until: float | None) -> _Job | None:
+        """The oldest job (left in the queue), waiting until `until` (monotonic) at most."""
+        assert self._wake is not None
+        while not self._jobs:
+            if self._closing:
+                return None
+            self._wake.clear()
+            if until is None:
+                await self._wake.wait()
+                continue
+            remaining = until - time.monotonic()
+            if remaining <= 0:
+                return None
+            try:
+                async with asyncio.timeout(remaining):
+                    await self._wake.wait()
+            except TimeoutError:
+                return None
+        return self._jobs[0]
+
+    def _take(self, job: _Job) -> bool:
+        """Pop `job` for running; False (and the job settled) when it must not run."""
+        self._jobs.popleft()
+        self._queued -= job.n
+        self.metrics.queue_images.labels(self._label).set(self._queued)
+        if job.future.done():  # cancelled: the client went away or gave up
+            return False
+        now = time.monotonic()
+        if now > job.deadline:
+            self.metrics.rejected.labels(self._label, "deadline").inc()
+            job.future.set_exception(
+                DeadlineExceeded("the request's deadline passed while it waited in the queue")
+            )
+            return False
+        self.metrics.queue_wait_seconds.labels(self._label).observe(now - job.enqueued)
+        return True
+
+    async def _run(self) -> None:
+        while True:
+            first = await self._next(None)
+            if first is None:
+                return  # closing and drained
+            if not self._take(first):
+                continue
+            if first.call is not None:
+                await self._run_call(first)
+                continue
+            batch, n = [first], first.n
+            until = first.enqueued + self.max_wait_s
+            while n < self.max_batch_images:
+                nxt = await self._next(until)
+                if nxt is None or nxt.call is not None or n + nxt.n > self.max_batch_images:
+                    break
+                if self._take(nxt):
+                    batch.append(nxt)
+                    n += nxt.n
+            await self._run_batch(batch, n)
+
+    async def _run_call(self, job: _Job) -> None:
+        loop = asyncio.get_running_loop()
+        t0 = time.perf_counter()
+        try:
+            result = await loop.run_in_executor(self._executor, job.call)
+        except Exception as exc:
+            _settle(job, exc=_as_api_error(exc))
+            return
+        self.metrics.forward_seconds.labels(self._label, "reconstruction").observe(
+            time.perf_counter() - t0
+        )
+        self.metrics.images.labels(self._label, "reconstruction").inc()
+        _settle(job, result=result)
+
+    async def _run_batch(self, batch: list[_Job], n: int) -> None:
+        loop = asyncio.get_running_loop()
+        stacked = batch[0].images if len(batch) == 1 else torch.cat([j.images for j in batch])
+        t0 = time.perf_counter()
+        try:
+            out = await loop.run_in_executor(self._executor, self._forward, stacked)
+        except Exception as exc:
+            error = _as_api_error(exc)
+            for job in batch:
+                _settle(job, exc=error)
+            return
+        seconds = time.perf_counter() - t0
+        m, label = self.metrics, self._label
+        m.forward_seconds.labels(label, "embedding").observe(seconds)
+        m.batch_images.labels(label).observe(n)
+        m.batch_requests.labels(label).observe(len(batch))
+        m.images.labels(label, "embedding").inc(n)
+        rate = n / max(seconds, 1e-9)
+        m.images_per_second.labels(label).set(rate)
+        self._rate = rate if self._rate == 0 else 0.8 * self._rate + 0.2 * rate
+        start = 0
+        for job in batch:
+            _settle(job, result=out[start : start + job.n])
+            start += job.n
+
+    def _forward(self, batch: torch.Tensor) -> torch.Tensor:
+        """engine.embed, halving the batch on CUDA out-of-memory (device thread)."""
+        try:
+            return self.engine.embed(batch)
+        except torch.OutOfMemoryError:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            if batch.shape[0] == 1:
+                raise
+            self.metrics.oom_splits.labels(self._label).inc()
+            log.warning("out of device memory at %d images: splitting the batch", batch.shape[0])
+            half = batch.shape[0] // 2
+            return torch.cat([self._forward(batch[:half]), self._forward(batch[half:])])
+
+
+def _settle(job: _Job, *, result: Any = None, exc: BaseException | None = None) -> None:
+    if job.future.done():
+        return
+    if exc is not None:
+        job.future.set_exception(exc)
+    else:
+        job.future.set_result(result)
+
+
+def _as_api_error(exc: Exception) -> APIError:
+    if isinstance(exc, APIError):
+        return exc
+    if isinstance(exc, torch.OutOfMemoryError):
+        return APIError(
+            "out of device memory even for a single image", status=507, code="out_of_memory"
+        )
+    if isinstance(exc, ValueError):  # the model refused the input (e.g. a mask ratio)
+        return APIError(str(exc), status=422, code="invalid_request")
+    log.exception("device work failed", exc_info=exc)
+    return APIError(f"internal error: {type(exc).__name__}", status=500, code="internal_error")
+
+
+def _loop_time(deadline: float) -> float:
+    """A time.monotonic() deadline on the running loop's clock."""
+    loop = asyncio.get_running_loop()
+    return loop.time() + (deadline - time.monotonic())

@@ -1,0 +1,179 @@
+"""`Engine`: one loaded MAE and the three things the service does with it.
+
+- `preprocess(image)` / `preprocess_for_reconstruction(image)`: RGB PIL -> (3, S, S)
+  normalised tensor, from the model's `pretrained_cfg` (shorter side to S / crop_pct,
+  centre crop S, the model's mean/std; crop_pct 1 for reconstructions so the whole
+  central square is shown).
+- `embed(batch)`: (N, 3, S, S) -> (N, 2, D) float32 on the CPU: the class token and the
+  mean of the patch tokens, both after the final norm, from one unmasked forward.
+- `reconstruct(x, mask_ratio, seed)`: one image -> `Panels` (needs the decoder).
+
+No HTTP here, so it can be used and tested alone. Only the batcher's worker thread calls
+`embed` and `reconstruct`, so only one thread touches the device.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from mae_core.checkpoint import CheckpointError, load_weights, sha256_file
+from mae_core.data import eval_transform
+from mae_core.hub import parse_model_id, resolve, resolve_local
+from mae_core.model import MaskedAutoencoder
+from mae_core.visualize import Panels, reconstruction_panels
+
+from .imaging import center_square
+
+log = logging.getLogger("mae.service")
+POOLINGS = ("cls", "mean")
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def pick_device(name: str) -> torch.device:
+    """auto -> cuda when available, else cpu; an explicit CUDA device must exist."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"device {name!r} asked for, but CUDA is not available here")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise RuntimeError(
+                f"device {name!r} asked for, but only {torch.cuda.device_count()} CUDA device(s)"
+            )
+    return device
+
+
+def pick_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    return _DTYPES[name]
+
+
+@dataclass
+class ModelInfo:
+    """What `/v1/models` reports about one served model."""
+
+    id: str
+    revision: str | None
+    sha256: str | None
+    image_size: int
+    patch_size: int
+    embed_dim: int
+    heads: list[str]
+    device: str
+    dtype: str
+    parameters: dict[str, int]
+    norm_pix_loss: bool
+    aliases: list[str] = field(default_factory=list)
+
+
+def _snapshot_revision(path: Path) -> str | None:
+    """The commit a hub snapshot folder stands for (`.../snapshots/<sha>`), else None."""
+    if path.is_dir() and path.parent.name == "snapshots":
+        return path.name
+    return None
+
+
+class Engine:
+    def __init__(
+        self,
+        model_id: str,
+        *,
+        device: str = "auto",
+        dtype: str = "auto",
+        with_decoder: bool = True,
+        models_dir: Path | None = None,
+    ) -> None:
+        parsed = parse_model_id(model_id)
+        if parsed.scheme == "local":
+            path = resolve_local(parsed.name, parsed.revision, root=models_dir)
+        else:
+            path = resolve(parsed)
+        # Keep the decoder only when reconstructions are on *and* the weights carry one.
+        model = load_weights(path, with_decoder=None if with_decoder else False)
+        if with_decoder and not model.has_decoder:
+            log.warning("%s has no decoder: /v1/reconstructions is off for it", model_id)
+        self.device = pick_device(device)
+        self.dtype = pick_dtype(dtype, self.device)
+        self.model: MaskedAutoencoder = model.to(self.device).eval()
+        self.model.requires_grad_(False)
+        self.id = str(parsed)
+        weights = model.source_info.get("weights") or []
+        cfg = model.config
+        self.info = ModelInfo(
+            id=self.id,
+            revision=_snapshot_revision(path),
+            sha256=sha256_file(weights[0]) if weights else None,
+            image_size=cfg.img_size,
+            patch_size=cfg.patch_size,
+            embed_dim=cfg.embed_dim,
+            heads=["encoder", "decoder"] if model.has_decoder else ["encoder"],
+            device=str(self.device),
+            dtype=str(self.dtype).removeprefix("torch."),
+            parameters=model.num_params(),
+            norm_pix_loss=cfg.norm_pix_loss,
+            aliases=[parsed.name] if parsed.scheme != "path" else [],
+        )
+
+    @property
+    def image_size(self) -> int:
+        return self.model.config.img_size
+
+    @property
+    def has_decoder(self) -> bool:
+        return self.model.has_decoder
+
+    def min_side(self) -> int:
+        """The shorter side a decoded image needs before resizing (for JPEG draft mode)."""
+        cfg = self.model.config
+        return int(cfg.img_size / min(cfg.crop_pct, 1.0)) + 1
+
+    # -- preprocessing (runs in the request's thread pool) --------------------------------
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        """RGB image -> (3, S, S) float32, as the model's `pretrained_cfg` says."""
+        return eval_transform(center_square(image), self.model.config)
+
+    def preprocess_for_reconstruction(self, image: Image.Image) -> torch.Tensor:
+        """RGB image -> (3, S, S) float32 of the whole central square (crop_pct 1)."""
+        cfg = self.model.config.replace(crop_pct=1.0)
+        return eval_transform(center_square(image), cfg)
+
+    # -- device work (the batcher's worker thread only) -----------------------------------
+    def _autocast(self) -> Any:
+        enabled = self.dtype != torch.float32
+        return torch.autocast(self.device.type, dtype=self.dtype, enabled=enabled)
+
+    def embed(self, batch: torch.Tensor) -> torch.Tensor:
+        """batch (N, 3, S, S) -> (N, 2, D) float32 CPU: [:, 0] class token, [:, 1] patch mean."""
+        with torch.inference_mode(), self._autocast():
+            tokens = self.model.forward_features(batch.to(self.device, non_blocking=True))
+            pooled = torch.stack([tokens[:, 0], tokens[:, 1:].mean(dim=1)], dim=1)  # (N, 2, D)
+        return pooled.float().cpu()
+
+    def reconstruct(self, x: torch.Tensor, mask_ratio: float, seed: int) -> Panels:
+        """x (3, S, S) -> the four panels, mask, per-patch error and loss."""
+        if not self.has_decoder:
+            raise CheckpointError(f"model {self.id} was loaded without its decoder")
+        with self._autocast():
+            return reconstruction_panels(self.model, x, mask_ratio=mask_ratio, seed=seed)
+
+    def warmup(self, batch_images: int) -> float:
+        """Run the largest batch (and a reconstruction) once; returns the seconds it took."""
+        t0 = time.perf_counter()
+        s = self.image_size
+        self.embed(torch.zeros(batch_images, 3, s, s))
+        if self.has_decoder:
+            self.reconstruct(torch.zeros(3, s, s), 0.75, 0)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter() - t0
