@@ -1,4 +1,5 @@
-"""A real uvicorn server on 127.0.0.1, in a thread, over a temporary models folder."""
+"""Real uvicorn servers on 127.0.0.1, in a thread: a hub over a temporary models folder,
+and model servers over a small random MAE saved in our repo layout."""
 
 from __future__ import annotations
 
@@ -32,7 +33,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def serve(settings: Settings) -> Iterator[str]:
+def serve(settings: Settings, ready: bool = False) -> Iterator[str]:
+    """Run `create_app(settings)` on a free port; yields its URL once /health (and, with
+    `ready`, /ready) answers 200."""
     port = _free_port()
     config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
     server = uvicorn.Server(config)
@@ -42,7 +45,8 @@ def serve(settings: Settings) -> Iterator[str]:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+            path = "/ready" if ready else "/health"
+            if httpx.get(f"{url}{path}", timeout=1).status_code == 200:
                 break
         except httpx.HTTPError:
             time.sleep(0.05)
@@ -60,3 +64,39 @@ def hub(tmp_path: Path) -> Iterator[LiveServer]:
     settings = Settings(models_dir=tmp_path / "models", hub_only=True, hub_tokens=[TOKEN])
     for url in serve(settings):
         yield LiveServer(url, tmp_path / "models", settings)
+
+
+# -- model servers ------------------------------------------------------------------------
+SMALL_MODEL = dict(img_size=32, depth=2, decoder_depth=1)  # mae_vit_tiny_patch8: 16 patches
+
+
+@pytest.fixture(scope="session")
+def small_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-init mae_vit_tiny_patch8 (32 px, 2 blocks, 1 decoder block) with its decoder,
+    saved as a hub repo folder."""
+    import torch
+
+    from mae_core import create_model
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("small-mae") / "model"
+    create_model("mae_vit_tiny_patch8", **SMALL_MODEL).save_pretrained(path)
+    return path
+
+
+def model_settings(model_dir: Path, models_dir: Path, **overrides: object) -> Settings:
+    """Settings for a CPU server of `model_dir`; `overrides` are Settings fields."""
+    values: dict[str, object] = dict(
+        model=[str(model_dir)], models_dir=models_dir, device="cpu", max_batch_wait_ms=2.0
+    )
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture(scope="module")
+def model_server(small_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """One server of the small model with default limits, shared by a test module."""
+    models = tmp_path_factory.mktemp("models")
+    settings = model_settings(small_model_dir, models)
+    for url in serve(settings, ready=True):
+        yield LiveServer(url, models, settings)
