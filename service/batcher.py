@@ -16,6 +16,7 @@ batch in halves and retries; a single image that does not fit fails alone.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -42,6 +43,7 @@ class _Job:
     images: torch.Tensor | None = None  # (n, 3, S, S) for embedding jobs
     call: Callable[[], Any] | None = None  # exclusive device work (reconstructions)
     enqueued: float = field(default_factory=time.monotonic)
+    waiting: bool = False  # counted in the queue's images
 
 
 class Batcher:
@@ -61,7 +63,7 @@ class Batcher:
         self.metrics = metrics or Metrics()
         self._label = engine.id
         self._jobs: deque[_Job] = deque()
-        self._queued = 0  # images in self._jobs
+        self._queued = 0  # images of jobs whose forward has not started
         self._wake: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mae-device")
@@ -102,19 +104,24 @@ class Batcher:
 
     def _enqueue(self, job: _Job) -> None:
         self._jobs.append(job)
+        job.waiting = True
         self._queued += job.n
         self.metrics.queue_images.labels(self._label).set(self._queued)
         assert self._wake is not None, "Batcher.start() was not called"
         self._wake.set()
 
+    def _release(self, job: _Job) -> None:
+        """The job no longer waits (its forward starts, or it was dropped): free its images."""
+        if job.waiting:
+            job.waiting = False
+            self._queued -= job.n
+            self.metrics.queue_images.labels(self._label).set(self._queued)
+
     def _withdraw(self, job: _Job) -> None:
-        """Take a job out of the queue (if still there) and free its images."""
-        try:
+        """Take a job out of the queue, or out of the batch being gathered, for good."""
+        with contextlib.suppress(ValueError):
             self._jobs.remove(job)
-        except ValueError:
-            return
-        self._queued -= job.n
-        self.metrics.queue_images.labels(self._label).set(self._queued)
+        self._release(job)
 
     async def _await(self, jobs: list[_Job], deadline: float) -> list[Any]:
         try:
@@ -173,21 +180,34 @@ class Batcher:
         return self._jobs[0]
 
     def _take(self, job: _Job) -> bool:
-        """Pop `job` for running; False (and the job settled) when it must not run."""
+        """Pop `job` into the batch being gathered; False (job settled) if it must not run.
+        A gathered job still counts as waiting until its forward starts."""
         self._jobs.popleft()
-        self._queued -= job.n
-        self.metrics.queue_images.labels(self._label).set(self._queued)
         if job.future.done():  # cancelled: the client went away or gave up
+            self._release(job)
             return False
+        return self._check_deadline(job)
+
+    def _check_deadline(self, job: _Job) -> bool:
+        if time.monotonic() <= job.deadline:
+            return True
+        self._release(job)
+        self.metrics.rejected.labels(self._label, "deadline").inc()
+        _settle(job, exc=DeadlineExceeded("the request's deadline passed before its forward"))
+        return False
+
+    def _start(self, jobs: list[_Job]) -> list[_Job]:
+        """The jobs of a forward about to start that still need it (alive, in time)."""
         now = time.monotonic()
-        if now > job.deadline:
-            self.metrics.rejected.labels(self._label, "deadline").inc()
-            job.future.set_exception(
-                DeadlineExceeded("the request's deadline passed while it waited in the queue")
-            )
-            return False
-        self.metrics.queue_wait_seconds.labels(self._label).observe(now - job.enqueued)
-        return True
+        live = []
+        for job in jobs:
+            alive = not job.future.done() and self._check_deadline(job)
+            self._release(job)
+            if not alive:
+                continue
+            self.metrics.queue_wait_seconds.labels(self._label).observe(now - job.enqueued)
+            live.append(job)
+        return live
 
     async def _run(self) -> None:
         while True:
@@ -208,9 +228,11 @@ class Batcher:
                 if self._take(nxt):
                     batch.append(nxt)
                     n += nxt.n
-            await self._run_batch(batch, n)
+            await self._run_batch(batch)
 
     async def _run_call(self, job: _Job) -> None:
+        if not self._start([job]):
+            return
         loop = asyncio.get_running_loop()
         t0 = time.perf_counter()
         try:
@@ -224,7 +246,11 @@ class Batcher:
         self.metrics.images.labels(self._label, "reconstruction").inc()
         _settle(job, result=result)
 
-    async def _run_batch(self, batch: list[_Job], n: int) -> None:
+    async def _run_batch(self, batch: list[_Job]) -> None:
+        batch = self._start(batch)
+        if not batch:
+            return
+        n = sum(job.n for job in batch)
         loop = asyncio.get_running_loop()
         stacked = batch[0].images if len(batch) == 1 else torch.cat([j.images for j in batch])
         t0 = time.perf_counter()

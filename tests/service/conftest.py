@@ -34,8 +34,8 @@ def _free_port() -> int:
 
 
 def serve(settings: Settings, ready: bool = False) -> Iterator[str]:
-    """Run `create_app(settings)` on a free port; yields its URL once /health (and, with
-    `ready`, /ready) answers 200."""
+    """Run `create_app(settings)` on a free port; yields its URL once it answers HTTP (with
+    `ready`: once /ready answers 200)."""
     port = _free_port()
     config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
     server = uvicorn.Server(config)
@@ -45,8 +45,8 @@ def serve(settings: Settings, ready: bool = False) -> Iterator[str]:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
-            path = "/ready" if ready else "/health"
-            if httpx.get(f"{url}{path}", timeout=1).status_code == 200:
+            status = httpx.get(f"{url}{'/ready' if ready else '/health'}", timeout=1).status_code
+            if status == 200 or not ready:
                 break
         except httpx.HTTPError:
             time.sleep(0.05)

@@ -1,0 +1,175 @@
+"""The batcher's promises through a real server: 429 when the queue is full, 504 past the
+deadline, a client that goes away frees its place, SIGTERM drains; and readiness.
+
+A long MAE_MAX_BATCH_WAIT_MS (with a batch that never fills) holds the first request in
+the batch being gathered for that long, which makes queue states reproducible without
+touching the code under test.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from .conftest import model_settings, serve
+from .test_embeddings import metric
+
+HOLD_MS = 3000.0
+
+
+@pytest.fixture(scope="module")
+def photo(cifar_folder: Path) -> str:
+    return base64.b64encode(sorted(cifar_folder.rglob("*.jpg"))[0].read_bytes()).decode()
+
+
+def _post(url: str, photo: str, n: int, timeout: float = 60) -> httpx.Response:
+    return httpx.post(f"{url}/v1/embeddings", json={"input": [photo] * n}, timeout=timeout)
+
+
+def _in_background(fn, *args) -> tuple[threading.Thread, dict]:
+    out: dict = {}
+
+    def run() -> None:
+        try:
+            out["response"] = fn(*args)
+        except Exception as exc:  # the test reads it
+            out["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, out
+
+
+def _wait_for(predicate, what: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+@pytest.fixture(scope="module")
+def holding_server(small_model_dir, tmp_path_factory):
+    """Queue of 8 images; a request waits HOLD_MS for company before its forward."""
+    settings = model_settings(
+        small_model_dir,
+        tmp_path_factory.mktemp("models"),
+        max_batch_wait_ms=HOLD_MS,
+        max_batch_images=64,
+        max_queue_images=8,
+        max_images_per_request=8,
+    )
+    yield from serve(settings, ready=True)
+
+
+def test_full_queue_answers_429_at_once(holding_server: str, photo: str) -> None:
+    url = holding_server
+    thread, first = _in_background(_post, url, photo, 6)
+    _wait_for(lambda: metric(url, "mae_queue_images") == 6, "the first request to queue")
+    r = _post(url, photo, 3)  # 6 + 3 > 8
+    assert r.status_code == 429
+    assert r.json()["error"]["code"] == "queue_full"
+    assert int(r.headers["retry-after"]) >= 1
+    small = _post(url, photo, 2)  # 6 + 2 fits: joins the first one's forward
+    assert small.status_code == 200
+    thread.join(30)
+    assert first["response"].status_code == 200
+    assert metric(url, "mae_rejected_total", reason="queue_full") >= 1
+
+
+def test_client_that_goes_away_frees_its_place(holding_server: str, photo: str) -> None:
+    url = holding_server
+    # The client gives up after 0.5 s, long before the held forward would start.
+    thread, first = _in_background(_post, url, photo, 6, 0.5)
+    thread.join(30)
+    assert isinstance(first.get("error"), httpx.TimeoutException)
+    _wait_for(lambda: metric(url, "mae_queue_images") == 0, "the queue to free the images")
+    assert _post(url, photo, 8).status_code == 200  # would be 429 if 6 were still held
+
+
+def test_deadline_passed_before_the_forward_answers_504(small_model_dir, tmp_path, photo) -> None:
+    settings = model_settings(
+        small_model_dir, tmp_path, max_batch_wait_ms=HOLD_MS, request_timeout_s=0.3
+    )
+    for url in serve(settings, ready=True):
+        r = _post(url, photo, 1)
+        assert r.status_code == 504
+        assert r.json()["error"]["code"] == "deadline_exceeded"
+        assert httpx.get(f"{url}/health", timeout=5).status_code == 200
+        _wait_for(lambda u=url: metric(u, "mae_queue_images") == 0, "the queue to empty")
+
+
+def test_model_that_fails_to_load_is_never_ready(tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "mae_config.json").write_text("{not json")
+    for url in serve(model_settings(broken, tmp_path / "models")):
+        _wait_for(
+            lambda u=url: (
+                httpx.get(f"{u}/ready", timeout=5).status_code == 503
+                and "load_failed" in httpx.get(f"{u}/ready", timeout=5).text
+            ),
+            "the load to fail",
+        )
+        assert httpx.get(f"{url}/health", timeout=5).status_code == 503
+        r = httpx.post(f"{url}/v1/embeddings", json={"input": ["aGk="]}, timeout=5)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "not_ready"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_sigterm_finishes_the_requests_in_flight_then_exits(
+    small_model_dir, tmp_path, photo
+) -> None:
+    """`mae serve` as a user runs it: SIGTERM while a request is held in the queue; the
+    request still gets its embeddings, then the process exits and the port is closed."""
+    port = _free_port()
+    env = dict(os.environ, MAE_MAX_BATCH_WAIT_MS=str(HOLD_MS), MAE_MODELS_DIR=str(tmp_path))
+    cmd = [sys.executable, "-m", "mae_core.cli", "serve", str(small_model_dir), "--port", str(port)]
+    proc = subprocess.Popen(
+        [*cmd, "--device", "cpu", "--log-level", "warning"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+
+        def ready() -> bool:
+            try:
+                return httpx.get(f"{url}/ready", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        _wait_for(ready, "mae serve to be ready", timeout=120)
+        thread, held = _in_background(_post, url, photo, 2)
+        _wait_for(lambda: metric(url, "mae_queue_images") == 2, "the request to queue")
+        proc.send_signal(signal.SIGTERM)
+        thread.join(30)
+        assert held["response"].status_code == 200
+        assert len(held["response"].json()["data"]) == 2
+        # uvicorn re-raises the signal once it has drained, so the status says "SIGTERM".
+        assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"{url}/health", timeout=2)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        output = proc.communicate(timeout=10)[0]
+    assert f"on http://127.0.0.1:{port}" in output
