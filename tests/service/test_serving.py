@@ -173,3 +173,24 @@ def test_sigterm_finishes_the_requests_in_flight_then_exits(
             proc.kill()
         output = proc.communicate(timeout=10)[0]
     assert f"on http://127.0.0.1:{port}" in output
+
+
+def test_api_keys_and_cors_are_off_unless_set(model_server, small_model_dir, tmp_path) -> None:
+    origin = {"Origin": "http://page.example", "Access-Control-Request-Method": "POST"}
+    r = httpx.options(f"{model_server.url}/v1/embeddings", headers=origin, timeout=5)
+    assert "access-control-allow-origin" not in r.headers
+    settings = model_settings(
+        small_model_dir,
+        tmp_path,
+        api_keys=["k1", "k2"],
+        cors_origins=["http://page.example"],
+        warmup=False,
+    )
+    for url in serve(settings, ready=True):
+        r = httpx.options(f"{url}/v1/embeddings", headers=origin, timeout=5)
+        assert r.headers["access-control-allow-origin"] == "http://page.example"
+        assert httpx.get(f"{url}/v1/models", timeout=5).status_code == 401
+        auth = {"Authorization": "Bearer k2"}
+        assert httpx.get(f"{url}/v1/models", headers=auth, timeout=5).status_code == 200
+        # The probes and the page stay open: orchestrators and browsers reach them.
+        assert httpx.get(f"{url}/ready", timeout=5).status_code == 200
