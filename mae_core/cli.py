@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import sys
@@ -565,7 +566,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"mae serve: {', '.join(settings.model)} on http://{args.host}:{args.port}")
         print("  demo page /, API docs /docs, readiness /ready, metrics /metrics")
     grace = settings.request_timeout_s + 5  # SIGTERM: finish the requests in flight first
-    options = dict(host=args.host, port=args.port, log_level=args.log_level)
+    log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)  # our "mae.*" lines beside uvicorn's
+    log_config["loggers"]["mae"] = {"handlers": ["default"], "level": args.log_level.upper()}
+    options = dict(host=args.host, port=args.port, log_level=args.log_level, log_config=log_config)
     if args.workers > 1:
         uvicorn.run(
             "service.app:create_app",
