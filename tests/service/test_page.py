@@ -1,0 +1,480 @@
+"""The demo page (`GET /`) in a real headless Chromium, driven by Playwright, against a real
+server of the small random MAE (32 px, patch 8: a 4 x 4 grid of 16 patches).
+
+Chromium is Debian's package at /usr/bin/chromium (`apt-get install -y chromium`; CI's
+.ci/run installs it); Playwright's own browser downloads are not used.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import numpy as np
+import pytest
+import uvicorn
+from PIL import Image
+
+from mae_core.visualize import GREY
+from service.app import create_app
+
+from .conftest import SMALL_MODEL, model_settings, serve
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+WAIT_MS = 30_000  # two shared CPU cores: be patient
+SIZE = SMALL_MODEL["img_size"]
+PATCH = 8
+PATCHES = (SIZE // PATCH) ** 2
+PANELS = {  # element id -> key in the answer's "panels"
+    "panel-original": "original",
+    "panel-masked": "masked",
+    "panel-reconstruction": "reconstruction",
+    "panel-visible": "reconstruction_visible",
+}
+VIRIDIS_LOW, VIRIDIS_HIGH = (68, 1, 84), (253, 231, 37)
+API_KEY = "page-test-key"
+
+
+# -- the browser ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not CHROMIUM.is_file():
+        pytest.fail(
+            f"{CHROMIUM} is missing: the demo page is tested in Debian's Chromium. Install it "
+            "with `apt-get install -y chromium` (CI's .ci/run does this before make test)",
+            pytrace=False,
+        )
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail(
+            "Python Playwright is missing: pip install -e '.[dev]' (do not run "
+            "`playwright install`: the tests use the system Chromium)",
+            pytrace=False,
+        )
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
+        )
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@dataclass
+class Tab:
+    """A page plus what it did: console errors, uncaught errors, requests, dialogs."""
+
+    page: Any
+    console_errors: list[str] = field(default_factory=list)
+    page_errors: list[str] = field(default_factory=list)
+    requests: list[Any] = field(default_factory=list)
+    dialogs: list[str] = field(default_factory=list)
+
+    def posts(self) -> list[Any]:
+        return [r for r in self.requests if r.method == "POST"]
+
+
+@pytest.fixture
+def open_page(browser: Any) -> Iterator[Any]:
+    """open_page(url) -> a Tab on a fresh browser context, loaded and recording."""
+    contexts = []
+
+    def _open(url: str) -> Tab:
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        context.set_default_timeout(WAIT_MS)
+        contexts.append(context)
+        page = context.new_page()
+        tab = Tab(page)
+        page.on(
+            "console", lambda m: tab.console_errors.append(m.text) if m.type == "error" else None
+        )
+        page.on("pageerror", lambda exc: tab.page_errors.append(str(exc)))
+        page.on("request", lambda r: tab.requests.append(r))
+
+        def dialog(d: Any) -> None:
+            tab.dialogs.append(d.message)
+            d.dismiss()
+
+        page.on("dialog", dialog)
+        page.goto(f"{url}/")
+        return tab
+
+    yield _open
+    for context in contexts:
+        context.close()
+
+
+# -- helpers --------------------------------------------------------------------------------
+def wait_result(page: Any, **texts: str) -> None:
+    """Wait until the page shows a finished result whose fields (element id -> text, '_'
+    for '-' in ids) read as given."""
+    expected = {k.replace("_", "-"): v for k, v in texts.items()}
+    page.wait_for_function(
+        """(expected) => document.getElementById("results").dataset.state === "done"
+            && Object.entries(expected).every(
+                ([id, text]) => document.getElementById(id).textContent === text)""",
+        arg=expected,
+        timeout=WAIT_MS,
+    )
+
+
+def wait_status(page: Any, prefix: str) -> None:
+    """Wait until the status line starts with `prefix`. (Functions, not bare expressions:
+    the page's Content-Security-Policy forbids the eval Playwright uses for those.)"""
+    page.wait_for_function(
+        "(prefix) => document.getElementById('status').textContent.startsWith(prefix)", arg=prefix
+    )
+
+
+def png_pixels(b64: str) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(b64))).convert("RGB"))
+
+
+def panel(page: Any, element_id: str) -> np.ndarray:
+    """The pixels an <img> panel shows (its data: URL decoded)."""
+    src = page.get_attribute(f"#{element_id}", "src")
+    prefix = "data:image/png;base64,"
+    assert src and src.startswith(prefix), src
+    return png_pixels(src[len(prefix) :])
+
+
+def grey_patches(pixels: np.ndarray) -> np.ndarray:
+    """(rows, cols) bool: the patches that are uniformly GREY (hidden) in a masked panel."""
+    rows, cols = pixels.shape[0] // PATCH, pixels.shape[1] // PATCH
+    tiles = pixels.reshape(rows, PATCH, cols, PATCH, 3)
+    return (tiles == GREY).all(axis=(1, 3, 4))
+
+
+def hidden_count(mask_ratio: float) -> int:
+    """The official len_keep: int(L * (1 - mask_ratio)) visible patches."""
+    return PATCHES - int(PATCHES * (1 - mask_ratio))
+
+
+def click_sample(tab: Tab, index: int = 0) -> dict[str, Any]:
+    """Click a sample photo; returns the server's JSON answer the page got."""
+    with tab.page.expect_response(lambda r: r.url.endswith("/v1/reconstructions")) as info:
+        tab.page.locator("#samples button").nth(index).click()
+    answer = info.value.json()
+    wait_result(tab.page, answer_seed=str(answer["seed"]))
+    return answer
+
+
+def photo_file(tmp_path: Path, name: str = "photo.jpg") -> Path:
+    """A real JPEG photo (scikit-image's coffee cup, CC0), 150 x 100 px."""
+    from skimage import data
+
+    path = tmp_path / name
+    Image.fromarray(data.coffee()).resize((150, 100)).save(path, quality=90)
+    return path
+
+
+# -- servers --------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def keyed_server(small_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    settings = model_settings(
+        small_model_dir, tmp_path_factory.mktemp("models"), api_keys=[API_KEY]
+    )
+    yield from serve(settings, ready=True)
+
+
+@pytest.fixture
+def failed_server(tmp_path: Path) -> Iterator[str]:
+    """A real server whose model cannot load: /ready stays 503 (load_failed). Started here
+    rather than with conftest's `serve`, which waits for /health to turn 200."""
+    settings = model_settings(tmp_path / "no-such-model", tmp_path / "models")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="critical")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            r = httpx.get(f"{url}/ready", timeout=1)
+            if r.status_code == 503 and r.json()["error"]["code"] == "load_failed":
+                break
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, "the failing test server did not come up"
+        time.sleep(0.05)
+    try:
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+# -- tests -------------------------------------------------------------------------------------
+def test_page_loads_from_this_server_only(model_server, open_page) -> None:
+    tab = open_page(model_server.url)
+    page = tab.page
+    wait_status(page, "Ready")
+    model_id = httpx.get(f"{model_server.url}/v1/models").json()["data"][0]["id"]
+    assert model_id in page.text_content("#model-id")
+    samples = page.locator("#samples button img")
+    assert samples.count() >= 3
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#samples img')]"
+        ".every((i) => i.complete && i.naturalWidth > 0)"
+    )
+    for i in range(samples.count()):
+        assert samples.nth(i).get_attribute("alt")
+    # Every <input> has a label; the error box starts hidden.
+    for input_id in ("file", "mask-ratio", "seed", "api-key"):
+        assert page.locator(f"label[for='{input_id}']").count() == 1, input_id
+    assert page.is_hidden("#error")
+    assert page.input_value("#mask-ratio") == "0.75"
+    assert page.text_content("#mask-ratio-value") == "0.75"
+
+    click_sample(tab)
+    pressed = [samples.nth(i).locator("..").get_attribute("aria-pressed") for i in range(3)]
+    assert pressed == ["true", "false", "false"]
+    assert tab.console_errors == [] and tab.page_errors == []
+    hosts = {urlsplit(r.url).hostname for r in tab.requests if not r.url.startswith("data:")}
+    assert hosts == {"127.0.0.1"}, hosts
+    assert "/v1/reconstructions" in {urlsplit(r.url).path for r in tab.posts()}
+
+
+def test_sample_shows_four_panels_loss_and_heatmap(model_server, open_page, tmp_path) -> None:
+    tab = open_page(model_server.url)
+    page = tab.page
+    answer = click_sample(tab)
+
+    for element_id, key in PANELS.items():
+        size = page.eval_on_selector(f"#{element_id}", "i => [i.naturalWidth, i.naturalHeight]")
+        assert size == [SIZE, SIZE], element_id
+        assert np.array_equal(panel(page, element_id), png_pixels(answer["panels"][key]))
+        assert page.get_attribute(f"#{element_id}", "alt")
+        rendering = page.eval_on_selector(
+            f"#{element_id}", "i => getComputedStyle(i).imageRendering"
+        )
+        assert rendering == "pixelated"
+    assert float(page.text_content("#loss")) == pytest.approx(answer["loss"], abs=1e-4)
+    mask = np.array(answer["mask"])
+    assert page.text_content("#hidden-count") == f"{mask.sum()} of {PATCHES} patches"
+    assert mask.sum() == hidden_count(0.75)
+
+    # The heat map: the worst hidden patch at the top of the colour scale, the best at the
+    # bottom, visible patches dimmed (light).
+    url = page.eval_on_selector("#heatmap", "c => c.toDataURL('image/png')")
+    heat = png_pixels(url.split(",", 1)[1])
+    rows, cols = mask.shape
+    cell_h, cell_w = heat.shape[0] // rows, heat.shape[1] // cols
+    error = np.where(mask == 1, np.array(answer["patch_error"]), np.nan)
+
+    def centre(r: int, c: int) -> np.ndarray:
+        return heat[r * cell_h + cell_h // 2, c * cell_w + cell_w // 2].astype(int)
+
+    worst = np.unravel_index(np.nanargmax(error), error.shape)
+    best = np.unravel_index(np.nanargmin(error), error.shape)
+    assert np.abs(centre(*worst) - VIRIDIS_HIGH).max() <= 2
+    assert np.abs(centre(*best) - VIRIDIS_LOW).max() <= 2
+    for r, c in zip(*np.nonzero(mask == 0), strict=True):
+        assert centre(r, c).min() >= 170, (r, c)
+
+    # What the screen shows: each panel's box holds a picture, not a blank (a flat fill or
+    # the empty checkerboard), and its mean colour is the panel's.
+    shot = tmp_path / "page.png"
+    page.screenshot(path=str(shot))
+    screen = np.asarray(Image.open(shot).convert("RGB")).astype(float)
+    for element_id, key in PANELS.items():
+        box = page.locator(f"#{element_id}").bounding_box()
+        assert box["width"] >= 4 * SIZE, (element_id, box)  # shown large
+        x0, y0 = round(box["x"]) + 3, round(box["y"]) + 3
+        x1, y1 = round(box["x"] + box["width"]) - 3, round(box["y"] + box["height"]) - 3
+        crop = screen[y0:y1, x0:x1]
+        assert crop.std() > 15, (element_id, crop.std())
+        expected = png_pixels(answer["panels"][key]).reshape(-1, 3).mean(axis=0)
+        assert np.abs(crop.reshape(-1, 3).mean(axis=0) - expected).max() < 8, element_id
+    assert tab.console_errors == [] and tab.page_errors == []
+
+
+def test_uploaded_jpeg_gives_the_apis_panels(model_server, open_page, tmp_path) -> None:
+    tab = open_page(model_server.url)
+    page = tab.page
+    wait_status(page, "Ready")
+    photo = photo_file(tmp_path)
+    page.fill("#seed", "5")
+    page.set_input_files("#file", str(photo))
+    wait_result(page, answer_seed="5", file_name="photo.jpg")
+
+    def api_panels(name: str, data: bytes, mime: str) -> dict[str, Any]:
+        r = httpx.post(
+            f"{model_server.url}/v1/reconstructions",
+            files={"file": (name, data, mime)},
+            data={"seed": "5", "mask_ratio": "0.75"},
+            timeout=60,
+        )
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    direct = api_panels("photo.jpg", photo.read_bytes(), "image/jpeg")
+    for element_id, key in PANELS.items():
+        assert np.array_equal(panel(page, element_id), png_pixels(direct["panels"][key]))
+    assert page.text_content("#loss") == f"{direct['loss']:.4f}"
+    assert page.is_hidden("#error")
+
+    # Dropping a file on the drop zone works the same way (a real DataTransfer and File).
+    png = io.BytesIO()
+    Image.open(photo).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(png, format="PNG")
+    page.eval_on_selector(
+        "#drop",
+        """(zone, b64) => {
+            const bytes = Uint8Array.from(atob(b64), (ch) => ch.charCodeAt(0));
+            const data = new DataTransfer();
+            data.items.add(new File([bytes], "dropped.png", {type: "image/png"}));
+            zone.dispatchEvent(new DragEvent("drop", {dataTransfer: data, bubbles: true}));
+        }""",
+        base64.b64encode(png.getvalue()).decode(),
+    )
+    wait_result(page, file_name="dropped.png")
+    dropped = api_panels("dropped.png", png.getvalue(), "image/png")
+    for element_id, key in PANELS.items():
+        assert np.array_equal(panel(page, element_id), png_pixels(dropped["panels"][key]))
+    assert dropped["panels"]["original"] != direct["panels"]["original"]
+    assert tab.console_errors == [] and tab.page_errors == []
+
+
+def test_slider_rerequests_and_changes_the_mask(model_server, open_page) -> None:
+    tab = open_page(model_server.url)
+    page = tab.page
+    wait_status(page, "Ready")
+    page.fill("#seed", "7")
+    click_sample(tab)
+    before = panel(page, "panel-masked")
+    assert grey_patches(before).sum() == hidden_count(0.75)
+    posts = len(tab.posts())
+
+    page.focus("#mask-ratio")  # the keyboard moves the slider: 0.75 -> 0.65
+    page.keyboard.press("ArrowLeft")
+    page.keyboard.press("ArrowLeft")
+    assert page.text_content("#mask-ratio-value") == "0.65"
+    wait_result(page, answer_ratio="0.65", answer_seed="7")
+    assert len(tab.posts()) > posts
+    after = panel(page, "panel-masked")
+    assert not np.array_equal(before, after)
+    assert grey_patches(after).sum() == hidden_count(0.65)
+    # Same noise, fewer hidden: the patches still hidden were hidden before.
+    assert (grey_patches(after) <= grey_patches(before)).all()
+    assert page.text_content("#hidden-count") == f"{hidden_count(0.65)} of {PATCHES} patches"
+    assert tab.console_errors == [] and tab.page_errors == []
+
+
+def test_same_seed_same_mask(model_server, open_page) -> None:
+    tab = open_page(model_server.url)
+    page = tab.page
+    # No seed given: the server picks one, the page shows it and keeps it in the field.
+    click_sample(tab, index=1)
+    chosen = page.text_content("#answer-seed")
+    assert chosen.isdigit() and page.input_value("#seed") == chosen
+
+    page.fill("#seed", "11")
+    wait_result(page, answer_seed="11")
+    first = panel(page, "panel-masked")
+    page.fill("#seed", "12")
+    wait_result(page, answer_seed="12")
+    other = panel(page, "panel-masked")
+    page.fill("#seed", "11")
+    wait_result(page, answer_seed="11")
+    again = panel(page, "panel-masked")
+    assert np.array_equal(first, again)
+    assert not np.array_equal(grey_patches(first), grey_patches(other))
+
+    page.click("#new-seed")
+    fresh = page.input_value("#seed")
+    assert fresh.isdigit() and fresh != "11"
+    wait_result(page, answer_seed=fresh)
+    assert tab.console_errors == [] and tab.page_errors == []
+
+
+def test_non_image_file_shows_an_error_and_the_page_goes_on(
+    model_server, open_page, tmp_path
+) -> None:
+    tab = open_page(model_server.url)
+    page = tab.page
+    page.fill("#seed", "3")
+    answer = click_sample(tab)
+    original = panel(page, "panel-original")
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a picture\n")
+    page.set_input_files("#file", str(notes))
+    page.wait_for_selector("#error", state="visible")
+    message = page.text_content("#error")
+    assert "notes.txt" in message and "not an image" in message, message
+    assert page.get_attribute("#results", "data-state") == "error"
+    assert tab.dialogs == []  # shown on the page, never as alert()
+    # The sample's result stays on show, and says so.
+    assert page.locator("#samples button").first.get_attribute("aria-pressed") == "true"
+
+    # The last good image stays: moving the slider reconstructs it again.
+    page.focus("#mask-ratio")
+    page.keyboard.press("ArrowRight")  # 0.75 -> 0.8
+    wait_result(page, answer_ratio="0.8", answer_seed="3")
+    assert page.is_hidden("#error")
+    assert np.array_equal(panel(page, "panel-original"), original)
+    assert grey_patches(panel(page, "panel-masked")).sum() == hidden_count(0.8)
+    assert answer["mask_ratio"] == 0.75
+    assert tab.page_errors == [] and tab.dialogs == []
+
+
+def test_api_key_prompt(keyed_server, open_page) -> None:
+    tab = open_page(keyed_server)
+    page = tab.page
+    page.wait_for_selector("#api-key-form", state="visible")
+    assert "API key" in page.text_content("#error")
+    page.locator("#samples button").first.click()  # waits for the key
+
+    page.fill("#api-key", "wrong-key")
+    page.keyboard.press("Enter")
+    page.wait_for_function(
+        "() => document.getElementById('error').textContent.includes('wrong API key')"
+    )
+    assert page.is_visible("#api-key-form")
+
+    page.fill("#api-key", API_KEY)
+    page.click("#api-key-submit")
+    page.wait_for_selector("#api-key-form", state="hidden")
+    wait_result(page)
+    assert page.is_hidden("#error")
+    assert page.eval_on_selector("#panel-masked", "i => i.naturalWidth") == SIZE
+    sent = [r.headers.get("authorization") for r in tab.posts()]
+    assert sent and sent[-1] == f"Bearer {API_KEY}"
+    assert tab.page_errors == [] and tab.dialogs == []
+
+
+def test_not_ready_server(failed_server, open_page) -> None:
+    tab = open_page(failed_server)
+    page = tab.page
+    wait_status(page, "Not ready")
+    page.wait_for_selector("#error", state="visible")
+    assert "failed to load" in page.text_content("#error")
+    page.locator("#samples button").first.click()
+    page.wait_for_timeout(500)  # a click while not ready is kept, not sent
+    assert tab.posts() == []
+    assert page.get_attribute("#results", "data-state") == "empty"
+    assert tab.page_errors == [] and tab.dialogs == []
