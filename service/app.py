@@ -79,7 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if (STATIC / "index.html").is_file():
         app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
-        @app.get("/", include_in_schema=False)
+        @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
         async def page() -> FileResponse:
             return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 

@@ -194,3 +194,10 @@ def test_api_keys_and_cors_are_off_unless_set(model_server, small_model_dir, tmp
         assert httpx.get(f"{url}/v1/models", headers=auth, timeout=5).status_code == 200
         # The probes and the page stay open: orchestrators and browsers reach them.
         assert httpx.get(f"{url}/ready", timeout=5).status_code == 200
+
+
+def test_page_answers_get_and_head(model_server) -> None:
+    """Uptime checks often use HEAD."""
+    assert httpx.head(f"{model_server.url}/", timeout=5).status_code == 200
+    page = httpx.get(f"{model_server.url}/", timeout=5)
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
