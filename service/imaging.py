@@ -29,13 +29,14 @@ Image.init()
 FORMATS = tuple(f for f in ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "AVIF") if f in Image.OPEN)
 _DATA_URL = re.compile(r"^data:([\w.+/-]*)((?:;[\w=.+-]+)*?)(;base64)?,", re.IGNORECASE)
 _BASE64_CHARS = re.compile(rb"^[A-Za-z0-9+/_-]*={0,2}$")
+_BMP_HEADER_SIZES = (12, 16, 40, 52, 56, 64, 108, 124)  # the DIB header variants
 
 
 def decode_base64(text: str, max_bytes: int, what: str = "image") -> bytes:
     """A base64 string or a `data:image/...;base64,` URL -> the raw bytes.
 
     Standard and URL-safe alphabets; whitespace (line-wrapped base64) is ignored. The
-    length is checked before decoding so an oversized string costs no memory.
+    length is checked before decoding so an oversized string costs no decoding.
     """
     if not isinstance(text, str):
         raise InvalidImage(f"{what}: expected a base64 string, got {type(text).__name__}")
@@ -47,13 +48,26 @@ def decode_base64(text: str, max_bytes: int, what: str = "image") -> bytes:
         if mime and not mime.startswith("image/"):
             raise UnsupportedImage(f"{what}: data URL type {mime!r} is not an image type")
         text = text[match.end() :]
-    if len(text) > (max_bytes + 2) // 3 * 4 + len(text) // 64 + 16:
-        raise TooLarge(f"{what}: larger than the {max_bytes}-byte limit per image")
-    raw = "".join(text.split()).encode("ascii", "replace")
+    limit = (max_bytes + 2) // 3 * 4  # base64 characters of max_bytes bytes, padding included
+    too_large = TooLarge(f"{what}: larger than the {max_bytes}-byte limit per image")
+    # A cheap bound before any copy (line-wrapped base64 is ~3% whitespace, CRLF-wrapped
+    # ~5%), then the exact count once the whitespace is out.
+    if len(text) > 2 * limit + 64:
+        raise too_large
+    stripped = "".join(text.split())
+    raw = stripped.encode("ascii", "replace")
+    if len(raw) > limit:
+        raise too_large
     if not raw:
         raise InvalidImage(f"{what}: empty string")
     if not _BASE64_CHARS.match(raw):
-        raise InvalidImage(f"{what}: not valid base64 (characters outside the alphabet)")
+        bad = sorted(set(re.sub(r"[A-Za-z0-9+/_=-]", "", stripped)))
+        reason = (
+            f"characters outside the alphabet: {''.join(bad[:16])!r}"
+            if bad
+            else "'=' padding inside the data or more than two '='"
+        )
+        raise InvalidImage(f"{what}: not valid base64 ({reason})")
     raw = raw.replace(b"-", b"+").replace(b"_", b"/")
     raw += b"=" * (-len(raw) % 4)
     try:
@@ -61,6 +75,25 @@ def decode_base64(text: str, max_bytes: int, what: str = "image") -> bytes:
     except (binascii.Error, ValueError) as exc:
         raise InvalidImage(f"{what}: not valid base64 ({exc})") from None
     return data
+
+
+def _signature(data: bytes) -> str | None:
+    """The raster format whose magic number `data` starts with (a whole file or not)."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if data.startswith((b"GIF87a", b"GIF89a")):
+        return "GIF"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    if data.startswith((b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")):
+        return "TIFF"
+    if data[:2] == b"BM" and int.from_bytes(data[14:18], "little") in _BMP_HEADER_SIZES:
+        return "BMP"
+    if data[4:8] == b"ftyp" and data[8:12] in (b"avif", b"avis"):
+        return "AVIF"
+    return None
 
 
 def _sniff(data: bytes) -> str | None:
@@ -85,10 +118,18 @@ def open_image(data: bytes, *, max_bytes: int, max_pixels: int, what: str = "ima
     except Image.DecompressionBombError as exc:
         raise TooLarge(f"{what}: {exc}") from None
     except UnidentifiedImageError:
+        # A file of an accepted format cut short (or mangled) before its header ends is
+        # broken, not unsupported: a compressed TIFF, for one, keeps its header at the end.
+        fmt = _signature(data)
+        if fmt in FORMATS:
+            raise InvalidImage(
+                f"{what}: a {fmt} file whose header is corrupt or truncated ({len(data)} bytes)"
+            ) from None
         reason = _sniff(data) or "not an image in a supported format"
         raise UnsupportedImage(f"{what}: {reason} (accepted: {', '.join(FORMATS)})") from None
     except Exception as exc:  # a corrupt header can raise nearly anything inside Pillow
-        raise InvalidImage(f"{what}: unreadable image header ({exc})") from None
+        fmt = _signature(data) or "image"
+        raise InvalidImage(f"{what}: the {fmt} header is corrupt or truncated ({exc})") from None
     w, h = img.size
     if w < 1 or h < 1:
         raise InvalidImage(f"{what}: image has no pixels ({w}x{h})")
@@ -144,9 +185,9 @@ def to_rgb(img: Image.Image) -> Image.Image:
         top = 65535.0 if mode.startswith("I;16") or (mode == "I" and arr.max() > 255) else 255.0
         grey = np.clip(np.rint(arr * (255.0 / top)), 0, 255).astype(np.uint8)
         return Image.fromarray(grey).convert("RGB")
-    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
-        mode == "P" and "transparency" in img.info
-    )
+    if mode == "La":  # grey with premultiplied alpha (TIFF): Pillow has no La -> RGBA
+        img, mode = img.convert("LA"), "LA"
+    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa") or (mode == "P" and "transparency" in img.info)
     if has_alpha:
         rgba = img.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -154,12 +195,23 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+# Longest side over shortest side past which `center_square` crops before resizing.
+MAX_ASPECT = 16
+
+
 def center_square(img: Image.Image) -> Image.Image:
-    """The central square of side min(w, h). Resizing the shorter side and centre-cropping
-    a square never looks outside it, so cropping first gives the same picture while a
-    1 x 100000 image no longer turns into a huge intermediate."""
+    """The image itself, or its central square when one side is over `MAX_ASPECT` times
+    the other.
+
+    `eval_transform` resizes the shorter side and centre-crops a square, so it never looks
+    outside the central square, but cropping first does not give the same pixels: the
+    resized long side is rounded to whole pixels, which shifts the sampling grid (for a
+    451 x 300 photo, normalised pixels differ by up to 0.17). So an ordinary image is left
+    whole and its embedding is the library's own; only a strip (3 x 20000, 1 x 100000) is
+    cut first, where resizing it whole would make a huge intermediate.
+    """
     w, h = img.size
-    if w == h:
+    if max(w, h) <= MAX_ASPECT * min(w, h):
         return img
     s = min(w, h)
     left, top = (w - s) // 2, (h - s) // 2
