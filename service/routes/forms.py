@@ -9,10 +9,14 @@ from typing import TypeVar
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import FormData, UploadFile
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
 
-from ..errors import APIError, UnsupportedImage
+from ..errors import APIError, TooLarge, UnsupportedImage
 
 M = TypeVar("M", bound=BaseModel)
+MAX_FIELDS = 32  # text fields of one form (the options); files are counted apart
+MAX_FIELD_BYTES = 1024 * 1024  # one text field (Starlette's default); files have no such cap
 
 
 def media_type(request: Request) -> str:
@@ -59,8 +63,28 @@ async def read_form(request: Request, max_files: int) -> FormData:
             status=415,
             code="unsupported_media_type",
         )
-    # One file more than allowed, so that "too many" is reported as such (not as a parse error).
-    return await request.form(max_files=max_files + 1, max_fields=32)
+    # One file more than allowed, so that the caller reports a few too many with its own limit.
+    try:
+        return await request.form(
+            max_files=max_files + 1, max_fields=MAX_FIELDS, max_part_size=MAX_FIELD_BYTES
+        )
+    except (HTTPException, MultiPartException) as exc:
+        # Starlette answers every multipart problem with a bare 400: name each one.
+        raise _form_error(str(getattr(exc, "detail", None) or exc), max_files) from None
+
+
+def _form_error(detail: str, max_files: int) -> APIError:
+    if detail.startswith("Too many files"):
+        images = "image" if max_files == 1 else "images"
+        return TooLarge(f"too many files in one request: the limit is {max_files} {images}")
+    if detail.startswith("Part exceeded maximum size"):
+        return TooLarge(
+            f"a text field of the form is over {MAX_FIELD_BYTES // 1024} KiB: send images as "
+            "file parts (with a filename), not as text fields"
+        )
+    if detail.startswith("Too many fields"):
+        detail = f"too many fields (at most {MAX_FIELDS})"
+    return APIError(f"malformed multipart/form-data body: {detail}", code="invalid_multipart")
 
 
 async def files(form: FormData, name: str) -> list[tuple[str, bytes]]:
