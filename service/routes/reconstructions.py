@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from mae_core.visualize import Panels, panels_figure
 
-from ..errors import APIError
+from ..errors import APIError, TooLarge
 from ..imaging import decode_base64
 from ..runtime import RuntimeDep, require_key, until_disconnect
 from ..schemas import (
@@ -64,8 +64,8 @@ async def reconstructions(request: Request, rt: RuntimeDep) -> Response:
     if forms.media_type(request) == "multipart/form-data":
         form = await forms.read_form(request, max_files=1)
         files = await forms.files(form, "file")
-        if len(files) > 1:
-            raise APIError(f"one image per reconstruction, got {len(files)} 'file' parts")
+        if len(files) > 1:  # as read_form answers for more: one status for "too many files"
+            raise TooLarge(f"one image per reconstruction, got {len(files)} 'file' parts")
         name, data = files[0]
         try:
             options = ReconstructionOptions.model_validate(

@@ -196,7 +196,7 @@ CASES = [
     Bad("multipart-too-many-fields", post_form(UPLOAD, ("file", GOOD_PNG, "a.png"), *[(f"x{i}", "1", None) for i in range(40)]), 400, "invalid_multipart", "fields"),
     Bad("multipart-huge-text-field", post_form(UPLOAD, ("file", GOOD_PNG, "a.png"), ("model", "m" * (2 << 20), None)), 413, "too_large", "text field"),
     Bad("reconstruction-without-file", post_form(RECON, ("seed", "1", None)), 400, "missing_file", "file"),
-    Bad("reconstruction-two-files", post_form(RECON, ("file", GOOD_PNG, "a.png"), ("file", GOOD_PNG, "b.png")), 400, "invalid_request", "one image"),
+    Bad("reconstruction-two-files", post_form(RECON, ("file", GOOD_PNG, "a.png"), ("file", GOOD_PNG, "b.png")), 413, "too_large", "one image"),
     Bad("reconstruction-text-plain", post_raw(RECON, b"hello", "text/plain"), 415, "unsupported_media_type", "application/json"),
     Bad("reconstruction-bad-image", post_json(RECON, {"image": b64(b"not an image at all")}), 415, "unsupported_image", "not an image"),
     Bad("reconstruction-truncated", post_form(RECON, ("file", CHELSEA_PNG[:3000], "cut.png")), 400, "invalid_image", "truncated"),
