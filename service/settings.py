@@ -42,7 +42,10 @@ class Settings(BaseSettings):
     # -- batching and limits --------------------------------------------------------------
     max_batch_images: int = Field(default=32, ge=1, le=4096, description="images per forward")
     max_batch_wait_ms: float = Field(
-        default=5.0, ge=0, le=10_000, description="how long a batch waits for more requests"
+        default=5.0,
+        ge=0,
+        le=10_000,
+        description="how long a batch waits for requests still being decoded",
     )
     max_queue_images: int = Field(
         default=1024, ge=1, description="images waiting at most; more -> 429 with Retry-After"
