@@ -284,7 +284,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import logging
 
     from .data import EvalDataset, held_out_source, index_source
-    from .evaluate import evaluate_model, format_table
+    from .evaluate import evaluate_model, evaluate_reconstruction, format_table
     from .hub import load_model
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -315,7 +315,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             + (f"; e.g. {', '.join(only)}" if only else "; same names, different order")
             + ")"
         )
-    model = load_model(args.model, args.revision, with_decoder=False, device=args.device)
+    model = load_model(args.model, args.revision, device=args.device)
     cfg = model.config
     train_ds, test_ds = EvalDataset(train_idx, cfg), EvalDataset(test_idx, cfg)
     methods = ("knn", "linear") if args.method == "all" else (args.method,)
@@ -331,6 +331,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         num_workers=args.num_workers,
     )
+    if model.has_decoder and not args.no_reconstruction:
+        result["reconstruction"] = evaluate_reconstruction(
+            model,
+            test_ds,
+            baseline=not args.no_baseline,
+            seed=args.seed,
+            batch_size=args.batch_size,
+            num_workers=args.num_workers,
+        )
     result.update(
         model_id=args.model,
         revision=args.revision,
@@ -352,8 +361,9 @@ def add_eval(sub: Any) -> None:
         help="k-NN and linear-probe accuracy of a model's frozen features, beside random init",
         description="Evaluate frozen features by weighted k-NN (k=20, T=0.07) and a linear probe "
         "(BatchNorm without affine + linear), each beside the same architecture with random "
-        "weights. SOURCE is cifar10 or tinyimagenet (their held-out split is the test set), "
-        "or a labelled folder/archive with --test-data.",
+        "weights; and, when the model has its decoder, its reconstruction loss on the test "
+        "images beside the random-init twin's (same masks). SOURCE is cifar10 or tinyimagenet "
+        "(their held-out split is the test set), or a labelled folder/archive with --test-data.",
     )
     p.add_argument("model", metavar="MODEL", help="model id (folder, .pth, local:, hf-hub:)")
     p.add_argument("--data", required=True, metavar="SOURCE", help="labelled training images")
@@ -366,6 +376,12 @@ def add_eval(sub: Any) -> None:
         "--limit", type=_positive_int, help="an evenly strided subset of N images per split"
     )
     p.add_argument("--no-baseline", action="store_true", help="skip the random-init twin")
+    p.add_argument(
+        "--no-reconstruction",
+        action="store_true",
+        help="skip the reconstruction loss on the test images (reported when the model has "
+        "its decoder)",
+    )
     p.add_argument("--batch-size", type=_positive_int, default=256, help="feature extraction batch")
     p.add_argument("--num-workers", type=int, default=min(8, os.cpu_count() or 1))
     p.add_argument("--device", help="cpu or cuda (default: cuda if available)")

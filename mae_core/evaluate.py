@@ -402,6 +402,68 @@ def evaluate_model(
     return {"model": summary, "results": rows, **sizes}
 
 
+def reconstruction_loss(
+    model: MaskedAutoencoder,
+    dataset: Dataset,
+    mask_ratio: float | None = None,
+    seed: int = 0,
+    batch_size: int = 256,
+    num_workers: int = 0,
+    progress: bool = True,
+) -> float:
+    """The MAE loss (MSE on the masked patches, against per-patch-normalised pixels when the
+    model was trained so) averaged over every image of `dataset`, with masks drawn from a
+    generator seeded by `seed`: the same seed and dataset give every model the same masks."""
+    model._require_decoder("reconstruction_loss")
+    if len(dataset) == 0:  # type: ignore[arg-type]
+        raise ValueError("dataset is empty: no images to reconstruct")
+    dev = _model_device(model)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    from tqdm.auto import tqdm
+
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda")
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    try:
+        bar = tqdm(loader, desc="reconstruction", unit="batch", disable=None if progress else True)
+        for imgs, _ in bar:
+            with torch.inference_mode(), autocast:
+                out = model(imgs.to(dev), mask_ratio, generator=gen)
+            total += float(out.loss) * len(imgs)
+            count += len(imgs)
+    finally:
+        model.train(was_training)
+    return total / count
+
+
+def evaluate_reconstruction(
+    model: MaskedAutoencoder,
+    dataset: Dataset,
+    mask_ratio: float | None = None,
+    baseline: bool = True,
+    seed: int = 0,
+    **kw: Any,
+) -> dict[str, Any]:
+    """`reconstruction_loss` of `model` and, when `baseline`, of its random-init twin (encoder
+    and decoder, seeded by `seed`) on the same images and masks."""
+    ratio = model.config.mask_ratio if mask_ratio is None else mask_ratio
+    result: dict[str, Any] = {
+        "mask_ratio": ratio,
+        "images": len(dataset),  # type: ignore[arg-type]
+        "loss": reconstruction_loss(model, dataset, ratio, seed, **kw),
+        "baseline_loss": None,
+    }
+    if baseline:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            twin = MaskedAutoencoder(model.config, with_decoder=True)
+        twin.to(device=_model_device(model), dtype=next(model.parameters()).dtype)
+        result["baseline_loss"] = reconstruction_loss(twin, dataset, ratio, seed, **kw)
+    return result
+
+
 def format_table(result: dict[str, Any]) -> str:
     """A Markdown table of an `evaluate_model` result: one row per (method, pooling)."""
 
@@ -421,4 +483,17 @@ def format_table(result: dict[str, Any]) -> str:
         lines.append(
             f"| {name} | {r['pooling']} | {pct(r['top1'])} | {pct(r['top5'])} | {pct(base)} | {gain} |"
         )
+    rec = result.get("reconstruction")
+    if rec:
+        base = rec["baseline_loss"]
+        versus = (
+            ""
+            if base is None
+            else f"; random-init twin {base:.4f} (ratio {rec['loss'] / base:.2f})"
+        )
+        lines += [
+            "",
+            f"reconstruction loss on the {rec['images']} test images at mask ratio "
+            f"{rec['mask_ratio']:g}: {rec['loss']:.4f}{versus}",
+        ]
     return "\n".join(lines)

@@ -53,6 +53,28 @@ def test_eval_writes_a_table_and_json(saved: Path, cifar_splits, tmp_path: Path)
     assert result["train_data"] == str(train) and result["test_data"] == str(test)
 
 
+def test_eval_reports_the_reconstruction_loss_of_a_full_model(
+    saved: Path, cifar_splits, tmp_path: Path
+) -> None:
+    train, test = cifar_splits
+    out = run(
+        "eval", str(saved / "full"), "--data", str(train), "--test-data", str(test),
+        "--method", "knn", "--output", str(tmp_path / "eval.json"), "--num-workers", "0",
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    rec = json.loads((tmp_path / "eval.json").read_text())["reconstruction"]
+    assert rec["images"] == 100 and rec["mask_ratio"] == 0.75
+    assert rec["loss"] > 0 and rec["baseline_loss"] > 0
+    assert f"reconstruction loss on the 100 test images at mask ratio 0.75: {rec['loss']:.4f}" in (
+        out.stdout
+    )
+    skipped = run(
+        "eval", str(saved / "full"), "--data", str(train), "--test-data", str(test),
+        "--method", "knn", "--no-reconstruction", "--num-workers", "0",
+    )  # fmt: skip
+    assert skipped.returncode == 0 and "reconstruction loss" not in skipped.stdout
+
+
 def test_eval_help() -> None:
     out = run("eval", "--help")
     assert out.returncode == 0 and "--test-data" in out.stdout and "random" in out.stdout

@@ -13,12 +13,14 @@ from mae_core import MaskedAutoencoder
 from mae_core.data import EvalDataset, index_folder
 from mae_core.evaluate import (
     evaluate_model,
+    evaluate_reconstruction,
     extract_features,
     extract_pooled,
     format_table,
     knn_classify,
     knn_votes,
     linear_probe,
+    reconstruction_loss,
 )
 
 
@@ -181,3 +183,33 @@ def test_evaluate_model_rejects_bad_options(tiny_model: MaskedAutoencoder, cifar
         evaluate_model(tiny_model, ds, ds, poolings=("max",))
     with pytest.raises(TypeError, match="unknown probe option"):
         evaluate_model(tiny_model, ds, ds, neighbours=5)
+
+
+def test_reconstruction_loss_is_the_mae_loss_under_seeded_masks(
+    tiny_model: MaskedAutoencoder, cifar_splits
+) -> None:
+    ds = EvalDataset(index_folder(cifar_splits[1], limit=20), tiny_model.config)
+    imgs = torch.stack([ds[i][0] for i in range(len(ds))])
+    loss = reconstruction_loss(tiny_model, ds, 0.75, seed=3, batch_size=8, progress=False)
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():  # the same masks, drawn batch by batch from the same generator
+        parts = [
+            tiny_model(chunk, 0.75, generator=gen).loss * len(chunk) for chunk in imgs.split(8)
+        ]
+    assert loss == pytest.approx(float(sum(parts)) / len(ds), rel=1e-5)
+    assert reconstruction_loss(tiny_model, ds, 0.75, seed=3, batch_size=8, progress=False) == loss
+    assert reconstruction_loss(tiny_model, ds, 0.75, seed=4, batch_size=8, progress=False) != loss
+
+    result = evaluate_reconstruction(tiny_model, ds, seed=3, batch_size=8, progress=False)
+    assert result["mask_ratio"] == tiny_model.config.mask_ratio and result["images"] == len(ds)
+    assert result["baseline_loss"] > 0 and result["baseline_loss"] != result["loss"]
+    table = format_table({"train_size": 1, "test_size": 1, "num_classes": 2, "results": [],
+                          "reconstruction": result})  # fmt: skip
+    assert f"{result['loss']:.4f}" in table and "random-init twin" in table
+
+
+def test_reconstruction_loss_needs_the_decoder(tiny_cfg, cifar_splits) -> None:
+    encoder = MaskedAutoencoder(tiny_cfg, with_decoder=False)
+    ds = EvalDataset(index_folder(cifar_splits[1], limit=4), tiny_cfg)
+    with pytest.raises(Exception, match="decoder"):
+        reconstruction_loss(encoder, ds, progress=False)
