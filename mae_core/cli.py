@@ -494,7 +494,12 @@ def add_push(sub: Any) -> None:
     p.add_argument(
         "--license", default="apache-2.0", help="licence in the card (default apache-2.0)"
     )
-    p.add_argument("--eval", metavar="FILE", help="mae eval --output JSON to cite in the card")
+    p.add_argument(
+        "--eval",
+        metavar="FILE",
+        action="append",
+        help="mae eval --output JSON to cite in the card (repeat for several datasets)",
+    )
     p.add_argument("--card-image", metavar="IMAGE", help="reconstruct this image for the card")
     p.set_defaults(func=cmd_push)
 

@@ -300,14 +300,15 @@ def stage_repo(
     *,
     encoder_only: bool = False,
     license: str = "apache-2.0",
-    eval_file: str | os.PathLike[str] | None = None,
+    eval_file: str | os.PathLike[str] | list[str | os.PathLike[str]] | None = None,
     card_image: str | os.PathLike[str] | None = None,
 ) -> list[str]:
     """Write into `dest` what `push` uploads: the weights in our layout (copied byte for
     byte when `model_dir` is already in it, else converted), `README.md` (the model card),
     `eval_results.json` and `reconstruction.png` when available. Returns the file names.
 
-    The evaluation comes from `eval_file`, else `eval.json` in the model folder or its
+    The evaluation comes from `eval_file` (one file or a list: several evaluations, e.g.
+    one per dataset, kept as a JSON list), else `eval.json` in the model folder or its
     parent (a training run's folder). The picture: reconstructions of `card_image` by this
     model, else the newest panel of the run's `panels/`."""
     import json
@@ -336,15 +337,24 @@ def stage_repo(
     mae_config = json.loads((dest / MAE_CONFIG_FILE).read_text())
     has_decoder = (dest / DECODER_FILE).is_file()
 
-    eval_result = None
-    candidates = [Path(eval_file)] if eval_file else [src / "eval.json", src.parent / "eval.json"]
-    for cand in candidates:
-        if cand.is_file():
-            eval_result = json.loads(cand.read_text())
-            shutil.copyfile(cand, dest / "eval_results.json")
-            break
-        if eval_file:
-            raise FileNotFoundError(f"no evaluation file {cand}")
+    eval_result: dict | list | None = None
+    if isinstance(eval_file, (list, tuple)) and len(eval_file) > 1:
+        for f in eval_file:
+            if not Path(f).is_file():
+                raise FileNotFoundError(f"no evaluation file {f}")
+        eval_result = [json.loads(Path(f).read_text()) for f in eval_file]
+        (dest / "eval_results.json").write_text(json.dumps(eval_result, indent=2) + "\n")
+    else:
+        if isinstance(eval_file, (list, tuple)):
+            eval_file = eval_file[0] if eval_file else None
+        named = [Path(eval_file)] if eval_file else [src / "eval.json", src.parent / "eval.json"]
+        for cand in named:
+            if cand.is_file():
+                eval_result = json.loads(cand.read_text())
+                shutil.copyfile(cand, dest / "eval_results.json")
+                break
+            if eval_file:
+                raise FileNotFoundError(f"no evaluation file {cand}")
 
     picture, caption = None, ""
     if card_image is not None:

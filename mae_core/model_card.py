@@ -45,6 +45,17 @@ def eval_table(result: dict[str, Any]) -> list[str]:
         lines.append(
             f"| {name} | {r['pooling']} | {_fmt(r['top1'])} | {_fmt(r.get('top5'))} | {_fmt(base)} | {gain} |"
         )
+    rec = result.get("reconstruction")
+    if rec:
+        base = rec.get("baseline_loss")
+        lines += [
+            "",
+            f"Reconstruction loss (the training loss: MSE on the masked patches) on the "
+            f"{rec.get('images')} test images at mask ratio {rec.get('mask_ratio')}: "
+            f"{_loss(rec.get('loss'))}"
+            + ("" if base is None else f"; the random-init twin's, same masks: {_loss(base)}")
+            + ".",
+        ]
     return lines
 
 
@@ -55,7 +66,7 @@ def render_card(
     *,
     encoder_only: bool,
     license: str = "apache-2.0",
-    eval_result: dict[str, Any] | None = None,
+    eval_result: dict[str, Any] | list[dict[str, Any]] | None = None,
     picture: str | None = None,
     picture_caption: str = "",
 ) -> str:
@@ -145,7 +156,9 @@ def render_card(
             "",
         ]
     if eval_result:
-        lines += ["## Evaluation", "", *eval_table(eval_result), ""]
+        lines += ["## Evaluation", ""]
+        for result in eval_result if isinstance(eval_result, list) else [eval_result]:
+            lines += [*eval_table(result), ""]
     if picture:
         lines += ["## Reconstructions", "", f"![reconstruction]({picture})", ""]
         if picture_caption:

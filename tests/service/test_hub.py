@@ -17,7 +17,7 @@ from huggingface_hub import HfApi, constants, hf_hub_download, snapshot_download
 from huggingface_hub.errors import HfHubHTTPError
 
 from mae_core import MaskedAutoencoder, load_model
-from mae_core.hub import PushError, VerificationError, pull, push
+from mae_core.hub import PushError, VerificationError, pull, push, stage_repo
 from mae_core.train import train
 from tests.mae_core.test_train import run_cfg
 from tests.reference import TINY, perturb_
@@ -306,3 +306,22 @@ def test_push_to_a_models_dir_and_load_local(
 
     vit = timm.create_model(f"local-dir:{snap}", pretrained=True)
     assert vit.num_features == load_model(trained).config.embed_dim
+
+
+def test_several_evaluations_go_into_the_card_in_order(trained: Path, tmp_path: Path) -> None:
+    base = json.loads((trained.parent / "eval.json").read_text())
+    cifar = dict(base, train_data="cifar10:train", test_data="cifar10:test")
+    tiny = dict(base, train_data="tinyimagenet:train", test_data="tinyimagenet:val")
+    tiny["reconstruction"] = {"images": 100, "mask_ratio": 0.75, "loss": 0.5, "baseline_loss": 1.0}
+    files = []
+    for name, result in (("tiny.json", tiny), ("cifar.json", cifar)):
+        (tmp_path / name).write_text(json.dumps(result))
+        files.append(str(tmp_path / name))
+    stage_repo(trained, "team/tiny", tmp_path / "out", eval_file=files)
+    assert json.loads((tmp_path / "out" / "eval_results.json").read_text()) == [tiny, cifar]
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert card.index("tinyimagenet:train -> tinyimagenet:val") < card.index("cifar10:train")
+    assert "on the 100 test images at mask ratio 0.75: 0.5000" in card
+    assert "the random-init twin's, same masks: 1.0000" in card
+    with pytest.raises(FileNotFoundError, match=r"missing\.json"):
+        stage_repo(trained, "team/tiny", tmp_path / "out2", eval_file=[files[0], "missing.json"])
