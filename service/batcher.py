@@ -174,8 +174,12 @@ class Batcher:
         try:
             async with asyncio.timeout_at(_loop_time(deadline)):
                 return list(await asyncio.gather(*(j.future for j in jobs)))
-        except TimeoutError:
+        except (TimeoutError, DeadlineExceeded) as exc:
+            # Counted here only, once per request: the worker may have settled a job as
+            # expired (DeadlineExceeded) just as this timer fired.
             self.metrics.rejected.labels(self._label, "deadline").inc()
+            if isinstance(exc, DeadlineExceeded):
+                raise
             raise DeadlineExceeded(
                 "the request's deadline passed before its images were processed"
             ) from None
@@ -247,8 +251,7 @@ class Batcher:
     def _check_deadline(self, job: _Job) -> bool:
         if time.monotonic() <= job.deadline:
             return True
-        self._release(job)
-        self.metrics.rejected.labels(self._label, "deadline").inc()
+        self._release(job)  # counted in `_await`, where the request gets its 504
         _settle(job, exc=DeadlineExceeded("the request's deadline passed before its forward"))
         return False
 

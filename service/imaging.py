@@ -99,7 +99,7 @@ def _signature(data: bytes) -> str | None:
 def _sniff(data: bytes) -> str | None:
     head = data[:512].lstrip().lower()
     if head.startswith((b"<svg", b"<?xml")) or b"<svg" in head:
-        return "SVG is a vector format; send a raster image (JPEG, PNG, WebP, GIF, BMP, TIFF)"
+        return "SVG is a vector format; send a raster image"
     if head.startswith((b"{", b"[")):
         return "this is JSON text, not an image"
     return None

@@ -80,7 +80,7 @@ class Settings(BaseSettings):
         default=False, description="reads need a hub token too (private repos always do)"
     )
     hub_max_commit_bytes: int = Field(
-        default=2 * 1024**3, description="largest commit body (inline files, base64) accepted"
+        default=2 * 1024**3, ge=1, description="largest commit body (inline files, base64) accepted"
     )
 
     @field_validator("model", "api_keys", "cors_origins", "hub_tokens", mode="before")

@@ -140,6 +140,7 @@ def test_deadline_passed_before_the_forward_answers_504(small_model_dir, tmp_pat
             r = _post(url, photo, 1)
         assert r.status_code == 504
         assert r.json()["error"]["code"] == "deadline_exceeded"
+        assert metric(url, "mae_rejected_total", reason="deadline") == 1  # once per request
         assert httpx.get(f"{url}/health", timeout=5).status_code == 200
         _wait_for(lambda u=url: metric(u, "mae_queue_images") == 0, "the queue to empty")
 
