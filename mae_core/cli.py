@@ -432,6 +432,26 @@ def add_reconstruct(sub: Any) -> None:
     p.set_defaults(func=cmd_reconstruct)
 
 
+def cmd_curve(args: argparse.Namespace) -> int:
+    from .curve import plot_curve
+
+    out = plot_curve(args.run, args.output or Path(args.run) / "curve.png")
+    print(f"wrote {out}")
+    return 0
+
+
+def add_curve(sub: Any) -> None:
+    p = sub.add_parser(
+        "curve",
+        help="plot a run's training curve (loss and learning rate) as a PNG",
+        description="Read RUN/metrics.jsonl (written by mae train) and plot the loss and the "
+        "learning rate against epochs. Needs matplotlib: pip install 'mae-hub[plot]'.",
+    )
+    p.add_argument("run", metavar="RUN", help="a run folder of mae train")
+    p.add_argument("--output", metavar="PNG", help="where to write it (default RUN/curve.png)")
+    p.set_defaults(func=cmd_curve)
+
+
 # -- mae push / mae pull -----------------------------------------------------------------
 def cmd_push(args: argparse.Namespace) -> int:
     from .hub import push
@@ -649,6 +669,7 @@ SUBCOMMANDS: list[Callable[[Any], None]] = [
     add_train,
     add_eval,
     add_reconstruct,
+    add_curve,
     add_push,
     add_pull,
     add_serve,
