@@ -282,7 +282,7 @@ def main() -> None:
         help="untimed requests per level (at least 2 x the level)",
     )
     ap.add_argument("--max-batch-images", type=int, help="MAE_MAX_BATCH_IMAGES (default 32)")
-    ap.add_argument("--max-batch-wait-ms", type=float, help="MAE_MAX_BATCH_WAIT_MS (default 5)")
+    ap.add_argument("--max-batch-wait-ms", type=float, help="MAE_MAX_BATCH_WAIT_MS (default 0)")
     ap.add_argument(
         "--encoding-format",
         choices=("float", "base64"),
@@ -318,9 +318,11 @@ def main() -> None:
         measure_raw(model_id, imgs, rows, args)
 
     sizes = ", ".join(f"{len(b) // 1024} KiB" for b in jpegs)
-    fields = Settings.model_fields
-    batch_images = args.max_batch_images or fields["max_batch_images"].default
-    wait_ms = fields["max_batch_wait_ms"].default
+    fields = Settings.model_fields  # what the server ran with: flag, else environment, else default
+    batch_images = args.max_batch_images or int(
+        os.environ.get("MAE_MAX_BATCH_IMAGES", fields["max_batch_images"].default)
+    )
+    wait_ms = float(os.environ.get("MAE_MAX_BATCH_WAIT_MS", fields["max_batch_wait_ms"].default))
     wait_ms = wait_ms if args.max_batch_wait_ms is None else args.max_batch_wait_ms
     head = (
         f"{args.variant if args.model is None else args.model} ({info['image_size']} px, "

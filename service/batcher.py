@@ -2,13 +2,11 @@
 
 Every request's images are queued as jobs of at most `max_batch_images` (a larger request
 is split and its answers reassembled in order). The worker takes the oldest job, adds the
-queued jobs that fit in `max_batch_images`, and, while other embedding requests are still
-arriving (body or decoding, see `Arrivals`), waits for them until `max_wait_s` has passed
-since that job arrived;
-then it runs one forward on the stacked batch in its own thread and hands each job its
-rows. A lone request never waits for company that is not coming, and requests that arrive
-during a forward simply form the next batch. Other device work (a reconstruction) runs
-alone, in turn.
+queued jobs that fit in `max_batch_images`, keeps waiting for more while `max_wait_s` has
+not passed since that job arrived (0, the default: no waiting), then runs one forward on
+the stacked batch in its own thread and hands each job its rows. Requests that arrive
+during a forward form the next batch, so batches grow by themselves when the device is
+the bottleneck. Other device work (a reconstruction) runs alone, in turn.
 
 Admission is bounded in images: a request that would push the queue past
 `max_queue_images` is refused at once (429, with a Retry-After from the measured
@@ -25,7 +23,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,46 +48,6 @@ class _Job:
     waiting: bool = False  # counted in the queue's images
 
 
-class Arrivals:
-    """Embedding requests that have arrived but whose images are not queued yet (body being
-    received or images being decoded), shared by the batchers of one server. While there
-    are any, a batch being gathered waits for them, up to `max_wait_s`."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self._wakes: list[asyncio.Event] = []
-
-    def watch(self, wake: asyncio.Event) -> None:
-        self._wakes.append(wake)
-
-    @contextlib.contextmanager
-    def arriving(self) -> Iterator[Ticket]:
-        """Around a request from its arrival until its images are queued (`Batcher.embed`
-        ends the ticket then; leaving the block ends it otherwise)."""
-        ticket = Ticket(self)
-        self.count += 1
-        try:
-            yield ticket
-        finally:
-            ticket.end()
-
-
-class Ticket:
-    """One arriving request (see `Arrivals.arriving`); ends once."""
-
-    def __init__(self, arrivals: Arrivals) -> None:
-        self._arrivals: Arrivals | None = arrivals
-
-    def end(self) -> None:
-        arrivals, self._arrivals = self._arrivals, None
-        if arrivals is None:
-            return
-        arrivals.count -= 1
-        if arrivals.count == 0:
-            for wake in arrivals._wakes:
-                wake.set()  # a gathering worker need not wait any longer
-
-
 class Batcher:
     def __init__(
         self,
@@ -99,7 +57,6 @@ class Batcher:
         max_wait_s: float,
         max_queue_images: int,
         metrics: Metrics | None = None,
-        arrivals: Arrivals | None = None,
     ) -> None:
         self.engine = engine
         self.max_batch_images = max_batch_images
@@ -114,12 +71,10 @@ class Batcher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mae-device")
         self._closing = False
         self._rate = 0.0  # images/s of recent forwards (exponential average), for Retry-After
-        self.arrivals = arrivals or Arrivals()
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
         self._wake = asyncio.Event()
-        self.arrivals.watch(self._wake)
         self._worker = asyncio.create_task(self._run(), name=f"batcher:{self._label}")
 
     async def close(self) -> None:
@@ -189,23 +144,17 @@ class Batcher:
                     job.future.cancel()
                 self._withdraw(job)
 
-    async def embed(
-        self, images: torch.Tensor, deadline: float, ticket: Ticket | None = None
-    ) -> torch.Tensor:
+    async def embed(self, images: torch.Tensor, deadline: float) -> torch.Tensor:
         """images (n, 3, S, S) -> (n, 2, D) float32 [cls, mean], in input order."""
         n = images.shape[0]
-        try:
-            self._admit(n)
-            loop = asyncio.get_running_loop()
-            jobs = [
-                _Job(chunk.shape[0], deadline, loop.create_future(), images=chunk)
-                for chunk in images.split(self.max_batch_images)
-            ]
-            for job in jobs:
-                self._enqueue(job)
-        finally:
-            if ticket is not None:
-                ticket.end()
+        self._admit(n)
+        loop = asyncio.get_running_loop()
+        jobs = [
+            _Job(chunk.shape[0], deadline, loop.create_future(), images=chunk)
+            for chunk in images.split(self.max_batch_images)
+        ]
+        for job in jobs:
+            self._enqueue(job)
         return torch.cat(await self._await(jobs, deadline))
 
     async def run(self, call: Callable[[], Any], deadline: float) -> Any:
@@ -217,8 +166,7 @@ class Batcher:
 
     # -- the worker -----------------------------------------------------------------------
     async def _next(self, until: float | None) -> _Job | None:
-        """The oldest job (left in the queue). With `until` (monotonic), this gathers more
-        for a batch: it waits only while requests are being decoded, and until then at most."""
+        """The oldest job (left in the queue), waiting until `until` (monotonic) at most."""
         assert self._wake is not None
         while not self._jobs:
             if self._closing:
@@ -227,8 +175,6 @@ class Batcher:
             if until is None:
                 await self._wake.wait()
                 continue
-            if self.arrivals.count == 0:
-                return None  # nothing is on its way
             remaining = until - time.monotonic()
             if remaining <= 0:
                 return None

@@ -38,11 +38,6 @@ class Metrics:
         self.queue_images = Gauge(
             "mae_queue_images", "images waiting for a forward", ["model"], registry=r
         )
-        self.arriving = Gauge(
-            "mae_arriving_requests",
-            "embedding requests being received or decoded (not queued yet)",
-            registry=r,
-        )
         self.queue_wait_seconds = Histogram(
             "mae_queue_wait_seconds",
             "time from queueing to the start of the forward",

@@ -17,7 +17,7 @@ import torch
 from anyio import to_thread
 from fastapi import Depends, Request
 
-from .batcher import Arrivals, Batcher
+from .batcher import Batcher
 from .engine import Engine
 from .errors import APIError, NotFound, NotReady, TooLarge, Unauthorized, error_response
 from .imaging import decode
@@ -42,10 +42,6 @@ class Runtime:
     aliases: dict[str, str] = field(default_factory=dict)  # alias -> id
     ready: bool = False
     error: str | None = None  # why loading failed
-    arrivals: Arrivals = field(default_factory=Arrivals)  # embedding requests on their way
-
-    def __post_init__(self) -> None:
-        self.metrics.arriving.set_function(lambda: self.arrivals.count)
 
     # -- lifecycle ------------------------------------------------------------------------
     async def load(self) -> None:
@@ -71,7 +67,6 @@ class Runtime:
                     max_wait_s=s.max_batch_wait_ms / 1000.0,
                     max_queue_images=s.max_queue_images,
                     metrics=self.metrics,
-                    arrivals=self.arrivals,
                 )
                 batcher.start()
                 self.models[engine.id] = Served(engine, batcher)

@@ -42,10 +42,10 @@ class Settings(BaseSettings):
     # -- batching and limits --------------------------------------------------------------
     max_batch_images: int = Field(default=32, ge=1, le=4096, description="images per forward")
     max_batch_wait_ms: float = Field(
-        default=5.0,
+        default=0.0,
         ge=0,
         le=10_000,
-        description="how long a batch waits for requests still being decoded",
+        description="how long a batch waits for more requests after its first (0: not at all)",
     )
     max_queue_images: int = Field(
         default=1024, ge=1, description="images waiting at most; more -> 429 with Retry-After"

@@ -14,7 +14,6 @@ import torch
 from fastapi import APIRouter, Depends, Request
 from pydantic import ValidationError
 
-from ..batcher import Ticket
 from ..engine import POOLINGS
 from ..errors import APIError
 from ..imaging import decode_base64
@@ -54,31 +53,28 @@ _UPLOAD_BODY = {
 async def embeddings(request: Request, rt: RuntimeDep) -> EmbeddingResponse:
     """Embed base64 or data-URL images (OpenAI-style body, `application/json`)."""
     deadline = rt.deadline()
-    with rt.arrivals.arriving() as ticket:
-        body = await forms.read_json(request, EmbeddingRequest, upload_hint="/v1/embeddings/upload")
-        rt.check_count(len(body.input))
-        limit = rt.settings.max_image_bytes
-        blobs = [decode_base64(s, limit, what=f"input[{i}]") for i, s in enumerate(body.input)]
-        names = [f"input[{i}]" for i in range(len(blobs))]
-        return await _embed(request, rt, blobs, names, body, deadline, ticket)
+    body = await forms.read_json(request, EmbeddingRequest, upload_hint="/v1/embeddings/upload")
+    rt.check_count(len(body.input))
+    limit = rt.settings.max_image_bytes
+    blobs = [decode_base64(s, limit, what=f"input[{i}]") for i, s in enumerate(body.input)]
+    names = [f"input[{i}]" for i in range(len(blobs))]
+    return await _embed(request, rt, blobs, names, body, deadline)
 
 
 @router.post("/embeddings/upload", response_model=EmbeddingResponse, openapi_extra=_UPLOAD_BODY)
 async def embeddings_upload(request: Request, rt: RuntimeDep) -> EmbeddingResponse:
     """Embed uploaded image files (`multipart/form-data`, one `file` part per image)."""
     deadline = rt.deadline()
-    with rt.arrivals.arriving() as ticket:
-        form = await forms.read_form(request, max_files=rt.settings.max_images_per_request)
-        files = await forms.files(form, "file")
-        rt.check_count(len(files))
-        fields = forms.fields(form, ("model", "pooling", "normalize", "encoding_format"))
-        try:
-            options = EmbeddingOptions.model_validate(fields, strict=False)
-        except ValidationError as exc:
-            raise forms.invalid(exc) from None
-        names = [f"file[{i}] ({name})" for i, (name, _) in enumerate(files)]
-        blobs = [data for _, data in files]
-        return await _embed(request, rt, blobs, names, options, deadline, ticket)
+    form = await forms.read_form(request, max_files=rt.settings.max_images_per_request)
+    files = await forms.files(form, "file")
+    rt.check_count(len(files))
+    fields = forms.fields(form, ("model", "pooling", "normalize", "encoding_format"))
+    try:
+        options = EmbeddingOptions.model_validate(fields, strict=False)
+    except ValidationError as exc:
+        raise forms.invalid(exc) from None
+    names = [f"file[{i}] ({name})" for i, (name, _) in enumerate(files)]
+    return await _embed(request, rt, [data for _, data in files], names, options, deadline)
 
 
 async def _embed(
@@ -88,12 +84,10 @@ async def _embed(
     names: list[str],
     options: EmbeddingOptions,
     deadline: float,
-    ticket: Ticket,
 ) -> EmbeddingResponse:
-    """`ticket` (this request's place in `rt.arrivals`) ends once its images are queued."""
     served = rt.get(options.model)
     batch = await rt.images_to_tensor(blobs, served.engine, names)
-    pooled = await until_disconnect(request, served.batcher.embed(batch, deadline, ticket))
+    pooled = await until_disconnect(request, served.batcher.embed(batch, deadline))
     vectors = pooled[:, POOLINGS.index(options.pooling)]  # (n, D)
     if options.normalize:
         vectors = torch.nn.functional.normalize(vectors, dim=-1)

@@ -1,17 +1,14 @@
 """The batcher's promises through a real server: 429 when the queue is full, 504 past the
 deadline, a client that goes away frees its place, SIGTERM drains; and readiness.
 
-A batch being gathered waits (up to MAE_MAX_BATCH_WAIT_MS) only for embedding requests
-that are still arriving. So a long wait plus an upload whose body is half sent holds the
-first request in the batch being gathered for that long, which makes queue states
-reproducible without touching the code under test; the same trick shows that a lone
-request does not wait at all.
+A long MAE_MAX_BATCH_WAIT_MS (with a batch that never fills) holds the first request in
+the batch being gathered for that long, which makes queue states reproducible without
+touching the code under test.
 """
 
 from __future__ import annotations
 
 import base64
-import contextlib
 import os
 import signal
 import socket
@@ -61,21 +58,6 @@ def _wait_for(predicate, what: str, timeout: float = 20) -> None:
         time.sleep(0.02)
 
 
-@contextlib.contextmanager
-def _arriving(url: str):
-    """An upload to /v1/embeddings/upload whose body is half sent: the server counts it as
-    an arriving embedding request until the block ends and the connection closes."""
-    host, port = url.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port)), timeout=10) as sock:
-        sock.sendall(
-            b"POST /v1/embeddings/upload HTTP/1.1\r\nHost: test\r\n"
-            b"Content-Type: multipart/form-data; boundary=xyz\r\n"
-            b"Content-Length: 100000\r\n\r\n--xyz\r\n"
-        )
-        _wait_for(lambda: metric(url, "mae_arriving_requests") >= 1, "the upload to start")
-        yield
-
-
 @pytest.fixture(scope="module")
 def holding_server(small_model_dir, tmp_path_factory):
     """Queue of 8 images; a request waits HOLD_MS for company before its forward."""
@@ -92,15 +74,14 @@ def holding_server(small_model_dir, tmp_path_factory):
 
 def test_full_queue_answers_429_at_once(holding_server: str, photo: str) -> None:
     url = holding_server
-    with _arriving(url):
-        thread, first = _in_background(_post, url, photo, 6)
-        _wait_for(lambda: metric(url, "mae_queue_images") == 6, "the first request to queue")
-        r = _post(url, photo, 3)  # 6 + 3 > 8
-        assert r.status_code == 429
-        assert r.json()["error"]["code"] == "queue_full"
-        assert int(r.headers["retry-after"]) >= 1
-        small = _post(url, photo, 2)  # 6 + 2 fits: joins the first one's forward
-        assert small.status_code == 200
+    thread, first = _in_background(_post, url, photo, 6)
+    _wait_for(lambda: metric(url, "mae_queue_images") == 6, "the first request to queue")
+    r = _post(url, photo, 3)  # 6 + 3 > 8
+    assert r.status_code == 429
+    assert r.json()["error"]["code"] == "queue_full"
+    assert int(r.headers["retry-after"]) >= 1
+    small = _post(url, photo, 2)  # 6 + 2 fits: joins the first one's forward
+    assert small.status_code == 200
     thread.join(30)
     assert first["response"].status_code == 200
     assert metric(url, "mae_rejected_total", reason="queue_full") >= 1
@@ -108,27 +89,12 @@ def test_full_queue_answers_429_at_once(holding_server: str, photo: str) -> None
 
 def test_client_that_goes_away_frees_its_place(holding_server: str, photo: str) -> None:
     url = holding_server
-    with _arriving(url):
-        # The client gives up after 0.5 s, long before the held forward would start.
-        thread, first = _in_background(_post, url, photo, 6, 0.5)
-        thread.join(30)
-        assert isinstance(first.get("error"), httpx.TimeoutException)
-        _wait_for(lambda: metric(url, "mae_queue_images") == 0, "the queue to free the images")
-        assert _post(url, photo, 8).status_code == 200  # would be 429 if 6 were still held
-
-
-def test_a_lone_request_does_not_wait_for_company(holding_server: str, photo: str) -> None:
-    """MAE_MAX_BATCH_WAIT_MS is 3 s here, but with nothing else arriving a request's forward
-    starts at once; a request held by an arriving one waits about that long."""
-    url = holding_server
-    waited = metric(url, "mae_queue_wait_seconds_sum")
-    assert _post(url, photo, 1).status_code == 200
-    alone = metric(url, "mae_queue_wait_seconds_sum") - waited
-    assert alone < HOLD_MS / 1000 / 3
-    with _arriving(url):
-        assert _post(url, photo, 1).status_code == 200
-    held = metric(url, "mae_queue_wait_seconds_sum") - waited - alone
-    assert held >= HOLD_MS / 1000 * 0.9
+    # The client gives up after 0.5 s, long before the held forward would start.
+    thread, first = _in_background(_post, url, photo, 6, 0.5)
+    thread.join(30)
+    assert isinstance(first.get("error"), httpx.TimeoutException)
+    _wait_for(lambda: metric(url, "mae_queue_images") == 0, "the queue to free the images")
+    assert _post(url, photo, 8).status_code == 200  # would be 429 if 6 were still held
 
 
 def test_deadline_passed_before_the_forward_answers_504(small_model_dir, tmp_path, photo) -> None:
@@ -136,8 +102,7 @@ def test_deadline_passed_before_the_forward_answers_504(small_model_dir, tmp_pat
         small_model_dir, tmp_path, max_batch_wait_ms=HOLD_MS, request_timeout_s=0.3
     )
     for url in serve(settings, ready=True):
-        with _arriving(url):
-            r = _post(url, photo, 1)
+        r = _post(url, photo, 1)
         assert r.status_code == 504
         assert r.json()["error"]["code"] == "deadline_exceeded"
         assert metric(url, "mae_rejected_total", reason="deadline") == 1  # once per request
@@ -194,11 +159,9 @@ def test_sigterm_finishes_the_requests_in_flight_then_exits(
                 return False
 
         _wait_for(ready, "mae serve to be ready", timeout=120)
-        with _arriving(url):
-            thread, held = _in_background(_post, url, photo, 2)
-            _wait_for(lambda: metric(url, "mae_queue_images") == 2, "the request to queue")
-            proc.send_signal(signal.SIGTERM)
-            time.sleep(0.5)  # the signal lands while the request is held
+        thread, held = _in_background(_post, url, photo, 2)
+        _wait_for(lambda: metric(url, "mae_queue_images") == 2, "the request to queue")
+        proc.send_signal(signal.SIGTERM)
         thread.join(30)
         assert held["response"].status_code == 200
         assert len(held["response"].json()["data"]) == 2
