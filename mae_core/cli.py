@@ -315,7 +315,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
             + (f"; e.g. {', '.join(only)}" if only else "; same names, different order")
             + ")"
         )
-    model = load_model(args.model, args.revision, device=args.device)
+    keep_decoder = None if not args.no_reconstruction else False  # None: if it has one
+    model = load_model(args.model, args.revision, with_decoder=keep_decoder, device=args.device)
     cfg = model.config
     train_ds, test_ds = EvalDataset(train_idx, cfg), EvalDataset(test_idx, cfg)
     methods = ("knn", "linear") if args.method == "all" else (args.method,)

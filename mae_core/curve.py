@@ -21,8 +21,13 @@ def read_metrics(run: str | os.PathLike[str]) -> list[dict]:
             rec = json.loads(line)
         except json.JSONDecodeError:
             continue  # a line cut short by a crash
-        if isinstance(rec, dict) and "step" in rec and "loss" in rec:
-            by_step[int(rec["step"])] = rec
+        if (
+            isinstance(rec, dict)
+            and "event" not in rec  # e.g. a skipped non-finite step: its loss is "nan"
+            and isinstance(rec.get("step"), int)
+            and isinstance(rec.get("loss"), (int, float))
+        ):
+            by_step[rec["step"]] = rec
     if not by_step:
         raise ValueError(f"{path} has no step records yet")
     return [by_step[s] for s in sorted(by_step)]
@@ -43,10 +48,12 @@ def plot_curve(run: str | os.PathLike[str], output: str | os.PathLike[str]) -> P
     title = Path(run).name
     cfg_path = Path(run) / "config.json"
     if cfg_path.is_file():
-        train = json.loads(cfg_path.read_text()).get("train", {})
+        cfg = json.loads(cfg_path.read_text())
+        train, model = cfg.get("train", {}), cfg.get("model", {})
+        batch = cfg.get("effective_batch") or train.get("batch_size")
         title = (
-            f"{train.get('variant')} at {train.get('img_size')} px on {train.get('data')}: "
-            f"batch {train.get('batch_size')}, blr {train.get('blr')}, "
+            f"{train.get('variant')} at {model.get('img_size') or train.get('img_size')} px on "
+            f"{train.get('data')}: batch {batch}, blr {train.get('blr')}, "
             f"mask {train.get('mask_ratio')}"
         )
     epochs = [r.get("epoch", r["step"]) for r in records]

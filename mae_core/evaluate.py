@@ -346,9 +346,7 @@ def evaluate_model(
     models = {"": model}
     if baseline:
         # Own RNG state: building the baseline must not shift the caller's random stream.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            random_init = MaskedAutoencoder(model.config, with_decoder=False)
+        random_init = random_twin(model, seed, with_decoder=False)
         models["baseline_"] = random_init.to(device=dev, dtype=next(model.parameters()).dtype)
 
     kw = {"batch_size": batch_size, "num_workers": num_workers, "progress": progress}
@@ -400,6 +398,16 @@ def evaluate_model(
         "source": str(model.source_info.get("model_id", "")),
     }
     return {"model": summary, "results": rows, **sizes}
+
+
+def random_twin(model: MaskedAutoencoder, seed: int, with_decoder: bool) -> MaskedAutoencoder:
+    """The same architecture with random weights drawn from `seed`, on the CPU. The
+    encoder is the same with or without the decoder (built first, then dropped), so every
+    evaluation compares against one twin; the caller's random stream is left untouched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        twin = MaskedAutoencoder(model.config, with_decoder=True)
+    return twin if with_decoder else twin.drop_decoder()
 
 
 def reconstruction_loss(
@@ -456,9 +464,7 @@ def evaluate_reconstruction(
         "baseline_loss": None,
     }
     if baseline:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            twin = MaskedAutoencoder(model.config, with_decoder=True)
+        twin = random_twin(model, seed, with_decoder=True)
         twin.to(device=_model_device(model), dtype=next(model.parameters()).dtype)
         result["baseline_loss"] = reconstruction_loss(twin, dataset, ratio, seed, **kw)
     return result

@@ -19,6 +19,7 @@ def _run_folder(tmp_path: Path) -> Path:
         for s in (10, 20, 30, 40)
     ]
     lines.insert(2, json.dumps({"step": 20, "epoch": 2.0, "loss": 0.5, "lr": 5e-4}))  # resumed
+    lines.append(json.dumps({"step": 41, "event": "skipped_non_finite", "loss": "nan"}))
     lines.append('{"step": 50, "lo')  # torn by a crash
     (folder / "metrics.jsonl").write_text("\n".join(lines) + "\n")
     (folder / "config.json").write_text(

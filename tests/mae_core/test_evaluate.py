@@ -20,6 +20,7 @@ from mae_core.evaluate import (
     knn_classify,
     knn_votes,
     linear_probe,
+    random_twin,
     reconstruction_loss,
 )
 
@@ -213,3 +214,13 @@ def test_reconstruction_loss_needs_the_decoder(tiny_cfg, cifar_splits) -> None:
     ds = EvalDataset(index_folder(cifar_splits[1], limit=4), tiny_cfg)
     with pytest.raises(Exception, match="decoder"):
         reconstruction_loss(encoder, ds, progress=False)
+
+
+def test_one_random_twin_with_or_without_its_decoder(tiny_model: MaskedAutoencoder) -> None:
+    full = random_twin(tiny_model, 5, with_decoder=True)
+    encoder = random_twin(tiny_model, 5, with_decoder=False)
+    assert full.has_decoder and not encoder.has_decoder
+    for name, tensor in encoder.state_dict().items():
+        torch.testing.assert_close(tensor, full.state_dict()[name], rtol=0, atol=0)
+    other = random_twin(tiny_model, 6, with_decoder=False)
+    assert not torch.equal(other.patch_embed.proj.weight, encoder.patch_embed.proj.weight)
