@@ -20,8 +20,8 @@ $(VENV)/.installed: pyproject.toml Makefile
 
 serve: venv
 	@$(BIN)/mae info --no-hash $(DEFAULT_MODEL) >/dev/null 2>&1 || { \
-	  echo "make serve: the default model $(DEFAULT_MODEL) is not in models/ yet."; \
-	  echo "  It is trained and published by the default-model work (issue 6); until then"; \
+	  echo "make serve: cannot load the default model $(DEFAULT_MODEL):"; \
+	  $(BIN)/mae info --no-hash $(DEFAULT_MODEL) 2>&1 | tail -1 | sed 's/^/  /'; \
 	  echo "  serve another one with: make serve DEFAULT_MODEL=<folder, .pth or local:ns/name>"; \
 	  exit 1; }
 	$(BIN)/mae serve $(DEFAULT_MODEL)

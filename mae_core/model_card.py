@@ -9,11 +9,22 @@ import yaml
 
 PAPER = "He et al., 2021, *Masked Autoencoders Are Scalable Vision Learners* (arXiv:2111.06377)"
 DATASET_IDS = {"cifar10": "cifar10", "tinyimagenet": "tiny-imagenet-200"}
+DATASET_NOTES = {
+    "cifar10": "CIFAR-10 (Krizhevsky, 2009, *Learning Multiple Layers of Features from Tiny "
+    "Images*): 60,000 32x32 images in 10 classes.",
+    "tinyimagenet": "Tiny-ImageNet-200 (Stanford CS231n): 110,000 64x64 images in 200 classes, "
+    "a subset of ImageNet. The images are ImageNet's and its terms apply to them: "
+    "non-commercial research and education. Check that your use of weights trained on "
+    "them fits those terms.",
+}
+
+
+def _dataset_name(source: str) -> str:
+    return source.partition(":")[0].partition("[")[0]
 
 
 def _dataset(source: str) -> str | None:
-    name = source.partition(":")[0].partition("[")[0]
-    return DATASET_IDS.get(name)
+    return DATASET_IDS.get(_dataset_name(source))
 
 
 def _fmt(v: float | None) -> str:
@@ -153,6 +164,19 @@ def render_card(
             f"| final loss | {_loss(training.get('final_loss'))} |",
             f"| device | {training.get('device')} x {training.get('world_size', 1)} |",
             f"| versions | {', '.join(f'{k} {v}' for k, v in (training.get('versions') or {}).items())} |",
+            "",
+        ]
+        note = DATASET_NOTES.get(_dataset_name(str(data.get("source", ""))))
+        lines += [
+            "## Data and licence",
+            "",
+            *([note, ""] if note else []),
+            f"The weights are released under {license}"
+            + (
+                "; the data's own terms, above, still apply to what was learned from it."
+                if note
+                else "."
+            ),
             "",
         ]
     if eval_result:
