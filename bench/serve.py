@@ -49,6 +49,7 @@ import torch
 # bench/ is on sys.path when a script here runs: share the timer
 from features import timed
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 import mae_core
 from mae_core.data import eval_transform
@@ -141,16 +142,15 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-_BATCH = re.compile(r"^mae_batch_images_(sum|count)\{[^}]*\} ([0-9.eE+-]+)$", re.MULTILINE)
-
-
 async def batch_totals(client: httpx.AsyncClient) -> tuple[float, float]:
     """(images, forwards) so far, summed over the served models."""
     text = (await client.get("/metrics")).text
-    totals = {"sum": 0.0, "count": 0.0}
-    for kind, value in _BATCH.findall(text):
-        totals[kind] += float(value)
-    return totals["sum"], totals["count"]
+    totals = {"mae_batch_images_sum": 0.0, "mae_batch_images_count": 0.0}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in totals:
+                totals[sample.name] += sample.value
+    return totals["mae_batch_images_sum"], totals["mae_batch_images_count"]
 
 
 # -- the client ---------------------------------------------------------------------------

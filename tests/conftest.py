@@ -50,10 +50,6 @@ def cifar_folder(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="session")
 def cifar_splits(cifar_folder, tmp_path_factory: pytest.TempPathFactory):
     """The 300 CIFAR JPEGs split 2:1 into train/ and test/ class folders (symlinks)."""
-    root = tmp_path_factory.mktemp("cifar_split")
-    for cls in sorted(p for p in cifar_folder.iterdir() if p.is_dir()):
-        for i, f in enumerate(sorted(cls.iterdir())):
-            dest = root / ("test" if i % 3 == 2 else "train") / cls.name / f.name
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            dest.symlink_to(f)
-    return root / "train", root / "test"
+    from tests.data_fixtures import split_two_to_one
+
+    return split_two_to_one(cifar_folder, tmp_path_factory.mktemp("cifar_split"))

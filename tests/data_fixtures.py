@@ -28,3 +28,14 @@ def extract_cifar_subset(dest: Path, per_class: int, split: str = "test") -> Pat
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(tar.extractfile(member).read())  # type: ignore[union-attr]
     return dest
+
+
+def split_two_to_one(folder: Path, dest: Path) -> tuple[Path, Path]:
+    """Class folders of `folder` split 2:1 (every third image of a class, sorted by name,
+    goes to test) into dest/train and dest/test, as symlinks -> (train, test)."""
+    for cls in sorted(p for p in folder.iterdir() if p.is_dir()):
+        for i, f in enumerate(sorted(cls.iterdir())):
+            target = dest / ("test" if i % 3 == 2 else "train") / cls.name / f.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.symlink_to(f)
+    return dest / "train", dest / "test"

@@ -21,7 +21,7 @@ from mae_core import MaskedAutoencoder, load_model
 from mae_core.data import EvalDataset, eval_transform, index_folder
 from mae_core.evaluate import extract_pooled, knn_classify
 from mae_core.hub import resolve_local
-from tests.data_fixtures import extract_cifar_subset
+from tests.data_fixtures import extract_cifar_subset, split_two_to_one
 
 MODEL = "mae/vit-tiny-tinyimagenet"
 # The checkout's models/ (MAE_MODELS_DIR points elsewhere, e.g. to try a candidate).
@@ -72,14 +72,10 @@ def test_its_features_beat_the_random_twin_on_cifar10_knn(
     model: MaskedAutoencoder, twin: MaskedAutoencoder, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     folder = extract_cifar_subset(tmp_path_factory.mktemp("cifar"), per_class=150)
-    split = tmp_path_factory.mktemp("split")  # 100 train / 50 test images per class
-    for cls in sorted(p for p in folder.iterdir() if p.is_dir()):
-        for i, f in enumerate(sorted(cls.iterdir())):
-            dest = split / ("test" if i % 3 == 2 else "train") / cls.name / f.name
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            dest.symlink_to(f)
-    train = EvalDataset(index_folder(split / "train"), model.config)
-    test = EvalDataset(index_folder(split / "test"), model.config)
+    # 100 train / 50 test images per class
+    train_dir, test_dir = split_two_to_one(folder, tmp_path_factory.mktemp("split"))
+    train = EvalDataset(index_folder(train_dir), model.config)
+    test = EvalDataset(index_folder(test_dir), model.config)
     best = {}
     for name, net in (("model", model), ("twin", twin)):
         xtr, ytr = extract_pooled(net, train, progress=False)
