@@ -2,8 +2,6 @@
 PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
-# Exact pins for CI and fresh machines; the package itself only asks for a range.
-TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 DEFAULT_MODEL ?= local:mae/vit-tiny-tinyimagenet
 PYTEST_ARGS ?=
 
@@ -11,11 +9,9 @@ PYTEST_ARGS ?=
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml Makefile
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet $(TORCH_PINS)
-	$(BIN)/python -m pip install --quiet -e '.[dev]' $(TORCH_PINS)
+# scripts/install.sh is the one install path (exact torch pins), shared with the Dockerfile.
+$(VENV)/.installed: pyproject.toml Makefile scripts/install.sh
+	PYTHON=$(PYTHON) scripts/install.sh $(VENV) -e '.[dev]'
 	@touch $@
 
 serve: venv
