@@ -509,7 +509,9 @@ def _resolve_file(
     return entry, blob, oid
 
 
-@router.api_route("/{ns}/{name}/resolve/{revision}/{path:path}", methods=["GET", "HEAD"])
+# One route per method: a single GET+HEAD route gives both the same OpenAPI operation id.
+@router.get("/{ns}/{name}/resolve/{revision}/{path:path}")
+@router.head("/{ns}/{name}/resolve/{revision}/{path:path}")
 async def resolve(ns: str, name: str, revision: str, path: str, request: Request) -> Response:
     entry, blob, oid = await run_in_threadpool(_resolve_file, request, ns, name, revision, path)
     headers = {"ETag": f'"{entry.etag}"', "X-Repo-Commit": oid, "Accept-Ranges": "bytes"}
