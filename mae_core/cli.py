@@ -279,6 +279,84 @@ def add_train(sub: Any) -> None:
     p.set_defaults(func=cmd_train)
 
 
+# -- mae shard --------------------------------------------------------------------------
+def cmd_shard(args: argparse.Namespace) -> int:
+    import logging
+    import shlex
+
+    from .shard import DEFAULT_MAX_BYTES, parse_size, write_shards
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        max_bytes = parse_size(args.max_size) if args.max_size else DEFAULT_MAX_BYTES
+    except ValueError as e:
+        raise CLIError(f"--max-size: {e}") from None
+    s = write_shards(
+        args.source,
+        args.output_dir,
+        prefix=args.prefix,
+        max_images=args.max_images,
+        max_bytes=max_bytes,
+        shuffle=not args.no_shuffle,
+        seed=args.seed,
+        limit=args.limit,
+        overwrite=args.overwrite,
+    )
+    order = f"shuffled with seed {s.seed}" if s.shuffle else "in source order"
+    print(
+        f"wrote {s.images} images ({order}) into {len(s.shard_files)} "
+        f"shard{'s' if len(s.shard_files) != 1 else ''}, "
+        f"{_human(s.total_bytes, 'B')}, in {s.output_dir}"
+    )
+    labels = f"{len(s.classes)} classes (names in dataset.json)" if s.classes else "no labels"
+    print(f"  {labels}; {s.unreadable} unreadable files skipped")
+    print(f"  train on them: mae train --data {shlex.quote(s.pattern)} --output DIR")
+    return 0
+
+
+def add_shard(sub: Any) -> None:
+    p = sub.add_parser(
+        "shard",
+        help="write a data source as WebDataset shards (for shared storage, several nodes)",
+        description="Write the images of SOURCE (a folder of images, a .tar/.tar.gz archive, "
+        "cifar10[:train] / tinyimagenet[:train], or shards) into OUTPUT_DIR as uncompressed "
+        "WebDataset shards PREFIX-000000.tar, ...: each image with its original bytes as "
+        "KEY.jpg (or its own extension) plus its label as KEY.cls, and dataset.json with the "
+        "class names and the pattern to give mae train --data. Same input, same bytes; each "
+        "shard appears under its final name only when complete.",
+    )
+    p.add_argument("source", metavar="SOURCE", help="the images to shard")
+    p.add_argument("output_dir", metavar="OUTPUT_DIR", help="folder for the shards")
+    p.add_argument("--prefix", default="train", help="shard name prefix (default train)")
+    p.add_argument(
+        "--max-images",
+        type=int,
+        default=10_000,
+        metavar="N",
+        help="images per shard at most (default 10000)",
+    )
+    p.add_argument(
+        "--max-size",
+        metavar="SIZE",
+        help="bytes per shard at most, e.g. 500MB, 2GB, 1GiB (default 1GB)",
+    )
+    p.add_argument(
+        "--no-shuffle",
+        action="store_true",
+        help="keep the source order (default: shuffle, so every shard mixes the classes)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the shuffle (default 0)")
+    p.add_argument(
+        "--limit", type=int, metavar="N", help="shard an evenly strided subset of N images"
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace PREFIX-*.tar shards and dataset.json already in OUTPUT_DIR",
+    )
+    p.set_defaults(func=cmd_shard)
+
+
 # -- mae eval ---------------------------------------------------------------------------
 def cmd_eval(args: argparse.Namespace) -> int:
     import logging
@@ -668,6 +746,7 @@ def add_serve(sub: Any) -> None:
 SUBCOMMANDS: list[Callable[[Any], None]] = [
     add_info,
     add_train,
+    add_shard,
     add_eval,
     add_reconstruct,
     add_curve,

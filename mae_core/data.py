@@ -5,7 +5,8 @@
 - a `.tar`, `.tar.gz` or `.tgz` archive of images, read in place (an uncompressed archive
   by offset, a compressed one into memory once: unpack very large ones);
 - WebDataset shards, `shards-{000000..000099}.tar`: uncompressed tars whose samples share a
-  key (`0001.jpg` + `0001.cls`); the label is the integer in the `.cls` member, if any.
+  key (`0001.jpg` + `0001.cls`); the label is the integer in the `.cls` member, if any,
+  and class names come from the `dataset.json` that `mae shard` writes beside them.
   Read by offset, so samples are addressed by index like any other source;
 - `cifar10[:train|:test]` or `tinyimagenet[:train|:val]`: the archives of `shared/data/`,
   unpacked once into `$MAE_DATA_DIR` (default `~/.cache/mae-hub/data`).
@@ -19,6 +20,7 @@ resumed run continues exactly where it stopped.
 from __future__ import annotations
 
 import io
+import json
 import logging
 import math
 import os
@@ -87,6 +89,13 @@ class TarMember:
         with open(self.archive, "rb") as f:
             f.seek(self.offset)
             return f.read(self.size)
+
+
+def read_bytes(item: Any) -> bytes:
+    """The stored bytes of a path, bytes or TarMember item, as they are (no decoding)."""
+    if isinstance(item, TarMember):
+        return item.read()
+    return bytes(item) if isinstance(item, bytes | bytearray) else Path(item).read_bytes()
 
 
 def _source(item: Any) -> Any:
@@ -225,7 +234,27 @@ def index_shards(pattern: str, limit: int | None = None) -> ImageIndex:
             except ValueError as e:
                 raise DataError(f"{path}: {name} has a .cls member that is not an integer") from e
     classes = [str(c) for c in sorted(set(labels))] if -1 not in labels else []
+    named = _shard_class_names(paths)
+    if classes and named and max(labels) < len(named):
+        classes = named
     return _finish(pattern, items, labels, classes, ids, limit)
+
+
+def _shard_class_names(paths: list[Path]) -> list[str]:
+    """Class names (label -> name) from the `dataset.json` that `mae shard` writes beside
+    its shards, when it lists every one of `paths`; [] otherwise."""
+    meta = paths[0].parent / "dataset.json"
+    try:
+        info = json.loads(meta.read_text())
+    except (OSError, ValueError):
+        return []
+    if not isinstance(info, dict):
+        return []
+    listed, names = info.get("shard_files"), info.get("classes")
+    if not isinstance(listed, list) or not isinstance(names, list):
+        return []
+    ours = all(p.parent == meta.parent and p.name in listed for p in paths)
+    return names if ours and all(isinstance(n, str) for n in names) else []
 
 
 # -- named sources ----------------------------------------------------------------------
