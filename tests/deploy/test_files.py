@@ -64,6 +64,15 @@ def test_settings_check_catches_a_misspelt_variable(monkeypatch: pytest.MonkeyPa
         check_mae_env({"MAE_MAX_BATCH_IMAGES": "zero", "MAE_MODEL": "x"}, "test", monkeypatch)
 
 
+def test_every_mae_variable_named_in_the_deployment_files_is_a_setting() -> None:
+    files = [ROOT / "Dockerfile", ROOT / "docs" / "deploy.md", *DOCKER.rglob("*.y*ml")]
+    files += [DOCKER / "nginx" / "mae.conf"]
+    for path in files:
+        named = set(re.findall(r"\bMAE_[A-Z_]+[A-Z]\b", path.read_text()))
+        unknown = sorted(named - settings_vars())
+        assert not unknown, f"{path.relative_to(ROOT)} names {unknown}: not service settings"
+
+
 # -- Dockerfile -----------------------------------------------------------------------------
 def stages() -> dict[str, list[dict[str, Any]]]:
     """Stage name -> its instructions (FROM included), in order."""
