@@ -8,6 +8,12 @@ A run writes into DIR: `config.json` (every resolved setting), `metrics.jsonl` (
 per logged step), `checkpoints/ckpt-<step>.pt` (atomic, last N kept), `panels/` (PNG
 reconstructions of fixed images) and, when it ends normally, `final/` (a
 `save_pretrained` folder).
+
+Under torchrun, one node or several (c10d rendezvous), only rank 0 writes, so DIR must be
+a folder every node shares. When torchrun restarts the workers after a failure
+(TORCHELASTIC_RESTART_COUNT > 0), the run resumes from the newest checkpoint in DIR by
+itself, and every rank must have resumed from the same step. A resume may change the
+number of processes as long as the global batch (batch x processes x accum) stays.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import random
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,6 +60,7 @@ RESUMABLE_CHANGES = {
     "compile",
     "resume",
     "output",
+    "batch_size",  # per process: allowed when the global batch stays (check_global_batch)
 }
 
 
@@ -205,6 +212,15 @@ class Dist:
         dist.all_reduce(t)
         return float(t.item()) / self.world
 
+    def all_gather_int(self, value: int, device: torch.device) -> list[int]:
+        """Every rank's `value`, in rank order."""
+        if self.world == 1:
+            return [value]
+        t = torch.tensor([value], dtype=torch.int64, device=device)
+        seen = [torch.zeros_like(t) for _ in range(self.world)]
+        dist.all_gather(seen, t)
+        return [int(s.item()) for s in seen]
+
 
 def init_distributed(device: str) -> Dist:
     """Join the torchrun process group when WORLD_SIZE > 1 (NCCL on CUDA, gloo on CPU)."""
@@ -217,7 +233,35 @@ def init_distributed(device: str) -> Dist:
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if use_cuda:
         torch.cuda.set_device(local)
+    warning = shared_store_warning(os.environ)
+    if warning and dist.get_rank() == 0:
+        log.warning(warning)
     return Dist(dist.get_rank(), dist.get_world_size(), local)
+
+
+def shared_store_warning(env: Mapping[str, str]) -> str | None:
+    """Why torchrun's restarts will fail here, if they will.
+
+    By default torchrun's agents share their rendezvous TCPStore with the workers, and
+    the workers' process-group keys are not scoped per restart: restarted workers read
+    the addresses of the dead ones and fail to connect (pytorch/pytorch#135712, seen
+    with torch 2.14 and gloo). TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 in torchrun's
+    environment gives every restart a fresh store.
+    """
+    restarts = int(env.get("TORCHELASTIC_MAX_RESTARTS") or 0)
+    if restarts == 0 or env.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    return (
+        f"torchrun may restart the workers (--max-restarts {restarts}) but shares its "
+        "rendezvous store with them: a restart would then fail to connect to the previous "
+        "workers' stale addresses (pytorch/pytorch#135712). Start torchrun with "
+        "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 in its environment, on every node"
+    )
+
+
+def elastic_restarts() -> int:
+    """How often torchrun has restarted this job's workers (0: first attempt, or no torchrun)."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT") or 0)
 
 
 def resolve_device(name: str, d: Dist) -> torch.device:
@@ -306,6 +350,54 @@ def find_resume(output: Path, resume: str) -> tuple[Path, dict[str, Any]] | None
     return None
 
 
+def checkpoint_global_batch(payload: dict[str, Any]) -> int:
+    """The global batch (batch x processes x accum) a checkpoint was trained with.
+
+    Checkpoints from before `world_size` was saved: their schedule's base_lr is
+    blr x global batch / 256, so the global batch is read back from it (exact after
+    rounding); without a schedule either, one process is assumed.
+    """
+    saved = payload["train_config"]
+    per_process = saved["batch_size"] * saved["accum_iter"]
+    if "world_size" in payload:
+        return per_process * int(payload["world_size"])
+    schedule = payload.get("schedule") or {}
+    if schedule.get("base_lr") and saved.get("blr"):
+        return round(schedule["base_lr"] * 256 / saved["blr"])
+    return per_process
+
+
+def check_global_batch(saved_global: int, cfg: TrainConfig, world: int) -> None:
+    """Refuse a resume whose global batch differs from the checkpoint's: the data order,
+    the steps per epoch and the lr schedule all follow from it."""
+    now = cfg.batch_size * world * cfg.accum_iter
+    if now == saved_global:
+        return
+    per_batch = world * cfg.accum_iter
+    if saved_global % per_batch == 0:
+        hint = f"--batch-size {saved_global // per_batch} keeps it"
+    else:
+        hint = f"no --batch-size keeps it with {world} process(es) x accum {cfg.accum_iter}"
+    raise TrainingError(
+        f"cannot resume with a different global batch: the checkpoint was trained with "
+        f"{saved_global}, now it would be {now} (batch {cfg.batch_size} x {world} process(es) "
+        f"x accum {cfg.accum_iter}); steps per epoch and the lr schedule depend on it. "
+        f"{hint}, or start a new run in another --output folder"
+    )
+
+
+def check_same_step(steps: list[int], output: Path) -> None:
+    """Every rank must start from the same step; `steps` holds each rank's, in rank order."""
+    if len(set(steps)) <= 1:
+        return
+    seen = ", ".join(f"rank {r}: step {s}" for r, s in enumerate(steps))
+    raise TrainingError(
+        f"the processes would start from different steps ({seen}). Only rank 0 writes "
+        f"checkpoints, so --output {output} must be a folder every node shares (NFS or another "
+        "shared file system) and sees the same way"
+    )
+
+
 def prune_checkpoints(output: Path, keep: int) -> None:
     for old in checkpoint_paths(output)[keep:]:
         old.unlink(missing_ok=True)
@@ -370,15 +462,21 @@ class Trainer:
         self.device = resolve_device(cfg.device, self.dist)
         if self.output.exists() and not self.output.is_dir():
             raise TrainingError(f"--output {self.output} is a file, not a folder")
-        old_ckpts = sorted((self.output / "checkpoints").glob("ckpt-*.pt"))
-        if old_ckpts and not cfg.resume:
-            raise TrainingError(
-                f"{self.output} already holds a run ({len(old_ckpts)} checkpoints, newest "
-                f"{old_ckpts[-1].name}): continue it with --resume auto, or give a new --output"
-            )
-        resumed = find_resume(self.output, cfg.resume) if cfg.resume else None
+        resumed = self._find_resume(cfg)
         if resumed is not None:
             self.cfg = cfg = self._merge_resumed(cfg, resumed[1]["train_config"], explicit or set())
+            saved_global = checkpoint_global_batch(resumed[1])
+            check_global_batch(saved_global, cfg, self.dist.world)
+            saved_world = resumed[1].get("world_size")
+            if self.dist.main and saved_world is not None and saved_world != self.dist.world:
+                log.info(
+                    "the checkpoint was written by %d process(es), now %d: the same global "
+                    "batch %d (batch %d each), so the run goes on exactly",
+                    saved_world,
+                    self.dist.world,
+                    saved_global,
+                    cfg.batch_size,
+                )
         self.model_cfg: MAEConfig = variant_config(
             cfg.variant,
             norm_pix_loss=cfg.norm_pix_loss,
@@ -419,6 +517,7 @@ class Trainer:
         self.bad_steps = 0
         if resumed is not None:
             self._restore(*resumed)
+        check_same_step(d.all_gather_int(self.step, self.device), self.output)
         self.net: torch.nn.Module = self.model
         if d.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -427,6 +526,46 @@ class Trainer:
             self.net = torch.compile(self.net)
 
     # -- set-up helpers ------------------------------------------------------------------
+    def _find_resume(self, cfg: TrainConfig) -> tuple[Path, dict[str, Any]] | None:
+        """The checkpoint to start from, or None for a fresh run.
+
+        On torchrun's first attempt the rules are the user's: a folder holding checkpoints
+        needs --resume. When torchrun restarts the workers after a failure, the run goes on
+        from the newest checkpoint in --output (even without --resume, or with --resume
+        PATH: going back to PATH would redo the steps since), provided this job wrote it.
+        """
+        old = checkpoint_paths(self.output)
+        # Each torchrun agent counts its own restarts, and one whose workers were stopped
+        # because another node failed does not count that: the job was restarted if any
+        # rank says so.
+        restarts = int(self.dist.all_max(float(elastic_restarts()), self.device))
+        if not old or restarts == 0:
+            if old and not cfg.resume:
+                raise TrainingError(
+                    f"{self.output} already holds a run ({len(old)} checkpoints, newest "
+                    f"{old[0].name}): continue it with --resume auto, or give a new --output"
+                )
+            return find_resume(self.output, cfg.resume) if cfg.resume else None
+        resumed = find_resume(self.output, "auto")
+        if resumed is None:
+            return None
+        job = os.environ.get("TORCHELASTIC_RUN_ID")
+        if not cfg.resume and resumed[1].get("elastic_run_id") != job:
+            # The first attempt refused this folder; a restart must not slip past that.
+            raise TrainingError(
+                f"{self.output} already holds a run that torchrun job {job!r} did not write "
+                f"(newest {resumed[0].name}): continue it with --resume auto, or give a new "
+                "--output"
+            )
+        if self.dist.main:
+            log.info(
+                "elastic restart %d: resuming from the newest checkpoint in %s (%s given)",
+                restarts,
+                self.output,
+                f"--resume {cfg.resume}" if cfg.resume else "no --resume",
+            )
+        return resumed
+
     @staticmethod
     def _merge_resumed(cfg: TrainConfig, saved: dict[str, Any], explicit: set[str]) -> TrainConfig:
         conflicts = [
@@ -560,6 +699,8 @@ class Trainer:
                 },
                 "train_config": self.cfg.to_dict(),
                 "model_config": self.model_cfg.to_dict(),
+                "world_size": self.dist.world,  # a resume must keep batch x world x accum
+                "elastic_run_id": os.environ.get("TORCHELASTIC_RUN_ID"),
                 "rng": rng_state(),
             },
         )
