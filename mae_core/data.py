@@ -130,14 +130,16 @@ def _finish(
     classes: list[str],
     ids: list[str],
     limit: int | None = None,
+    checked: bool = False,
 ) -> ImageIndex:
+    """The index of the readable images among `items` (`checked`: all are known to be)."""
     if limit and limit < len(items):  # subset before the header checks: they cost I/O
         keep = [math.floor(i * len(items) / limit) for i in range(limit)]
         items, labels, ids = ([seq[i] for i in keep] for seq in (items, labels, ids))
         name = f"{name}[:{limit}]"
     good, bad = [], []
     for item, label, ident in zip(items, labels, ids, strict=True):
-        (good if _readable(item) else bad).append((item, label, ident))
+        (good if checked or _readable(item) else bad).append((item, label, ident))
     if bad:
         log.warning(
             "%s: %d of %d files are not readable images, skipped (first: %s)",
@@ -233,28 +235,33 @@ def index_shards(pattern: str, limit: int | None = None) -> ImageIndex:
                 labels.append(int(cls.decode().strip()) if cls else -1)
             except ValueError as e:
                 raise DataError(f"{path}: {name} has a .cls member that is not an integer") from e
-    classes = [str(c) for c in sorted(set(labels))] if -1 not in labels else []
-    named = _shard_class_names(paths)
-    if classes and named and max(labels) < len(named):
-        classes = named
-    return _finish(pattern, items, labels, classes, ids, limit)
+    labelled = bool(labels) and -1 not in labels
+    if labelled and min(labels) < 0:
+        raise DataError(f"{pattern}: a .cls label is negative ({min(labels)})")
+    # Label i is class i: without names, "0" .. "max", gaps included.
+    classes = [str(c) for c in range(max(labels) + 1)] if labelled else []
+    ours = _written_by_mae_shard(paths)
+    names = ours.get("classes") if ours else None
+    if labelled and isinstance(names, list) and max(labels) < len(names):
+        classes = [str(n) for n in names]
+    # `mae shard` kept only images that passed the header check: not opening each one
+    # again saves every process a full read of the data at start.
+    return _finish(pattern, items, labels, classes, ids, limit, checked=ours is not None)
 
 
-def _shard_class_names(paths: list[Path]) -> list[str]:
-    """Class names (label -> name) from the `dataset.json` that `mae shard` writes beside
-    its shards, when it lists every one of `paths`; [] otherwise."""
+def _written_by_mae_shard(paths: list[Path]) -> dict[str, Any] | None:
+    """The `dataset.json` that `mae shard` writes beside its shards, when it lists every
+    one of `paths` (shards it wrote); None otherwise."""
     meta = paths[0].parent / "dataset.json"
     try:
         info = json.loads(meta.read_text())
     except (OSError, ValueError):
-        return []
-    if not isinstance(info, dict):
-        return []
-    listed, names = info.get("shard_files"), info.get("classes")
-    if not isinstance(listed, list) or not isinstance(names, list):
-        return []
+        return None
+    listed = info.get("shard_files") if isinstance(info, dict) else None
+    if not isinstance(listed, list):
+        return None
     ours = all(p.parent == meta.parent and p.name in listed for p in paths)
-    return names if ours and all(isinstance(n, str) for n in names) else []
+    return info if ours else None
 
 
 # -- named sources ----------------------------------------------------------------------

@@ -4,6 +4,7 @@ by our reader, by the `webdataset` library and by a short training run."""
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import shutil
 import subprocess
@@ -205,6 +206,38 @@ def test_reader_without_dataset_json_numbers_the_classes(sharded, tmp_path: Path
         shutil.copy(out / name, tmp_path / name)
     idx = index_source(f"{tmp_path}/train-{{000000..000004}}.tar")
     assert idx.classes == [str(i) for i in range(10)] and len(idx) == 300
+
+
+def test_our_shards_are_not_opened_again_at_start(sharded, tmp_path, monkeypatch) -> None:
+    """`mae shard` checked every image: indexing its shards reads tar headers only, while
+    shards it did not write (no dataset.json) still get each image's header checked."""
+    from mae_core import data
+
+    out, _ = sharded
+    opened: list[object] = []
+    monkeypatch.setattr(data, "_readable", lambda item: opened.append(item) or True)
+    assert len(index_source(f"{out}/train-{{000000..000004}}.tar")) == 300
+    assert opened == []
+    for name in SHARDS[:2]:
+        shutil.copy(out / name, tmp_path / name)
+    assert len(index_source(f"{tmp_path}/train-{{000000..000001}}.tar")) == 128
+    assert len(opened) == 128
+
+
+def test_labels_with_gaps_keep_their_numbers(sharded, tmp_path: Path) -> None:
+    """Without dataset.json, label i is class "i" even when some labels never occur."""
+    out, _ = sharded
+    gap = tmp_path / "gap-000000.tar"
+    with tarfile.open(out / SHARDS[0]) as src, tarfile.open(gap, "w") as dst:
+        for m in src.getmembers():
+            data = src.extractfile(m).read()  # type: ignore[union-attr]
+            if m.name.endswith(".cls"):
+                data = b"7" if int(data) > 4 else b"2"
+                m.size = len(data)
+            dst.addfile(m, io.BytesIO(data))
+    idx = index_source(f"{tmp_path}/gap-{{000000..000000}}.tar")
+    assert set(idx.labels) == {2, 7}
+    assert idx.classes == [str(i) for i in range(8)]
 
 
 def test_the_webdataset_library_reads_our_shards(sharded) -> None:
