@@ -35,6 +35,7 @@ RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
     bash /tmp/install.sh /opt/mae /wheels/*.whl
 
 # -- runtime: what both targets share ------------------------------------------------------
+# (TORCH_DISABLE_SHARE_RDZV_TCP_STORE: torchrun restarts in this image work; docs/training.md)
 FROM ${PYTHON_IMAGE} AS runtime
 RUN useradd --system --uid 10001 --user-group --create-home --home-dir /home/mae mae
 # The embedded hub. The default model ships in the image; mount a volume over /models to
@@ -45,7 +46,8 @@ ENV PATH=/opt/mae/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     HF_HOME=/home/mae/.cache/huggingface \
     MAE_MODELS_DIR=/models \
-    MAE_MODEL=local:mae/vit-tiny-tinyimagenet
+    MAE_MODEL=local:mae/vit-tiny-tinyimagenet \
+    TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1
 VOLUME ["/models"]
 USER mae
 WORKDIR /home/mae
