@@ -221,6 +221,14 @@ class Dist:
         dist.all_gather(seen, t)
         return [int(s.item()) for s in seen]
 
+    def from_main(self, value: Any) -> Any:
+        """Rank 0's `value` (any picklable object), on every rank."""
+        if self.world == 1:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
 
 def init_distributed(device: str) -> Dist:
     """Join the torchrun process group when WORLD_SIZE > 1 (NCCL on CUDA, gloo on CPU)."""
@@ -386,16 +394,28 @@ def check_global_batch(saved_global: int, cfg: TrainConfig, world: int) -> None:
     )
 
 
-def check_same_step(steps: list[int], output: Path) -> None:
-    """Every rank must start from the same step; `steps` holds each rank's, in rank order."""
-    if len(set(steps)) <= 1:
-        return
-    seen = ", ".join(f"rank {r}: step {s}" for r, s in enumerate(steps))
-    raise TrainingError(
-        f"the processes would start from different steps ({seen}). Only rank 0 writes "
-        f"checkpoints, so --output {output} must be a folder every node shares (NFS or another "
-        "shared file system) and sees the same way"
+def check_same_step(steps: list[int], output: Path, newest: list[int] | None = None) -> None:
+    """Every rank must start from the same step, and none may see a newer checkpoint than
+    rank 0, which chose it. `steps` and `newest` (the newest checkpoint each rank finds in
+    --output, 0 for none) hold one value per rank, in rank order."""
+    shared = (
+        f"Only rank 0 writes checkpoints, so --output {output} must be a folder every node "
+        "shares (NFS or another shared file system) and sees the same way"
     )
+    if len(set(steps)) > 1:
+        seen = ", ".join(f"rank {r}: step {s}" for r, s in enumerate(steps))
+        raise TrainingError(f"the processes would start from different steps ({seen}). {shared}")
+    if newest and max(newest) > newest[0]:
+        seen = ", ".join(f"rank {r}: step {s}" for r, s in enumerate(newest))
+        raise TrainingError(
+            f"rank 0 would start from step {steps[0]}, but other processes see newer "
+            f"checkpoints (newest: {seen}). {shared}"
+        )
+
+
+def checkpoint_step(path: Path) -> int:
+    """The step in a checkpoint's file name (ckpt-00001200.pt -> 1200)."""
+    return int(path.stem.removeprefix("ckpt-"))
 
 
 def prune_checkpoints(output: Path, keep: int) -> None:
@@ -517,7 +537,9 @@ class Trainer:
         self.bad_steps = 0
         if resumed is not None:
             self._restore(*resumed)
-        check_same_step(d.all_gather_int(self.step, self.device), self.output)
+        old = checkpoint_paths(self.output)
+        newest = d.all_gather_int(checkpoint_step(old[0]) if old else 0, self.device)
+        check_same_step(d.all_gather_int(self.step, self.device), self.output, newest)
         self.net: torch.nn.Module = self.model
         if d.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -529,16 +551,46 @@ class Trainer:
     def _find_resume(self, cfg: TrainConfig) -> tuple[Path, dict[str, Any]] | None:
         """The checkpoint to start from, or None for a fresh run.
 
-        On torchrun's first attempt the rules are the user's: a folder holding checkpoints
-        needs --resume. When torchrun restarts the workers after a failure, the run goes on
-        from the newest checkpoint in --output (even without --resume, or with --resume
-        PATH: going back to PATH would redo the steps since), provided this job wrote it.
+        Rank 0 decides, from what it sees in --output, and every rank then loads that
+        checkpoint from its own --output (the same file on shared storage; a node that
+        cannot read it starts from another step, which `check_same_step` refuses).
         """
-        old = checkpoint_paths(self.output)
+        from .checkpoint import CheckpointError
+
         # Each torchrun agent counts its own restarts, and one whose workers were stopped
         # because another node failed does not count that: the job was restarted if any
         # rank says so.
         restarts = int(self.dist.all_max(float(elastic_restarts()), self.device))
+        # (checkpoint, whether it lies in --output, error), as rank 0 sees them
+        choice: tuple[str | None, bool, str | None] = (None, False, None)
+        chosen = None
+        if self.dist.main:
+            try:
+                chosen = self._choose_resume(cfg, restarts)
+                if chosen is not None:
+                    ours = chosen[0].parent.resolve() == (self.output / "checkpoints").resolve()
+                    choice = (chosen[0].name if ours else str(chosen[0]), ours, None)
+            except TrainingError as e:
+                choice = (None, False, str(e))
+        path, in_output, error = self.dist.from_main(choice)
+        if error:
+            raise TrainingError(error)
+        if self.dist.main or path is None:
+            return chosen
+        mine = self.output / "checkpoints" / path if in_output else Path(path)
+        try:
+            return mine, load_checkpoint(mine)
+        except (OSError, CheckpointError) as e:
+            log.warning("rank %d cannot read %s (%s)", self.dist.rank, mine, e)
+            return None  # it would start at step 0: check_same_step stops every rank
+
+    def _choose_resume(self, cfg: TrainConfig, restarts: int) -> tuple[Path, dict[str, Any]] | None:
+        """Rank 0's choice. On torchrun's first attempt the rules are the user's: a folder
+        holding checkpoints needs --resume. When torchrun restarts the workers after a
+        failure, the run goes on from the newest checkpoint in --output (even without
+        --resume, or with --resume PATH: going back to PATH would redo the steps since),
+        provided this job wrote it."""
+        old = checkpoint_paths(self.output)
         if not old or restarts == 0:
             if old and not cfg.resume:
                 raise TrainingError(
@@ -557,13 +609,12 @@ class Trainer:
                 f"(newest {resumed[0].name}): continue it with --resume auto, or give a new "
                 "--output"
             )
-        if self.dist.main:
-            log.info(
-                "elastic restart %d: resuming from the newest checkpoint in %s (%s given)",
-                restarts,
-                self.output,
-                f"--resume {cfg.resume}" if cfg.resume else "no --resume",
-            )
+        log.info(
+            "elastic restart %d: resuming from the newest checkpoint in %s (%s given)",
+            restarts,
+            self.output,
+            f"--resume {cfg.resume}" if cfg.resume else "no --resume",
+        )
         return resumed
 
     @staticmethod

@@ -230,7 +230,10 @@ def test_a_restart_resumes_only_this_jobs_run(
 def test_nodes_that_see_different_checkpoints_are_refused(
     elastic_run: ElasticRun, cifar_folder: Path, tmp_path: Path
 ) -> None:
-    """--output on node-local disks: node 0's folder holds the run, node 1's is empty."""
+    """--output on node-local disks: node 0's folder holds the run, node 1's is empty.
+    Whichever node gets rank 0 (the rendezvous decides), the run is refused: rank 0 sees
+    the run and the other rank cannot read its checkpoint, or rank 0 sees nothing and the
+    other rank sees a newer checkpoint."""
     shutil.copytree(elastic_run.out, tmp_path / "node0")
     port, logs = _free_port(), [tmp_path / "node0.log", tmp_path / "node1.log"]
     cmds = [
@@ -247,7 +250,11 @@ def test_nodes_that_see_different_checkpoints_are_refused(
     text = "\n".join(log.read_text() for log in logs)
     assert codes[0] != 0 and codes[1] != 0, text[-4000:]
     steps = re.search(r"would start from different steps \(rank 0: step (\d+), rank 1", text)
-    assert steps and int(steps[1]) in (0, STEPS), text[-4000:]
+    newer = re.search(
+        rf"rank 0 would start from step 0, but other processes see newer .*rank 1: step {STEPS}",
+        text,
+    )
+    assert (steps and int(steps[1]) == STEPS) or newer, text[-4000:]
     assert "must be a folder every node shares" in text
     assert not (tmp_path / "node1" / "checkpoints").exists()
 
@@ -267,7 +274,12 @@ def test_global_batch_rules() -> None:
 
 
 def test_same_step_check_and_shared_store_warning() -> None:
-    check_same_step([7, 7, 7], Path("/runs/x"))
+    check_same_step([7, 7, 7], Path("/runs/x"), newest=[7, 7, 5])  # a stale listing: fine
+    check_same_step([5, 5], Path("/runs/x"), newest=[7, 7])  # 7 is corrupt: 5 for all
+    with pytest.raises(
+        TrainingError, match=r"rank 0 would start from step 0, but .*rank 1: step 9"
+    ):
+        check_same_step([0, 0], Path("/runs/x"), newest=[0, 9])
     with pytest.raises(TrainingError, match=r"rank 0: step 7, rank 1: step 0\)") as e:
         check_same_step([7, 0], Path("/runs/x"))
     assert "--output /runs/x must be a folder every node shares" in str(e.value)
