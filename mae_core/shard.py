@@ -154,16 +154,20 @@ class _ShardWriter:
         self.tar.addfile(info, io.BytesIO(data))
         self.payload += _member_size(len(data))
 
-    def commit(self) -> int:
+    def finish(self) -> int:
+        """Complete and sync the temporary file (renamed into place by `publish`)."""
         self.tar.close()  # end-of-archive blocks; the file stays open
         self.file.flush()
         os.fsync(self.file.fileno())
         self.file.close()
+        return self.tmp.stat().st_size
+
+    def publish(self) -> None:
         os.replace(self.tmp, self.path)
-        return self.path.stat().st_size
 
     def abort(self) -> None:
-        self.file.close()
+        if not self.file.closed:
+            self.file.close()
         self.tmp.unlink(missing_ok=True)
 
 
@@ -201,10 +205,12 @@ def write_shards(
     """Write the images of `source` as WebDataset shards `<prefix>-NNNNNN.tar` in
     `output_dir`, and `dataset.json` beside them.
 
-    Nothing is written or removed until the source is indexed. With `overwrite`, old
-    `<prefix>-*.tar` shards are replaced and the extra ones removed once the new set is
-    complete (dataset.json goes first, so it never describes a half-replaced set); no other
-    file is touched.
+    Nothing is written or removed until the source is indexed. Every shard is written under
+    a temporary name first; only when all are complete are they renamed into place (then
+    the extra old shards removed, then dataset.json written), so a failure part-way leaves
+    the folder as it was. With `overwrite`, old `<prefix>-*.tar` shards are replaced; no
+    other file is touched. Do not overwrite shards a running job reads: it reads them by
+    offset.
     """
     if max_images < 1:
         raise DataError(f"--max-images must be at least 1, got {max_images}")
@@ -225,7 +231,7 @@ def write_shards(
         random.Random(seed).shuffle(order)
 
     out.mkdir(parents=True, exist_ok=True)
-    (out / METADATA).unlink(missing_ok=True)
+    done: list[_ShardWriter] = []  # complete, under their temporary names
     names: list[str] = []
     counts: list[int] = []
     total = written = unreadable = 0
@@ -242,6 +248,7 @@ def write_shards(
             cost = _member_size(len(data)) + (_member_size(len(cls)) if cls else 0)
             if writer and (writer.images >= max_images or writer.size_with(cost) > max_bytes):
                 total += _close(writer, counts, bar)
+                done.append(writer)
                 writer = None
             if writer is None:
                 names.append(shard_name(prefix, len(names)))
@@ -255,16 +262,20 @@ def write_shards(
             bar.update(1)
         if writer:
             total += _close(writer, counts, bar)
+            done.append(writer)
             writer = None
+        if not names:
+            raise DataError(f"{index.name}: none of its {len(index)} images could be read")
     except BaseException:
-        if writer:
-            writer.abort()
+        for w in [*done, *([writer] if writer else [])]:
+            w.abort()
         raise
     finally:
         bar.close()
-    if not names:
-        raise DataError(f"{index.name}: none of its {len(index)} images could be read")
 
+    (out / METADATA).unlink(missing_ok=True)  # never describes a half-replaced set
+    for w in done:
+        w.publish()
     for stale in old:
         if stale.name not in names:
             stale.unlink()
@@ -304,7 +315,7 @@ def _sample(item: Any) -> tuple[bytes, str] | None:
 
 
 def _close(writer: _ShardWriter, counts: list[int], bar: Any) -> int:
-    size = writer.commit()
+    size = writer.finish()
     counts.append(writer.images)
     if bar.disable:  # no bar to watch: a line per shard instead
         log.info("wrote %s: %d images, %d bytes", writer.path.name, writer.images, size)

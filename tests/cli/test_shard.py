@@ -126,24 +126,33 @@ def test_max_size_bounds_every_shard(cifar_folder: Path, tmp_path: Path) -> None
     assert len(index_source(s.pattern)) == 300
 
 
-def test_a_crash_leaves_only_complete_shards(
+def test_a_crash_leaves_the_folder_as_it_was(
     cifar_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Shards are renamed into place only when the whole set is written: a crash part-way
+    leaves no file of the new set, and an --overwrite that fails keeps the old set whole."""
     import mae_core.shard as shard
 
+    first = tmp_path / "first"
+    write_shards(cifar_folder, first, max_images=100, progress=False)
+    before = {p.name: p.read_bytes() for p in first.iterdir()}
     calls = []
 
     def dying_read(item):
         calls.append(item)
-        if len(calls) == 100:  # in the middle of the second shard
+        if len(calls) % 1000 == 100:  # in the middle of the second shard
             raise KeyboardInterrupt
         return read_bytes(item)
 
     monkeypatch.setattr(shard, "read_bytes", dying_read)
+    fresh = tmp_path / "fresh"
     with pytest.raises(KeyboardInterrupt):
-        write_shards(cifar_folder, tmp_path, max_images=64, progress=False)
-    assert [p.name for p in tmp_path.iterdir()] == ["train-000000.tar"]  # no temp, no json
-    assert len(index_source(str(tmp_path / "train-000000.tar"))) == 64
+        write_shards(cifar_folder, fresh, max_images=64, progress=False)
+    assert list(fresh.iterdir()) == []  # no shard, no temp file, no dataset.json
+    calls.clear()
+    with pytest.raises(KeyboardInterrupt):
+        write_shards(cifar_folder, first, max_images=64, seed=1, overwrite=True, progress=False)
+    assert {p.name: p.read_bytes() for p in first.iterdir()} == before
 
 
 def test_refuses_existing_shards_and_replaces_them_with_overwrite(
