@@ -322,8 +322,8 @@ def add_shard(sub: Any) -> None:
         "cifar10[:train] / tinyimagenet[:train], or shards) into OUTPUT_DIR as uncompressed "
         "WebDataset shards PREFIX-000000.tar, ...: each image with its original bytes as "
         "KEY.jpg (or its own extension) plus its label as KEY.cls, and dataset.json with the "
-        "class names and the pattern to give mae train --data. Same input, same bytes; each "
-        "shard appears under its final name only when complete.",
+        "class names and the pattern to give mae train --data. Same input, same bytes; the "
+        "shards appear under their final names only once all of them are written.",
     )
     p.add_argument("source", metavar="SOURCE", help="the images to shard")
     p.add_argument("output_dir", metavar="OUTPUT_DIR", help="folder for the shards")

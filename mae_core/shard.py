@@ -10,8 +10,9 @@ disk (a single larger image gets a shard of its own).
 
 Reproducible: the order is the source's, or a permutation seeded by `seed`; tar headers
 carry no time, owner or host, so the same source and settings give byte-identical shards.
-Each shard is written under a hidden temporary name in the output folder, synced, and
-renamed into place: a shard under its final name is always complete. `dataset.json`,
+Each shard is written under a hidden temporary name in the output folder and synced; once
+every shard is written they are renamed into place, so a failure part-way leaves the
+folder as it was. `dataset.json`,
 written last, describes the set (pattern for `mae train --data`, class names, counts).
 """
 
