@@ -26,6 +26,7 @@ import pytest
 
 from .conftest import _free_port
 from .test_embeddings import metric
+from .test_serving import _wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 PROXY_CONF = ROOT / "docker" / "nginx" / "mae.conf"
@@ -33,14 +34,6 @@ NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 EMBED = {"route": "/v1/embeddings", "status": "200"}
 
 pytestmark = pytest.mark.slow
-
-
-def _wait_for(predicate, what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def _status(url: str) -> int | None:
@@ -83,8 +76,9 @@ class Replica:
 def proxy_config(tmp: Path, listen: int, replicas: list[Replica]) -> Path:
     """The shipped proxy file with local addresses, inside a minimal main nginx.conf."""
     text = PROXY_CONF.read_text()
-    server = re.search(r"^\s*server mae:8000( [^;]*);$", text, re.M)
-    assert server, "docker/nginx/mae.conf has no `server mae:8000 ...;` line"
+    server = re.search(r"^\s*server mae:8000( [^;]*) resolve;$", text, re.M)
+    assert server, "docker/nginx/mae.conf has no `server mae:8000 ... resolve;` line"
+    # Addresses need no `resolve` (and Debian's nginx 1.22 does not know it).
     local = "".join(f"    server 127.0.0.1:{r.port}{server.group(1)};\n" for r in replicas)
     text = text.replace(server.group(0) + "\n", local)
     text, n = re.subn(r"^(\s*)listen 8080;$", rf"\1listen 127.0.0.1:{listen};", text, flags=re.M)
@@ -153,7 +147,7 @@ class Traffic:
 
 def _more_requests(traffic: Traffic, n: int, what: str) -> None:
     target = traffic.count() + n
-    _wait_for(lambda: traffic.count() >= target, what)
+    _wait_for(lambda: traffic.count() >= target, what, timeout=60)
 
 
 def test_nginx_spreads_over_replicas_and_survives_losing_one(
@@ -181,12 +175,12 @@ def test_nginx_spreads_over_replicas_and_survives_losing_one(
     try:
         a.wait_ready()
         b.wait_ready()
-        _wait_for(lambda: _status(f"{proxy}/ready") == 200, "the proxy to answer /ready")
+        _wait_for(lambda: _status(f"{proxy}/ready") == 200, "the proxy to answer /ready", 60)
         assert _status(f"{proxy}/metrics") == 404  # replicas are scraped directly
 
         with Traffic(proxy, photo) as traffic:
             # 1. Both replicas get work.
-            _wait_for(lambda: a.served() >= 10 and b.served() >= 10, "both replicas to serve")
+            _wait_for(lambda: a.served() >= 10 and b.served() >= 10, "both replicas to serve", 60)
             assert not traffic.failures()
 
             # 2. Replica a crashes in the middle of the traffic.
@@ -208,7 +202,7 @@ def test_nginx_spreads_over_replicas_and_survives_losing_one(
             # 3. Replica a comes back and gets traffic again once nginx retries it
             #    (fail_timeout=5s in mae.conf).
             a.start().wait_ready()
-            _wait_for(lambda: a.served() >= 10, "nginx to send work to the restarted a")
+            _wait_for(lambda: a.served() >= 10, "nginx to send work to the restarted a", 60)
 
             # 4. Replica b is stopped gracefully (SIGTERM, as docker stop or Kubernetes
             #    do): it finishes what it holds, nginx sends the rest to a. Nothing fails.
