@@ -340,7 +340,8 @@
   // -- choosing an image -----------------------------------------------------------------
   // `sample`: the sample photo's file name, when the image is one.
   function choose(blob, name, sample = null) {
-    clearError();
+    // While the key prompt is up its message stays: the image waits for the key.
+    if (el.keyForm.hidden) clearError();
     reconstruct({ blob, name, sample });
   }
 

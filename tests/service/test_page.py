@@ -455,6 +455,12 @@ def test_api_key_prompt(keyed_server, open_page) -> None:
         "() => document.getElementById('error').textContent.includes('wrong API key')"
     )
     assert page.is_visible("#api-key-form")
+    # Picking an image meanwhile keeps the prompt's message (it used to clear it, which
+    # also raced with the wrong-key answer when the sample's fetch was slow).
+    with page.expect_response(lambda r: "/static/samples/" in r.url):
+        page.locator("#samples button").nth(1).click()
+    page.wait_for_timeout(300)
+    assert "wrong API key" in page.text_content("#error")
 
     page.fill("#api-key", API_KEY)
     page.click("#api-key-submit")
