@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -35,6 +34,7 @@ from mae_core.train import (
     train,
 )
 from tests.mae_core.test_train import FAST, _fast_flags, metrics, run_cfg
+from tests.service.conftest import _free_port
 
 STEPS = 27  # 3 of the 4 epochs (9 steps each): the rest is left for a one-process resume
 
@@ -51,12 +51,6 @@ def _flags(data: Path, out: Path, max_steps: int = STEPS) -> list[str]:
 # TORCH_DISABLE_SHARE_RDZV_TCP_STORE: without it torch 2.14's restarted workers connect to
 # the dead workers' addresses (pytorch/pytorch#135712); see shared_store_warning.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _node(port: int, job: str, max_restarts: int, trainer_flags: list[str]) -> list[str]:

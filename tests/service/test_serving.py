@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -21,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import model_settings, serve
+from .conftest import _free_port, model_settings, serve
 from .test_embeddings import metric
 
 HOLD_MS = 3000.0
@@ -125,12 +124,6 @@ def test_model_that_fails_to_load_is_never_ready(tmp_path: Path) -> None:
         assert httpx.get(f"{url}/health", timeout=5).status_code == 503
         r = httpx.post(f"{url}/v1/embeddings", json={"input": ["aGk="]}, timeout=5)
         assert r.status_code == 503 and r.json()["error"]["code"] == "not_ready"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow
