@@ -99,9 +99,8 @@ def read_bytes(item: Any) -> bytes:
 
 
 def _source(item: Any) -> Any:
-    if isinstance(item, TarMember):
-        return io.BytesIO(item.read())
-    return io.BytesIO(item) if isinstance(item, bytes | bytearray) else item
+    """What Pillow opens: a path as is, stored bytes (in memory or in a tar) as a stream."""
+    return io.BytesIO(read_bytes(item)) if isinstance(item, TarMember | bytes | bytearray) else item
 
 
 def open_rgb(item: Any) -> Image.Image:
