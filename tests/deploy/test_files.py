@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import fnmatch
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,7 @@ def check_mae_env(env: dict[str, Any], where: str, monkeypatch: pytest.MonkeyPat
     mae = {k: compose_default(v) for k, v in env.items() if k.startswith("MAE_")}
     unknown = sorted(set(mae) - settings_vars())
     assert not unknown, f"{where} sets {unknown}, which the service does not read"
-    for key in list(__import__("os").environ):
+    for key in list(os.environ):
         if key.startswith("MAE_"):
             monkeypatch.delenv(key)
     for key, value in mae.items():

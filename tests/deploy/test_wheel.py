@@ -14,6 +14,7 @@ against it too.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -98,7 +99,7 @@ def _healthcheck_command(port: int, python: Path) -> list[str]:
     (check,) = [i["value"] for i in parser.structure if i["instruction"] == "HEALTHCHECK"]
     exec_form = re.search(r"CMD (\[.*\])$", check)
     assert exec_form, check
-    cmd = __import__("json").loads(exec_form.group(1).replace(":8000/", f":{port}/"))
+    cmd = json.loads(exec_form.group(1).replace(":8000/", f":{port}/"))
     assert cmd[0] == "python"
     return [str(python), *cmd[1:]]
 
