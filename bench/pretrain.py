@@ -26,7 +26,7 @@ from features import hf_config, timed
 from transformers import ViTMAEForPreTraining
 
 import mae_core
-from mae_core.train import param_groups
+from mae_core.schedule import param_groups
 
 
 def step_flops(cfg: mae_core.MAEConfig, batch: int) -> float:

@@ -23,8 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from mae_core.data import index_source
 from mae_core.shard import write_shards
+from mae_core.sources import index_source
 
 
 def timed_index(pattern: str, repeats: int) -> tuple[int, float]:

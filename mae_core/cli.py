@@ -1,134 +1,47 @@
-"""The `mae` command. Thin: each subcommand parses its flags and calls the library."""
+"""The `mae` command. Thin: each subcommand parses its flags, calls one library function
+and prints what it returns; the work (and its checks) is the library's.
+
+Errors: a `mae_core.errors.MAEError` (bad input, a refused resume, a hub that says no) or an
+`OSError` (a missing file, a full disk) prints as one line, `mae: error: ...`, exit status
+2. Anything else is a bug and shows its traceback.
+
+One concept, the command line, in one file: past 450 lines only because every flag's help
+text is written here, beside the flag (train's flags come from `TrainConfig`'s fields).
+"""
 
 from __future__ import annotations
 
 import argparse
-import copy
+import dataclasses
 import json
 import os
 import sys
+import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .errors import MAEError
 
 
-class CLIError(Exception):
-    """A user error: printed as `mae: error: ...`, exit status 2, no traceback."""
+class CLIError(MAEError):
+    """A bad combination of flags: printed as `mae: error: ...`, exit status 2."""
 
 
-def _human(n: float, unit: str = "") -> str:
-    for suffix in ("", "K", "M", "G"):
-        if abs(n) < 1000:
-            return f"{n:.1f}{suffix}{unit}" if suffix else f"{int(n)}{unit}"
-        n /= 1000
-    return f"{n:.1f}T{unit}"
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
 
 
 # -- mae info ---------------------------------------------------------------------------
-def describe(model_id: str, revision: str | None = None, hashes: bool = True) -> dict[str, Any]:
-    """What `mae info` shows, as a dict: config, parameter counts, source, weight hashes."""
-    import torch
-
-    from .checkpoint import sha256_file
-    from .config import VARIANTS
-    from .hub import load_model
-    from .model import create_model
-
-    if model_id in VARIANTS and not Path(model_id).exists():
-        with torch.device("meta"):  # counts only: no memory, no init
-            model = create_model(model_id)
-        source = {
-            "source": "random initialisation (a variant name, no weights)",
-            "format": None,
-            "weights": [],
-        }
-    else:
-        model = load_model(model_id, revision)
-        source = model.source_info
-    c = model.config
-    weights = []
-    for f in source.get("weights", []):
-        entry = {"file": f, "size": Path(f).stat().st_size}
-        if hashes:
-            entry["sha256"] = sha256_file(f)
-        weights.append(entry)
-    return {
-        "model_id": model_id if revision is None else f"{model_id}@{revision}",
-        "variant": c.variant,
-        "img_size": c.img_size,
-        "patch_size": c.patch_size,
-        "num_patches": c.num_patches,
-        "in_chans": c.in_chans,
-        "encoder": {"embed_dim": c.embed_dim, "depth": c.depth, "num_heads": c.num_heads},
-        "decoder": (
-            {
-                "embed_dim": c.decoder_embed_dim,
-                "depth": c.decoder_depth,
-                "num_heads": c.decoder_num_heads,
-            }
-            if model.has_decoder
-            else None
-        ),
-        "params": model.num_params(),
-        "norm_pix_loss": c.norm_pix_loss,
-        "mask_ratio": c.mask_ratio,
-        "layer_norm_eps": c.layer_norm_eps,
-        "source": source.get("source"),
-        "format": source.get("format"),
-        "weights": weights,
-    }
-
-
-def _print_info(d: dict[str, Any]) -> None:
-    enc, dec, params = d["encoder"], d["decoder"], d["params"]
-    g = d["img_size"] // d["patch_size"]
-    rows = [
-        ("model", d["model_id"]),
-        ("variant", d["variant"]),
-        (
-            "image",
-            f"{d['img_size']}x{d['img_size']} px, patch {d['patch_size']} "
-            f"({g}x{g} = {d['num_patches']} patches), {d['in_chans']} channels",
-        ),
-        (
-            "encoder",
-            f"{enc['embed_dim']}-d, {enc['depth']} blocks, {enc['num_heads']} heads: "
-            f"{_human(params['encoder'])} parameters",
-        ),
-        (
-            "decoder",
-            f"{dec['embed_dim']}-d, {dec['depth']} blocks, {dec['num_heads']} heads: "
-            f"{_human(params['decoder'])} parameters"
-            if dec
-            else "none (encoder-only weights: embeddings yes, reconstructions no)",
-        ),
-        (
-            "loss",
-            f"MSE on masked patches, {'per-patch normalised' if d['norm_pix_loss'] else 'raw'}"
-            f" pixel targets, mask ratio {d['mask_ratio']}",
-        ),
-        ("source", f"{d['source']}" + (f" ({d['format']})" if d["format"] else "")),
-    ]
-    for w in d["weights"]:
-        rows.append(
-            (
-                "weights",
-                f"{Path(w['file']).name}  {_human(w['size'], 'B')}  sha256:{w.get('sha256', '-')}",
-            )
-        )
-    width = max(len(k) for k, _ in rows)
-    for k, v in rows:
-        print(f"{k:<{width}}  {v}")
-
-
 def cmd_info(args: argparse.Namespace) -> int:
+    from .info import describe, format_info
+
     d = describe(args.model, args.revision, hashes=not args.no_hash)
-    if args.json:
-        print(json.dumps(d, indent=2))
-    else:
-        _print_info(d)
+    print(json.dumps(d, indent=2) if args.json else format_info(d))
     return 0
 
 
@@ -148,133 +61,64 @@ def add_info(sub: Any) -> None:
 
 
 # -- mae train --------------------------------------------------------------------------
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
+def add_settings_flags(parser: argparse.ArgumentParser, settings: type) -> None:
+    """One flag per field of the dataclass `settings` that carries help text: `--kebab-name`,
+    typed by the field's annotation, `--name/--no-name` for booleans, the default shown.
+    The parser must use `argument_default=argparse.SUPPRESS`, so that only the flags given
+    reach the namespace (a resumed run takes the others from its checkpoint)."""
+    hints = typing.get_type_hints(settings)
+    for f in dataclasses.fields(settings):
+        if "help" not in f.metadata:
+            continue
+        kind = hints[f.name]
+        base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
+        text = f.metadata["help"]
+        if f.default not in (dataclasses.MISSING, None) and base is not bool:
+            text += f" (default {f.default})"
+        flag = "--" + f.name.replace("_", "-")
+        if base is bool:
+            on = "on" if f.default else "off"
+            parser.add_argument(
+                flag,
+                dest=f.name,
+                action=argparse.BooleanOptionalAction,
+                help=f"{text} (default {on})",
+            )
+        else:
+            meta = f.metadata.get("metavar")
+            parser.add_argument(flag, dest=f.name, type=base, metavar=meta, help=text)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     import logging
 
-    from .config import VARIANTS
-    from .train import TrainConfig, load_config_file, train
+    from .config import TrainConfig, load_config_file
+    from .train import train
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    given = {k: v for k, v in vars(args).items() if k in TrainConfig.fields()}
     settings = load_config_file(args.config) if getattr(args, "config", None) else {}
-    settings.update(given)
-    explicit = set(settings)
+    settings.update({k: v for k, v in vars(args).items() if k in TrainConfig.fields()})
     for key in ("data", "output"):
         if key not in settings:
             raise CLIError(f"train needs --{key} (on the command line or in --config)")
-    variant = settings.get("variant")
-    if variant is not None and variant not in VARIANTS:
-        raise CLIError(f"unknown variant {variant!r}; choose one of: {', '.join(VARIANTS)}")
-    final = train(TrainConfig(**settings), explicit)
+    final = train(settings)
     if final is not None:
         print(f"final model: {final}")
     return 0
 
 
 def add_train(sub: Any) -> None:
+    from .config import TrainConfig
+
     p = sub.add_parser(
         "train",
         help="pretrain an MAE on images (resumable, multi-GPU with torchrun)",
         description="Pretrain an MAE with the paper's recipe. SOURCE is a folder of images, a "
-        ".tar/.tar.gz archive, or cifar10[:train] / tinyimagenet[:train]. Settings not given "
-        "come from --config, then the defaults; with --resume, from the checkpoint.",
+        ".tar/.tar.gz archive, shards, or cifar10[:train] / tinyimagenet[:train]. Settings not "
+        "given come from --config, then the defaults; with --resume, from the checkpoint.",
         argument_default=argparse.SUPPRESS,
     )
-    p.add_argument("--data", metavar="SOURCE", help="training images")
-    p.add_argument("--output", metavar="DIR", help="run folder (checkpoints, metrics, final/)")
-    p.add_argument(
-        "--variant", help="model variant, e.g. mae_vit_tiny_patch4 (default mae_vit_base_patch16)"
-    )
-    p.add_argument(
-        "--img-size",
-        dest="img_size",
-        type=_positive_int,
-        help="image size (default: the variant's)",
-    )
-    p.add_argument("--epochs", type=_positive_int, help="length of the schedule (default 400)")
-    p.add_argument(
-        "--max-steps",
-        dest="max_steps",
-        type=_positive_int,
-        help="stop after this optimiser step; the schedule still follows --epochs",
-    )
-    p.add_argument(
-        "--batch-size", dest="batch_size", type=_positive_int, help="per process (default 64)"
-    )
-    p.add_argument(
-        "--accum-iter",
-        dest="accum_iter",
-        type=_positive_int,
-        help="gradient accumulation (default 1)",
-    )
-    p.add_argument(
-        "--blr", type=float, help="base lr; lr = blr x effective batch / 256 (default 1.5e-4)"
-    )
-    p.add_argument("--min-lr", dest="min_lr", type=float, help="end of the cosine (default 0)")
-    p.add_argument("--warmup-epochs", dest="warmup_epochs", type=float, help="default 40")
-    p.add_argument("--weight-decay", dest="weight_decay", type=float, help="default 0.05")
-    p.add_argument("--mask-ratio", dest="mask_ratio", type=float, help="default 0.75")
-    p.add_argument(
-        "--no-norm-pix-loss",
-        dest="norm_pix_loss",
-        action="store_false",
-        help="predict raw (normalised-image) pixels instead of per-patch-normalised ones",
-    )
-    p.add_argument(
-        "--clip-grad", dest="clip_grad", type=float, help="clip the gradient norm (default off)"
-    )
-    p.add_argument(
-        "--limit", type=_positive_int, help="train on an evenly strided subset of N images"
-    )
-    p.add_argument("--seed", type=int, help="default 0")
-    p.add_argument(
-        "--log-every",
-        dest="log_every",
-        type=_positive_int,
-        help="steps between log records (default 20)",
-    )
-    p.add_argument(
-        "--checkpoint-every",
-        dest="checkpoint_every",
-        type=_positive_int,
-        help="steps between checkpoints (default: once per epoch)",
-    )
-    p.add_argument(
-        "--keep-checkpoints", dest="keep_checkpoints", type=_positive_int, help="default 3"
-    )
-    p.add_argument(
-        "--panel-every",
-        dest="panel_every",
-        type=int,
-        help="epochs between reconstruction pictures in DIR/panels (0: never; default 10)",
-    )
-    p.add_argument(
-        "--resume",
-        metavar="auto|PATH",
-        help="continue from the newest valid checkpoint in DIR (auto) or PATH",
-    )
-    p.add_argument("--device", help="auto (default), cpu or cuda")
-    p.add_argument(
-        "--num-workers",
-        dest="num_workers",
-        type=int,
-        help="data loader processes (default min(8, cores))",
-    )
-    p.add_argument(
-        "--data-on-device",
-        dest="data_on_device",
-        action="store_true",
-        help="decode a small dataset (one image size) once into device memory and augment it "
-        "there: keeps a GPU fed on CIFAR-10 / Tiny-ImageNet",
-    )
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    add_settings_flags(p, TrainConfig)
     p.add_argument("--config", metavar="FILE", help="JSON or YAML file of these settings")
     p.set_defaults(func=cmd_train)
 
@@ -284,6 +128,7 @@ def cmd_shard(args: argparse.Namespace) -> int:
     import logging
     import shlex
 
+    from .info import human
     from .shard import DEFAULT_MAX_BYTES, parse_size, write_shards
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -306,7 +151,7 @@ def cmd_shard(args: argparse.Namespace) -> int:
     print(
         f"wrote {s.images} images ({order}) into {len(s.shard_files)} "
         f"shard{'s' if len(s.shard_files) != 1 else ''}, "
-        f"{_human(s.total_bytes, 'B')}, in {s.output_dir}"
+        f"{human(s.total_bytes, 'B')}, in {s.output_dir}"
     )
     labels = f"{len(s.classes)} classes (names in dataset.json)" if s.classes else "no labels"
     print(f"  {labels}; {s.unreadable} unreadable files skipped")
@@ -361,69 +206,23 @@ def add_shard(sub: Any) -> None:
 def cmd_eval(args: argparse.Namespace) -> int:
     import logging
 
-    from .data import EvalDataset, held_out_source, index_source
-    from .evaluate import evaluate_model, evaluate_reconstruction, format_table
-    from .hub import load_model
+    from .evaluate import evaluate_sources, format_table
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    test_source = args.test_data or held_out_source(args.data)
-    if test_source is None:
-        raise CLIError(
-            f"{args.data} has no held-out split of its own: give one with --test-data SOURCE"
-        )
-    train_source = args.data
-    if train_source.partition(":")[0] in ("cifar10", "tinyimagenet") and ":" not in train_source:
-        train_source += ":train"
-    if test_source == train_source:
-        raise CLIError(
-            f"{train_source} is the held-out split itself: train on another, or give --test-data"
-        )
-    indexes = {}
-    for role, source in (("--data", train_source), ("--test-data", test_source)):
-        idx = indexes[role] = index_source(source, args.limit)
-        if not idx.classes or min(idx.labels) < 0:
-            raise CLIError(
-                f"{role} {source} has no labels: evaluation needs one subfolder per class"
-            )
-    train_idx, test_idx = indexes["--data"], indexes["--test-data"]
-    if train_idx.classes != test_idx.classes:
-        only = sorted(set(train_idx.classes) ^ set(test_idx.classes))[:5]
-        raise CLIError(
-            f"train and test classes differ ({len(train_idx.classes)} vs {len(test_idx.classes)}"
-            + (f"; e.g. {', '.join(only)}" if only else "; same names, different order")
-            + ")"
-        )
-    keep_decoder = None if not args.no_reconstruction else False  # None: if it has one
-    model = load_model(args.model, args.revision, with_decoder=keep_decoder, device=args.device)
-    cfg = model.config
-    train_ds, test_ds = EvalDataset(train_idx, cfg), EvalDataset(test_idx, cfg)
-    methods = ("knn", "linear") if args.method == "all" else (args.method,)
-    poolings = ("cls", "mean") if args.pooling == "both" else (args.pooling,)
-    result = evaluate_model(
-        model,
-        train_ds,
-        test_ds,
-        methods=methods,
-        poolings=poolings,
+    result = evaluate_sources(
+        args.model,
+        args.data,
+        args.test_data,
+        revision=args.revision,
+        methods=("knn", "linear") if args.method == "all" else (args.method,),
+        poolings=("cls", "mean") if args.pooling == "both" else (args.pooling,),
+        limit=args.limit,
         baseline=not args.no_baseline,
-        seed=args.seed,
+        reconstruction=not args.no_reconstruction,
         batch_size=args.batch_size,
         num_workers=args.num_workers,
-    )
-    if model.has_decoder and not args.no_reconstruction:
-        result["reconstruction"] = evaluate_reconstruction(
-            model,
-            test_ds,
-            baseline=not args.no_baseline,
-            seed=args.seed,
-            batch_size=args.batch_size,
-            num_workers=args.num_workers,
-        )
-    result.update(
-        model_id=args.model,
-        revision=args.revision,
-        train_data=train_ds.index.name,
-        test_data=test_ds.index.name,
+        device=args.device,
+        seed=args.seed,
     )
     print(format_table(result))
     if args.output:
@@ -470,22 +269,17 @@ def add_eval(sub: Any) -> None:
 
 # -- mae reconstruct --------------------------------------------------------------------
 def cmd_reconstruct(args: argparse.Namespace) -> int:
-    from PIL import Image, UnidentifiedImageError
+    from .visualize import reconstruct_file
 
-    from .hub import load_model
-    from .visualize import reconstruction_panels, save_panels
-
-    try:
-        with Image.open(args.image) as img:
-            img.load()
-            image = img.copy()
-    except FileNotFoundError as e:
-        raise CLIError(f"no such image: {args.image}") from e
-    except (UnidentifiedImageError, OSError) as e:
-        raise CLIError(f"cannot read {args.image} as an image: {e}") from e
-    model = load_model(args.model, args.revision, with_decoder=True, device=args.device)
-    panels = reconstruction_panels(model, image, mask_ratio=args.mask_ratio, seed=args.seed)
-    out = save_panels(panels, args.output)
+    out, panels = reconstruct_file(
+        args.model,
+        args.image,
+        args.output,
+        mask_ratio=args.mask_ratio,
+        seed=args.seed,
+        revision=args.revision,
+        device=args.device,
+    )
     print(
         f"wrote {out}: loss {panels.loss:.4f} on {int(panels.mask.sum())} hidden patches "
         f"of {panels.mask.size}; {panels.caption}"
@@ -533,7 +327,7 @@ def add_curve(sub: Any) -> None:
 
 # -- mae push / mae pull -----------------------------------------------------------------
 def cmd_push(args: argparse.Namespace) -> int:
-    from .hub import push
+    from .publish import push
 
     if args.endpoint and args.to_models_dir:
         raise CLIError("give --endpoint or --to-models-dir, not both")
@@ -604,7 +398,8 @@ def add_push(sub: Any) -> None:
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
-    from .hub import parse_model_id, pull
+    from .hub import parse_model_id
+    from .pull import pull
 
     mid = parse_model_id("hf-hub:" + args.repo_id.removeprefix("hf-hub:"))
     folder = pull(
@@ -651,56 +446,19 @@ def _serve_env(args: argparse.Namespace) -> dict[str, str]:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
     from pydantic import ValidationError
 
+    from service.server import serve
     from service.settings import Settings, settings_error_message
 
+    if args.workers < 1:
+        raise CLIError(f"--workers must be at least 1, got {args.workers}")
     os.environ.update(_serve_env(args))  # worker processes (--workers) read them too
     try:
         settings = Settings()
     except ValidationError as e:
         raise CLIError(f"bad setting: {settings_error_message(e)}") from None
-    if args.workers < 1:
-        raise CLIError(f"--workers must be at least 1, got {args.workers}")
-    from .hub import parse_model_id, resolve, resolve_local
-
-    if settings.hub_only:
-        from .repo_store import RepoStore
-
-        store = RepoStore(settings.resolved_models_dir())
-        writes = (
-            "writes need a token in MAE_HUB_TOKENS"
-            if settings.hub_tokens
-            else "read-only (set MAE_HUB_TOKENS to allow pushes)"
-        )
-        print(f"mae hub over {store.root} ({len(store.repos())} repos), {writes}")
-        print(f"  HF_ENDPOINT=http://{args.host}:{args.port}")
-    else:
-        for model_id in settings.model:  # fail now, in one line, rather than in a log later
-            parsed = parse_model_id(model_id)
-            if parsed.scheme == "local":
-                resolve_local(parsed.name, parsed.revision, root=settings.models_dir)
-            else:
-                resolve(parsed)
-        print(f"mae serve: {', '.join(settings.model)} on http://{args.host}:{args.port}")
-        print("  demo page /, API docs /docs, readiness /ready, metrics /metrics")
-    grace = settings.request_timeout_s + 5  # SIGTERM: finish the requests in flight first
-    log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)  # our "mae.*" lines beside uvicorn's
-    log_config["loggers"]["mae"] = {"handlers": ["default"], "level": args.log_level.upper()}
-    options = dict(host=args.host, port=args.port, log_level=args.log_level, log_config=log_config)
-    if args.workers > 1:
-        uvicorn.run(
-            "service.app:create_app",
-            factory=True,
-            workers=args.workers,
-            timeout_graceful_shutdown=grace,
-            **options,
-        )
-    else:
-        from service.app import create_app
-
-        uvicorn.run(create_app(settings), timeout_graceful_shutdown=grace, **options)
+    serve(settings, host=args.host, port=args.port, workers=args.workers, log_level=args.log_level)
     return 0
 
 
@@ -775,15 +533,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    from .checkpoint import CheckpointError  # after parsing: `mae --help` stays instant
-    from .repo_store import HubError
-
     try:
         return int(args.func(args) or 0)
-    except HubError as e:
-        print(f"mae: error: {e.message}", file=sys.stderr)
-        return 2
-    except (CLIError, CheckpointError, ValueError, FileNotFoundError, RuntimeError) as e:
+    except (MAEError, OSError) as e:
         print(f"mae: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

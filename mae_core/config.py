@@ -1,4 +1,4 @@
-"""Model configuration: `MAEConfig` and the table of named variants.
+"""Configuration: `MAEConfig` (a model), the table of named variants, `TrainConfig` (a run).
 
 A variant name reads `mae_vit_{size}_patch{P}`; the size fixes the encoder and decoder
 widths, the patch size fixes the default image size (patch 4 -> 32 px, 8 -> 64 px,
@@ -10,7 +10,10 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+from .errors import MAEValueError
 
 # Encoder (dim, depth, heads) and decoder (dim, depth, heads) for each size. Base and up use
 # the paper's 512-d, 8-block decoder; tiny and small get lighter decoders matched to them.
@@ -84,7 +87,7 @@ class MAEConfig:
         if len(self.mean) != self.in_chans or len(self.std) != self.in_chans:
             problems.append("mean and std need one value per input channel")
         if problems:
-            raise ValueError("invalid MAEConfig: " + "; ".join(problems))
+            raise MAEValueError("invalid MAEConfig: " + "; ".join(problems))
 
     @property
     def grid_size(self) -> tuple[int, int]:
@@ -121,7 +124,7 @@ class MAEConfig:
 def _variant_config(name: str) -> MAEConfig:
     m = _VARIANT_RE.match(name)
     if m is None:
-        raise ValueError(f"unknown MAE variant {name!r}; known variants: {', '.join(VARIANTS)}")
+        raise MAEValueError(f"unknown MAE variant {name!r}; known variants: {', '.join(VARIANTS)}")
     size, patch = m.group(1), int(m.group(2))
     (dim, depth, heads), (ddim, ddepth, dheads) = _SIZES[size]
     return MAEConfig(
@@ -172,6 +175,169 @@ def heads_for_width(dim: int, *, decoder: bool = False) -> int:
     # Unknown width: 64-d heads, as in ViT-B/L.
     if dim % 64 == 0:
         return dim // 64
-    raise ValueError(
+    raise MAEValueError(
         f"cannot infer the number of attention heads for width {dim}; give num_heads explicitly"
     )
+
+
+# ---------------------------------------------------------------------------------------
+# Training settings
+# ---------------------------------------------------------------------------------------
+def _setting(default: Any = dataclasses.MISSING, *, help: str, metavar: str | None = None) -> Any:
+    """A `TrainConfig` field with the help text its command-line flag shows."""
+    meta = {"help": help, "metavar": metavar}
+    if default is dataclasses.MISSING:
+        return field(metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a pretraining run. `mae train` makes one flag per field (help text
+    below, default shown), a JSON/YAML `--config` file uses the same names, and all of
+    them are checked here, once."""
+
+    data: str = _setting(
+        help="training images: a folder, a .tar/.tar.gz archive, shards, cifar10[:train] or "
+        "tinyimagenet[:train]",
+        metavar="SOURCE",
+    )
+    output: str = _setting(help="run folder (checkpoints, metrics, final/)", metavar="DIR")
+    variant: str = _setting("mae_vit_base_patch16", help="model variant, e.g. mae_vit_tiny_patch4")
+    img_size: int | None = _setting(None, help="image size (default: the variant's)")
+    epochs: int = _setting(400, help="length of the schedule")
+    max_steps: int | None = _setting(
+        None, help="stop after this optimiser step; the schedule still follows --epochs"
+    )
+    batch_size: int = _setting(64, help="images per process and micro-batch")
+    accum_iter: int = _setting(
+        1, help="micro-batches per optimiser step, for gradient accumulation"
+    )
+    blr: float = _setting(1.5e-4, help="base lr; lr = blr x effective batch / 256")
+    min_lr: float = _setting(0.0, help="lr at the end of the cosine")
+    warmup_epochs: float = _setting(40, help="epochs of linear lr warmup")
+    weight_decay: float = _setting(0.05, help="AdamW weight decay, not on norms, biases or tokens")
+    mask_ratio: float = _setting(0.75, help="share of patches hidden from the encoder")
+    norm_pix_loss: bool = _setting(
+        True,
+        help="predict per-patch-normalised pixels; --no-norm-pix-loss: the normalised image's "
+        "pixels",
+    )
+    clip_grad: float | None = _setting(None, help="clip the gradient norm to this (default: off)")
+    limit: int | None = _setting(None, help="train on an evenly strided subset of N images")
+    seed: int = _setting(0, help="seed of the weights, crops, flips and masks")
+    log_every: int = _setting(20, help="steps between log records")
+    checkpoint_every: int | None = _setting(
+        None, help="steps between checkpoints (default: once per epoch)"
+    )
+    keep_checkpoints: int = _setting(3, help="how many checkpoints to keep, the newest")
+    panel_every: int = _setting(
+        10, help="epochs between reconstruction pictures in DIR/panels, 0 for never"
+    )
+    resume: str | None = _setting(
+        None,
+        help="continue from the newest valid checkpoint in DIR (auto) or PATH",
+        metavar="auto|PATH",
+    )
+    device: str = _setting("auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    num_workers: int | None = _setting(None, help="data loader processes (default min(8, cores))")
+    data_on_device: bool = _setting(
+        False,
+        help="decode a small dataset (one image size) once into device memory and augment it "
+        "there: keeps a GPU fed on CIFAR-10 / Tiny-ImageNet",
+    )
+    compile: bool = _setting(False, help="torch.compile the model")
+    max_bad_steps: int = _setting(
+        5, help="non-finite steps in a row (each skipped) before the run stops"
+    )
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        def positive(name: str, allow_none: bool = False) -> tuple[bool, str]:
+            value = getattr(self, name)
+            ok = (allow_none and value is None) or (
+                isinstance(value, int) and not isinstance(value, bool) and value > 0
+            )
+            flag = name.replace("_", "-")
+            return ok, f"{flag} must be a positive integer, got {value!r}"
+
+        checks = [
+            positive("epochs"),
+            positive("batch_size"),
+            positive("accum_iter"),
+            positive("img_size", allow_none=True),
+            positive("max_steps", allow_none=True),
+            positive("limit", allow_none=True),
+            positive("log_every"),
+            positive("checkpoint_every", allow_none=True),
+            positive("keep_checkpoints"),
+            positive("max_bad_steps"),
+            (self.blr > 0, f"blr (base learning rate) must be positive, got {self.blr}"),
+            (self.min_lr >= 0, f"min-lr must be >= 0, got {self.min_lr}"),
+            (
+                0 <= self.warmup_epochs <= self.epochs,
+                f"warmup-epochs must be in [0, epochs={self.epochs}], got {self.warmup_epochs}",
+            ),
+            (self.weight_decay >= 0, f"weight-decay must be >= 0, got {self.weight_decay}"),
+            (0 <= self.mask_ratio < 1, f"mask-ratio must be in [0, 1), got {self.mask_ratio}"),
+            (
+                self.clip_grad is None or self.clip_grad > 0,
+                f"clip-grad must be positive, got {self.clip_grad}",
+            ),
+            (self.panel_every >= 0, f"panel-every must be >= 0, got {self.panel_every}"),
+            (
+                self.num_workers is None or self.num_workers >= 0,
+                f"num-workers must be >= 0, got {self.num_workers}",
+            ),
+            (
+                self.variant in VARIANTS,
+                f"unknown variant {self.variant!r}; choose one of: {', '.join(VARIANTS)}",
+            ),
+            (
+                self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
+                f"device must be auto, cpu or cuda, got {self.device!r}",
+            ),
+        ]
+        problems = [msg for ok, msg in checks if not ok]
+        if problems:
+            raise MAEValueError("; ".join(problems))
+
+    @classmethod
+    def fields(cls) -> set[str]:
+        return {f.name for f in dataclasses.fields(cls)}
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def model_config(self) -> MAEConfig:
+        """The `MAEConfig` these settings train."""
+        sized = {"img_size": self.img_size} if self.img_size else {}
+        return variant_config(
+            self.variant, norm_pix_loss=self.norm_pix_loss, mask_ratio=self.mask_ratio, **sized
+        )
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Settings from a JSON or YAML file (same names as the flags, with underscores)."""
+    import json
+
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise MAEValueError(f"cannot read config file {path}: {e}") from e
+    import yaml
+
+    yaml_file = path.suffix in (".yaml", ".yml")
+    try:
+        data = yaml.safe_load(text) if yaml_file else json.loads(text)
+    except (ValueError, yaml.YAMLError) as e:
+        kind = "YAML" if yaml_file else "JSON"
+        raise MAEValueError(f"config file {path} is not valid {kind}: {e}") from None
+    if not isinstance(data, dict):
+        raise MAEValueError(f"config file {path} must hold a mapping of settings")
+    data = {k.replace("-", "_"): v for k, v in data.items()}
+    unknown = sorted(set(data) - TrainConfig.fields())
+    if unknown:
+        raise MAEValueError(f"config file {path}: unknown settings {', '.join(unknown)}")
+    return data

@@ -8,6 +8,8 @@ import math
 import os
 from pathlib import Path
 
+from .errors import MAEValueError, MissingDependency
+
 
 def read_metrics(run: str | os.PathLike[str]) -> list[dict]:
     """The step records of `run`/metrics.jsonl, one per step (a resumed run may log a step
@@ -29,7 +31,7 @@ def read_metrics(run: str | os.PathLike[str]) -> list[dict]:
         ):
             by_step[rec["step"]] = rec
     if not by_step:
-        raise ValueError(f"{path} has no step records yet")
+        raise MAEValueError(f"{path} has no step records yet")
     return [by_step[s] for s in sorted(by_step)]
 
 
@@ -41,7 +43,7 @@ def plot_curve(run: str | os.PathLike[str], output: str | os.PathLike[str]) -> P
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise RuntimeError(
+        raise MissingDependency(
             "mae curve needs matplotlib: pip install 'mae-hub[plot]' (or matplotlib)"
         ) from None
     records = read_metrics(run)

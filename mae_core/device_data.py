@@ -28,7 +28,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from .config import MAEConfig
-from .data import DataError, ImageIndex, PretrainDataset, random_resized_crop_box, sample_generator
+from .data import PretrainDataset, random_resized_crop_box, sample_generator
+from .sources import DataError, ImageIndex
 
 log = logging.getLogger(__name__)
 

@@ -6,6 +6,8 @@ from typing import NamedTuple
 
 import torch
 
+from .errors import MAEValueError
+
 
 class Masking(NamedTuple):
     x_masked: torch.Tensor  # (N, len_keep, D) the visible tokens, in shuffled order
@@ -17,7 +19,7 @@ class Masking(NamedTuple):
 def check_mask_ratio(mask_ratio: float) -> float:
     ratio = float(mask_ratio)
     if not 0.0 <= ratio < 1.0:
-        raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
+        raise MAEValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
     return ratio
 
 

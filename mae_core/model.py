@@ -16,6 +16,7 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from .config import MAEConfig, variant_config
+from .errors import DecoderMissing
 from .masking import Masking, check_mask_ratio, random_masking
 from .pos_embed import sincos_2d
 
@@ -307,7 +308,7 @@ class MaskedAutoencoder(nn.Module):
 
     def _require_decoder(self, what: str) -> None:
         if not self.has_decoder:
-            raise RuntimeError(
+            raise DecoderMissing(
                 f"{what} needs the MAE decoder, but this model has none (encoder-only weights "
                 "or drop_decoder() was called); load a full checkpoint for reconstructions"
             )

@@ -13,11 +13,13 @@ blobs first, then the snapshot folder, then its record, and moves the branch ref
 a crash at any point leaves the previous revision intact, and a revision never changes
 once written. Names and paths are checked before they touch the file system: nothing can
 resolve outside the root.
+
+One concept, kept whole (a little over 450 lines): the records, the naming rules and the
+commit protocol are read together when the store's guarantees are checked.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -32,6 +34,9 @@ from pathlib import Path
 from typing import IO, Any
 
 from filelock import FileLock
+
+from .errors import MAEError
+from .files import atomic_write, git_blob_sha1, write_atomic
 
 REPO_RE = re.compile(
     r"^[A-Za-z0-9][A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]+)*/[A-Za-z0-9][A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]+)*$"
@@ -60,7 +65,7 @@ GITATTRIBUTES = "".join(
 CHUNK = 1 << 20
 
 
-class HubError(Exception):
+class HubError(MAEError):
     """A request the store refuses: HTTP status, the Hub's X-Error-Code, a message."""
 
     status = 400
@@ -129,17 +134,20 @@ class Commit:
         return cls(**data, files=files)
 
 
-def git_blob_sha1(data: bytes) -> str:
-    return hashlib.sha1(b"blob %d\0" % len(data) + data, usedforsecurity=False).hexdigest()
+def is_repo_id(text: object) -> bool:
+    """The one rule for repo ids, here and in model ids: `<namespace>/<name>`, each part
+    letters, digits, '-' and '_' with single '.' between them (no '..', which could climb
+    out of a folder), at most 200 characters, not ending in '.git'."""
+    return (
+        isinstance(text, str)
+        and len(text) <= 200
+        and REPO_RE.match(text) is not None
+        and not text.endswith(".git")
+    )
 
 
 def check_repo_id(repo_id: str) -> str:
-    if (
-        not isinstance(repo_id, str)
-        or len(repo_id) > 200
-        or not REPO_RE.match(repo_id)
-        or repo_id.endswith(".git")
-    ):
+    if not is_repo_id(repo_id):
         raise HubError(
             f"invalid repo id {repo_id!r}: use '<namespace>/<name>' (letters, digits, '-', '_', '.')"
         )
@@ -166,22 +174,6 @@ def check_path(path: str) -> str:
     if bad or any(p in ("", ".", "..") for p in parts) or parts[0] == ".git":
         raise HubError(f"invalid file path {path!r}")
     return path
-
-
-def _fsync_write(path: Path, data: bytes) -> None:
-    """Write `data` to `path` atomically: a temporary file, fsync, rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 class RepoStore:
@@ -228,7 +220,7 @@ class RepoStore:
             for sub in ("blobs", "snapshots", "refs", "commits"):
                 (repo / sub).mkdir(parents=True, exist_ok=True)
             meta = {"created_at": _now(), "private": bool(private)}
-            _fsync_write(repo / "repo.json", json.dumps(meta).encode())
+            write_atomic(repo / "repo.json", json.dumps(meta).encode())
         # As on the Hub, a new repo starts with one commit: main exists from the start.
         self.commit(
             repo_id, "main", add=[(".gitattributes", GITATTRIBUTES)], summary="initial commit"
@@ -248,7 +240,7 @@ class RepoStore:
         found = []
         for repo in sorted(self.root.glob("*/*")):
             name = f"{repo.parent.name}/{repo.name}"
-            if REPO_RE.match(name) and (
+            if is_repo_id(name) and (
                 (repo / "snapshots").is_dir() or (repo / "repo.json").is_file()
             ):
                 found.append(name)
@@ -331,31 +323,21 @@ class RepoStore:
         blobs = self._existing(repo_id) / "blobs"
         blobs.mkdir(exist_ok=True)
         digest, written = hashlib.sha256(), 0
-        fd, tmp = tempfile.mkstemp(dir=blobs, prefix=".incoming-")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                chunks = (
-                    iter(lambda: stream.read(CHUNK), b"") if hasattr(stream, "read") else stream
-                )
-                for chunk in chunks:
-                    written += len(chunk)
-                    if written > size:
-                        raise HubError(
-                            f"LFS object {sha256[:12]} is larger than the declared {size} bytes"
-                        )
-                    digest.update(chunk)
-                    f.write(chunk)
-                f.flush()
-                os.fsync(f.fileno())
+        chunks = iter(lambda: stream.read(CHUNK), b"") if hasattr(stream, "read") else stream
+        with atomic_write(blobs / sha256) as f:  # an error below leaves blobs/ as it was
+            for chunk in chunks:
+                written += len(chunk)
+                if written > size:
+                    raise HubError(
+                        f"LFS object {sha256[:12]} is larger than the declared {size} bytes"
+                    )
+                digest.update(chunk)
+                f.write(chunk)
             if written != size or digest.hexdigest() != sha256:
                 raise HubError(
                     f"LFS object does not match its declaration: got {written} bytes with sha256 "
                     f"{digest.hexdigest()[:12]}, expected {size} bytes with {sha256[:12]}"
                 )
-            os.replace(tmp, blobs / sha256)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
 
     def create_branch(self, repo_id: str, branch: str, starting_point: str | None = None) -> str:
         repo = self._existing(repo_id)
@@ -370,7 +352,7 @@ class RepoStore:
             )
             if not oid:
                 raise RevisionNotFound(f"{repo_id} has no commit to branch from")
-            _fsync_write(repo / "refs" / branch, oid.encode())
+            write_atomic(repo / "refs" / branch, oid.encode())
         return oid
 
     def commit(
@@ -427,8 +409,8 @@ class RepoStore:
             oid = _commit_oid(head, branch, files, summary, description)
             record = Commit(oid, head, summary, description, _now(), files)
             self._write_snapshot(repo, record)
-            _fsync_write(repo / "commits" / f"{oid}.json", record.to_json().encode())
-            _fsync_write(repo / "refs" / branch, oid.encode())  # the commit exists from here on
+            write_atomic(repo / "commits" / f"{oid}.json", record.to_json().encode())
+            write_atomic(repo / "refs" / branch, oid.encode())  # the commit exists from here on
         return oid
 
     @staticmethod
@@ -471,7 +453,7 @@ def _entry(path: str, data: bytes, lfs: bool | None) -> FileEntry:
 def _store_blob(path: Path, data: bytes) -> None:
     if path.is_file() and path.stat().st_size == len(data):
         return  # content-addressed: the same name is the same bytes
-    _fsync_write(path, data)
+    write_atomic(path, data)
 
 
 def _commit_oid(

@@ -33,7 +33,8 @@ from typing import Any
 from PIL import Image
 
 from . import __version__
-from .data import IMAGE_EXTENSIONS, DataError, TarMember, index_source, read_bytes
+from .errors import MAEValueError
+from .sources import IMAGE_EXTENSIONS, DataError, TarMember, index_source, read_bytes
 
 log = logging.getLogger(__name__)
 
@@ -90,10 +91,10 @@ def parse_size(text: str) -> int:
     Ki/Mi/Gi/Ti of 1024; the B is optional)."""
     m = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([kmgt]i?)?b?\s*", text.lower())
     if not m:
-        raise ValueError(f"not a size: {text!r} (try 500MB, 2GB or a number of bytes)")
+        raise MAEValueError(f"not a size: {text!r} (try 500MB, 2GB or a number of bytes)")
     size = int(float(m[1]) * _UNITS[m[2] or ""])
     if size <= 0:
-        raise ValueError(f"a size must be positive, got {text!r}")
+        raise MAEValueError(f"a size must be positive, got {text!r}")
     return size
 
 

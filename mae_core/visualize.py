@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from .errors import MAEValueError
 from .masking import check_mask_ratio, num_visible
 from .model import MaskedAutoencoder
 
@@ -112,7 +113,7 @@ def reconstruction_panels(
     float tensor (3, H, W) with H, W multiples of the patch size. Same seed -> same mask.
     """
     if not model.has_decoder:
-        raise ValueError("reconstruction panels need the MAE decoder; this model has none")
+        raise MAEValueError("reconstruction panels need the MAE decoder; this model has none")
     ratio = check_mask_ratio(mask_ratio)
     imgs = image if isinstance(image, torch.Tensor) else preprocess(image, model)
     if imgs.ndim != 3:
@@ -121,7 +122,7 @@ def reconstruction_panels(
     grid = model.check_images(imgs)
     length = grid[0] * grid[1]
     if num_visible(length, ratio) == 0:
-        raise ValueError(f"mask_ratio {ratio} leaves no visible patch out of {length}")
+        raise MAEValueError(f"mask_ratio {ratio} leaves no visible patch out of {length}")
 
     param = next(model.parameters())
     generator = torch.Generator().manual_seed(seed)  # CPU: same mask on any device
@@ -199,3 +200,32 @@ def save_panels(panels: Panels, path: str | Path, labels: bool = True) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     panels_figure(panels, labels=labels).save(path, format="PNG")
     return path
+
+
+def reconstruct_file(
+    model_id: str,
+    image: str | Path,
+    output: str | Path,
+    *,
+    mask_ratio: float = 0.75,
+    seed: int = 0,
+    revision: str | None = None,
+    device: str | None = None,
+) -> tuple[Path, Panels]:
+    """`mae reconstruct`: the panels of the image file `image` by `model_id` (loaded with its
+    decoder), written to `output` as a PNG. -> (the PNG's path, the panels)."""
+    from PIL import UnidentifiedImageError
+
+    from .hub import load_model
+
+    try:
+        with Image.open(image) as img:
+            img.load()
+            picture = img.copy()
+    except FileNotFoundError:
+        raise MAEValueError(f"no such image: {image}") from None
+    except (UnidentifiedImageError, OSError) as e:
+        raise MAEValueError(f"cannot read {image} as an image: {e}") from None
+    model = load_model(model_id, revision, with_decoder=True, device=device)
+    panels = reconstruction_panels(model, picture, mask_ratio=mask_ratio, seed=seed)
+    return save_panels(panels, output), panels

@@ -23,7 +23,8 @@ from typing import Any
 import torch
 from PIL import Image
 
-from mae_core.checkpoint import CheckpointError, load_weights, sha256_file
+from mae_core.checkpoint import CheckpointError, load_weights
+from mae_core.files import sha256_file
 from mae_core.data import eval_transform
 from mae_core.hub import parse_model_id, resolve, resolve_local
 from mae_core.model import MaskedAutoencoder

@@ -18,9 +18,10 @@ import torch
 from PIL import Image
 
 from mae_core import MaskedAutoencoder, load_model
-from mae_core.data import EvalDataset, eval_transform, index_folder
-from mae_core.evaluate import extract_pooled, knn_classify
+from mae_core.data import EvalDataset, eval_transform
 from mae_core.hub import resolve_local
+from mae_core.probe import extract_pooled, knn_classify
+from mae_core.sources import index_folder
 from tests.data_fixtures import extract_cifar_subset, split_two_to_one
 
 MODEL = "mae/vit-tiny-tinyimagenet"

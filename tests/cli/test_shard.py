@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from mae_core import cli
-from mae_core.data import index_source, read_bytes
 from mae_core.shard import parse_size, write_shards
+from mae_core.sources import index_source, read_bytes
 
 MAE = str(Path(sys.executable).parent / "mae")
 SHARDS = [f"train-{i:06d}.tar" for i in range(5)]  # 300 images, 64 a shard
@@ -220,11 +220,11 @@ def test_reader_without_dataset_json_numbers_the_classes(sharded, tmp_path: Path
 def test_our_shards_are_not_opened_again_at_start(sharded, tmp_path, monkeypatch) -> None:
     """`mae shard` checked every image: indexing its shards reads tar headers only, while
     shards it did not write (no dataset.json) still get each image's header checked."""
-    from mae_core import data
+    from mae_core import sources
 
     out, _ = sharded
     opened: list[object] = []
-    monkeypatch.setattr(data, "_readable", lambda item: opened.append(item) or True)
+    monkeypatch.setattr(sources, "_readable", lambda item: opened.append(item) or True)
     assert len(index_source(f"{out}/train-{{000000..000004}}.tar")) == 300
     assert opened == []
     for name in SHARDS[:2]:

@@ -13,16 +13,13 @@ from PIL import Image
 
 from mae_core import variant_config
 from mae_core.data import (
-    DataError,
     EpochSampler,
     EvalDataset,
     PretrainDataset,
-    index_folder,
-    index_source,
-    open_rgb,
     random_resized_crop_box,
     sample_generator,
 )
+from mae_core.sources import DataError, index_folder, index_source, open_rgb
 
 CFG = variant_config("mae_vit_tiny_patch8", img_size=32)
 
@@ -104,9 +101,9 @@ def test_missing_archive_names_the_file(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setenv("MAE_DATA_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("MAE_SHARED_DATA", str(tmp_path / "nowhere"))
     monkeypatch.chdir(tmp_path)
-    import mae_core.data as data
+    import mae_core.sources as sources
 
-    monkeypatch.setattr(data, "_archive_dirs", lambda: [tmp_path / "nowhere"])
+    monkeypatch.setattr(sources, "_archive_dirs", lambda: [tmp_path / "nowhere"])
     with pytest.raises(DataError, match=r"archive tinyimagenet200\.tar\.gz not found; put it in"):
         index_source("tinyimagenet")
 
@@ -185,7 +182,7 @@ def test_bytes_and_paths_decode_alike(cifar_folder: Path) -> None:
 
 
 def test_plain_tar_is_read_by_offset(cifar_folder: Path, tmp_path: Path) -> None:
-    from mae_core.data import TarMember
+    from mae_core.sources import TarMember
 
     with tarfile.open(tmp_path / "imgs.tar", "w") as tar:
         tar.add(cifar_folder / "ship", arcname="ship")

@@ -10,8 +10,9 @@ import torch
 from PIL import Image
 
 from mae_core.config import variant_config
-from mae_core.data import DataError, PretrainDataset, index_folder
+from mae_core.data import PretrainDataset
 from mae_core.device_data import DeviceImages
+from mae_core.sources import DataError, index_folder
 from mae_core.train import train
 from tests.mae_core.test_train import metrics, run_cfg
 

@@ -10,19 +10,16 @@ import pytest
 import torch
 
 from mae_core import MaskedAutoencoder
-from mae_core.data import EvalDataset, index_folder
+from mae_core.data import EvalDataset
 from mae_core.evaluate import (
     evaluate_model,
     evaluate_reconstruction,
-    extract_features,
-    extract_pooled,
     format_table,
-    knn_classify,
-    knn_votes,
-    linear_probe,
     random_twin,
     reconstruction_loss,
 )
+from mae_core.probe import extract_features, extract_pooled, knn_classify, knn_votes, linear_probe
+from mae_core.sources import index_folder
 
 
 def clusters(

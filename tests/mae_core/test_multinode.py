@@ -22,17 +22,15 @@ from pathlib import Path
 
 import pytest
 
-from mae_core.train import (
-    TrainConfig,
-    Trainer,
-    TrainingError,
+from mae_core.config import TrainConfig
+from mae_core.distributed import shared_store_warning
+from mae_core.resume import (
     check_global_batch,
     check_same_step,
     checkpoint_global_batch,
     load_checkpoint,
-    shared_store_warning,
-    train,
 )
+from mae_core.train import Trainer, TrainingError, train
 from tests.mae_core.test_train import FAST, _fast_flags, metrics, run_cfg
 from tests.service.conftest import _free_port
 
@@ -181,7 +179,7 @@ def test_one_process_resumes_a_two_process_run_with_the_same_global_batch(
     out = tmp_path / "run"
     shutil.copytree(elastic_run.out, out)
     given = {"data": str(cifar_folder), "output": str(out), "resume": "auto", "batch_size": 32}
-    train(TrainConfig(**given), explicit=set(given))
+    train(given)
     assert "written by 2 process(es), now 1: the same global batch 32" in caplog.text
     rows = metrics(out)
     assert [r["step"] for r in rows] == list(range(1, 37))
@@ -197,7 +195,7 @@ def test_another_global_batch_is_refused(elastic_run: ElasticRun, cifar_folder, 
         given["batch_size"] = batch
     now = batch or 16  # the checkpoint's batch per process, on 1 process now
     with pytest.raises(TrainingError) as e:
-        Trainer(TrainConfig(**given), explicit=set(given))
+        Trainer(given)
     assert f"the checkpoint was trained with 32, now it would be {now}" in str(e.value)
     assert "--batch-size 32 keeps it" in str(e.value)
 
@@ -210,13 +208,13 @@ def test_a_restart_resumes_only_this_jobs_run(
     given = {"data": str(cifar_folder), "output": str(elastic_run.out), "batch_size": 32}
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
     with pytest.raises(TrainingError, match="already holds a run"):
-        Trainer(TrainConfig(**given), explicit=set(given))  # the first attempt: no --resume
+        Trainer(given)  # the first attempt: no --resume
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "another-job")
     with pytest.raises(TrainingError, match="torchrun job 'another-job' did not write"):
-        Trainer(TrainConfig(**given), explicit=set(given))
+        Trainer(given)
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", elastic_run.job)
-    assert Trainer(TrainConfig(**given), explicit=set(given)).step == STEPS
+    assert Trainer(given).step == STEPS
     assert "elastic restart 1: resuming from the newest checkpoint" in caplog.text
 
 

@@ -15,7 +15,9 @@ import timm
 import torch
 
 from mae_core import load_model
-from mae_core.train import TrainConfig, Trainer, TrainingError, learning_rate, param_groups, train
+from mae_core.config import TrainConfig
+from mae_core.schedule import learning_rate, param_groups
+from mae_core.train import Trainer, TrainingError, train
 
 MAE = str(Path(sys.executable).parent / "mae")
 # 16 patches of 8 px at 32 px: small enough for a few steps a second on 2 cores.
@@ -82,10 +84,7 @@ def test_stop_and_resume_equals_the_uninterrupted_run(cifar_folder: Path, tmp_pa
     train(run_cfg(cifar_folder, tmp_path / "full", epochs=2))
     train(run_cfg(cifar_folder, tmp_path / "split", epochs=2, max_steps=7, checkpoint_every=100))
     # Resume with only the per-invocation settings given; the rest come from the checkpoint.
-    train(
-        TrainConfig(data=str(cifar_folder), output=str(tmp_path / "split"), resume="auto"),
-        explicit={"data", "output", "resume"},
-    )
+    train({"data": str(cifar_folder), "output": str(tmp_path / "split"), "resume": "auto"})
     full, split = metrics(tmp_path / "full"), metrics(tmp_path / "split")
     assert [r["step"] for r in split] == list(range(1, 19))
     for a, b in zip(full, split, strict=True):
@@ -101,10 +100,7 @@ def test_corrupt_newest_checkpoint_is_skipped(cifar_folder: Path, tmp_path: Path
     newest = sorted((out / "checkpoints").glob("*.pt"))[-1]
     assert newest.name == "ckpt-00000006.pt"
     newest.write_bytes(newest.read_bytes()[:1000])  # truncated
-    trainer = Trainer(
-        TrainConfig(data=str(cifar_folder), output=str(out), resume="auto"),
-        explicit={"data", "output", "resume"},
-    )
+    trainer = Trainer({"data": str(cifar_folder), "output": str(out), "resume": "auto"})
     assert trainer.step == 3
     assert "skipping unreadable checkpoint" in caplog.text and "ckpt-00000006.pt" in caplog.text
 
@@ -113,7 +109,7 @@ def test_resume_with_changed_settings_is_refused(cifar_folder: Path, tmp_path: P
     out = tmp_path / "run"
     train(run_cfg(cifar_folder, out, max_steps=2))
     with pytest.raises(TrainingError, match=r"cannot resume with different settings \(blr"):
-        Trainer(run_cfg(cifar_folder, out, resume="auto", blr=0.5), explicit={"blr"})
+        Trainer(run_cfg(cifar_folder, out, resume="auto", blr=0.5))
 
 
 def test_non_finite_steps_are_skipped_then_stop(cifar_folder: Path, tmp_path: Path) -> None:

@@ -14,8 +14,8 @@ import pytest
 import torch
 from prometheus_client.parser import text_string_to_metric_families
 
-from mae_core.checkpoint import sha256_file
 from mae_core.data import eval_transform
+from mae_core.files import sha256_file
 from mae_core.hub import load_model
 from service.imaging import center_square, decode
 

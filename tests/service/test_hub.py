@@ -17,7 +17,8 @@ from huggingface_hub import HfApi, constants, hf_hub_download, snapshot_download
 from huggingface_hub.errors import HfHubHTTPError
 
 from mae_core import MaskedAutoencoder, load_model
-from mae_core.hub import PushError, VerificationError, pull, push, stage_repo
+from mae_core.publish import PushError, push, stage_repo
+from mae_core.pull import VerificationError, pull
 from mae_core.train import train
 from tests.mae_core.test_train import run_cfg
 from tests.reference import TINY, perturb_

@@ -1,0 +1,146 @@
+"""Processes and devices: torchrun set-up, ranks, elastic restarts, and device choice.
+
+`init_distributed` joins torchrun's process group when there is one (NCCL on CUDA, gloo on
+the CPU) and returns a `Dist`, whose small collectives are no-ops in a single process, so
+callers never branch on the world size. `resolve_device` is the one place a device name
+("auto", "cpu", "cuda", "cuda:N") becomes a `torch.device`, for training and the service.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from .errors import MAEError, MAEValueError
+
+log = logging.getLogger("mae_core.train")
+
+
+class DeviceError(MAEError, RuntimeError):
+    """The device asked for is not here."""
+
+
+@dataclass
+class Dist:
+    """This process's place in the job: rank, world size, local rank on its node."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def all_max(self, value: float, device: torch.device) -> float:
+        if self.world == 1:
+            return value
+        t = torch.tensor([value], dtype=torch.float64, device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return float(t.item())
+
+    def all_mean(self, value: float, device: torch.device) -> float:
+        if self.world == 1:
+            return value
+        t = torch.tensor([value], dtype=torch.float64, device=device)
+        dist.all_reduce(t)
+        return float(t.item()) / self.world
+
+    def all_gather_int(self, value: int, device: torch.device) -> list[int]:
+        """Every rank's `value`, in rank order."""
+        if self.world == 1:
+            return [value]
+        t = torch.tensor([value], dtype=torch.int64, device=device)
+        seen = [torch.zeros_like(t) for _ in range(self.world)]
+        dist.all_gather(seen, t)
+        return [int(s.item()) for s in seen]
+
+    def from_main(self, value: Any) -> Any:
+        """Rank 0's `value` (any picklable object), on every rank."""
+        if self.world == 1:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+
+def close_distributed() -> None:
+    """Leave the process group, if this process joined one (at the end of a run)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def init_distributed(device: str) -> Dist:
+    """Join the torchrun process group when WORLD_SIZE > 1 (NCCL on CUDA, gloo on CPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Dist()
+    use_cuda = device != "cpu" and torch.cuda.is_available()
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if use_cuda:
+        torch.cuda.set_device(local)
+    warning = shared_store_warning(os.environ)
+    if warning and dist.get_rank() == 0:
+        log.warning(warning)
+    return Dist(dist.get_rank(), dist.get_world_size(), local)
+
+
+def shared_store_warning(env: Mapping[str, str]) -> str | None:
+    """Why torchrun's restarts will fail here, if they will.
+
+    By default torchrun's agents share their rendezvous TCPStore with the workers, and
+    the workers' process-group keys are not scoped per restart: restarted workers read
+    the addresses of the dead ones and fail to connect (pytorch/pytorch#135712, seen
+    with torch 2.14 and gloo). TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 in torchrun's
+    environment gives every restart a fresh store.
+    """
+    restarts = int(env.get("TORCHELASTIC_MAX_RESTARTS") or 0)
+    if restarts == 0 or env.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    return (
+        f"torchrun may restart the workers (--max-restarts {restarts}) but shares its "
+        "rendezvous store with them: a restart would then fail to connect to the previous "
+        "workers' stale addresses (pytorch/pytorch#135712). Start torchrun with "
+        "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 in its environment, on every node"
+    )
+
+
+def elastic_restarts() -> int:
+    """How often torchrun has restarted this job's workers (0: first attempt, or no torchrun)."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT") or 0)
+
+
+def elastic_run_id() -> str | None:
+    """torchrun's job id (--rdzv-id), or None outside torchrun."""
+    return os.environ.get("TORCHELASTIC_RUN_ID")
+
+
+def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
+    """ "auto" -> CUDA when available, else the CPU; "cuda" / "cuda:N" must exist here.
+
+    local_rank: the CUDA device "auto" and "cuda" mean under torchrun (one per process);
+    None leaves the index unset (the current device).
+    """
+    name = name.strip().lower()
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cpu":
+        return torch.device("cpu")
+    if name != "cuda" and not (name.startswith("cuda:") and name[5:].isdigit()):
+        raise MAEValueError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
+    if not torch.cuda.is_available():
+        raise DeviceError(f"device {name!r} was asked for, but no CUDA device is available here")
+    if name == "cuda":
+        return torch.device("cuda", local_rank) if local_rank is not None else torch.device("cuda")
+    index, count = int(name[5:]), torch.cuda.device_count()
+    if index >= count:
+        raise DeviceError(f"device {name!r} was asked for, but there are {count} CUDA device(s)")
+    return torch.device("cuda", index)

@@ -1,0 +1,110 @@
+"""What `mae info` shows about a model: its variant, sizes, parameter counts, source and
+weight hashes, as a dict (`describe`) and as an aligned table (`format_info`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .files import sha256_file
+
+
+def human(n: float, unit: str = "") -> str:
+    """1234567 -> '1.2M' (with `unit` appended: '1.2MB')."""
+    for suffix in ("", "K", "M", "G"):
+        if abs(n) < 1000:
+            return f"{n:.1f}{suffix}{unit}" if suffix else f"{int(n)}{unit}"
+        n /= 1000
+    return f"{n:.1f}T{unit}"
+
+
+def describe(model_id: str, revision: str | None = None, hashes: bool = True) -> dict[str, Any]:
+    """Config, parameter counts, source and weight files (with sha256 when `hashes`) of
+    any model id, or of a variant name (random initialisation, nothing loaded)."""
+    import torch
+
+    from .config import VARIANTS
+    from .hub import load_model
+    from .model import create_model
+
+    if model_id in VARIANTS and not Path(model_id).exists():
+        with torch.device("meta"):  # counts only: no memory, no init
+            model = create_model(model_id)
+        source = {
+            "source": "random initialisation (a variant name, no weights)",
+            "format": None,
+            "weights": [],
+        }
+    else:
+        model = load_model(model_id, revision)
+        source = model.source_info
+    c = model.config
+    weights = []
+    for f in source.get("weights", []):
+        entry = {"file": f, "size": Path(f).stat().st_size}
+        if hashes:
+            entry["sha256"] = sha256_file(f)
+        weights.append(entry)
+    return {
+        "model_id": model_id if revision is None else f"{model_id}@{revision}",
+        "variant": c.variant,
+        "img_size": c.img_size,
+        "patch_size": c.patch_size,
+        "num_patches": c.num_patches,
+        "in_chans": c.in_chans,
+        "encoder": {"embed_dim": c.embed_dim, "depth": c.depth, "num_heads": c.num_heads},
+        "decoder": (
+            {
+                "embed_dim": c.decoder_embed_dim,
+                "depth": c.decoder_depth,
+                "num_heads": c.decoder_num_heads,
+            }
+            if model.has_decoder
+            else None
+        ),
+        "params": model.num_params(),
+        "norm_pix_loss": c.norm_pix_loss,
+        "mask_ratio": c.mask_ratio,
+        "layer_norm_eps": c.layer_norm_eps,
+        "source": source.get("source"),
+        "format": source.get("format"),
+        "weights": weights,
+    }
+
+
+def format_info(d: dict[str, Any]) -> str:
+    """A `describe` result as two aligned columns, one fact per line."""
+    enc, dec, params = d["encoder"], d["decoder"], d["params"]
+    g = d["img_size"] // d["patch_size"]
+    rows = [
+        ("model", d["model_id"]),
+        ("variant", d["variant"]),
+        (
+            "image",
+            f"{d['img_size']}x{d['img_size']} px, patch {d['patch_size']} "
+            f"({g}x{g} = {d['num_patches']} patches), {d['in_chans']} channels",
+        ),
+        (
+            "encoder",
+            f"{enc['embed_dim']}-d, {enc['depth']} blocks, {enc['num_heads']} heads: "
+            f"{human(params['encoder'])} parameters",
+        ),
+        (
+            "decoder",
+            f"{dec['embed_dim']}-d, {dec['depth']} blocks, {dec['num_heads']} heads: "
+            f"{human(params['decoder'])} parameters"
+            if dec
+            else "none (encoder-only weights: embeddings yes, reconstructions no)",
+        ),
+        (
+            "loss",
+            f"MSE on masked patches, {'per-patch normalised' if d['norm_pix_loss'] else 'raw'}"
+            f" pixel targets, mask ratio {d['mask_ratio']}",
+        ),
+        ("source", f"{d['source']}" + (f" ({d['format']})" if d["format"] else "")),
+    ]
+    for w in d["weights"]:
+        size = human(w["size"], "B")
+        rows.append(("weights", f"{Path(w['file']).name}  {size}  sha256:{w.get('sha256', '-')}"))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
