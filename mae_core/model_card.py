@@ -201,3 +201,22 @@ def render_card(
         "",
     ]
     return "\n".join(lines)
+
+
+def front_matter(text: str) -> dict[str, Any]:
+    """The YAML header of a card (`---` ... `---` at the top), {} when there is none;
+    ValueError, saying what is wrong, when it is not closed, not YAML or not a mapping."""
+    if not text.startswith("---"):
+        return {}
+    header, sep, _ = text[3:].partition("\n---")
+    if not sep:
+        raise ValueError("the YAML header opened with '---' is never closed")
+    try:
+        meta = yaml.safe_load(header)
+    except yaml.YAMLError as e:
+        raise ValueError(f"invalid YAML header: {e}") from None
+    if meta is None:
+        return {}
+    if not isinstance(meta, dict):
+        raise ValueError("the YAML header must be a mapping")
+    return meta

@@ -27,9 +27,10 @@ from mae_core.repo_store import HubError, RepoStore
 
 from .errors import install_handlers
 from .metrics import Metrics, RequestMetrics
-from .routes import embeddings, health, hub, models, reconstructions
-from .runtime import BodyLimit, Runtime
+from .registry import Registry
+from .routes import embeddings, health, hub, hub_write, models, reconstructions
 from .settings import Settings
+from .web import BodyLimit
 
 STATIC = Path(__file__).parent / "static"
 
@@ -37,11 +38,11 @@ STATIC = Path(__file__).parent / "static"
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     metrics = Metrics()
-    rt = None if settings.hub_only else Runtime(settings, metrics)
+    registry = Registry(settings, metrics)  # stays empty in a hub-only server
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        loading = asyncio.create_task(rt.load()) if rt is not None else None
+        loading = None if settings.hub_only else asyncio.create_task(registry.load())
         try:
             yield
         finally:
@@ -49,7 +50,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 loading.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await loading
-                await rt.close()
+                await registry.close()
 
     app = FastAPI(
         title="mae-hub",
@@ -60,7 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = metrics
-    app.state.runtime = rt
+    app.state.registry = registry
     app.state.store = RepoStore(settings.resolved_models_dir())
     app.state.lfs_secret = secrets.token_bytes(32)  # signs LFS upload URLs for this process
 
@@ -75,6 +76,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(embeddings.router)
     app.include_router(reconstructions.router)
     app.include_router(hub.router)
+    app.include_router(hub_write.router)
 
     if (STATIC / "index.html").is_file():
         app.mount("/static", StaticFiles(directory=STATIC), name="static")

@@ -9,10 +9,11 @@ during a forward form the next batch, so batches grow by themselves when the dev
 the bottleneck. Other device work (a reconstruction) runs alone, in turn.
 
 Admission is bounded in images: a request that would push the queue past
-`max_queue_images` is refused at once (429, with a Retry-After from the measured
-throughput). A job whose deadline passes before its forward gets a 504; one whose client
-went away is removed from the queue and frees its slot. CUDA out-of-memory splits the
-batch in halves and retries; a single image that does not fit fails alone.
+`max_queue_images` is refused at once (`QueueFull`, with a retry time from the measured
+throughput). A job whose deadline passes before its forward gets `DeadlineExceeded`; one
+whose client went away (its future cancelled) is removed from the queue and frees its
+slot. CUDA out-of-memory splits the batch in halves and retries; a single image that does
+not fit fails alone (`OutOfMemory`). No HTTP here: `errors.py` maps these to statuses.
 """
 
 from __future__ import annotations
@@ -26,12 +27,19 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
-from .engine import Engine
-from .errors import APIError, DeadlineExceeded, NotReady, QueueFull
+from .exceptions import (
+    DeadlineExceeded,
+    DeviceFailure,
+    InvalidInput,
+    NotReady,
+    OutOfMemory,
+    QueueFull,
+    ServiceError,
+)
 from .metrics import Metrics
 
 log = logging.getLogger("mae.service")
@@ -48,10 +56,18 @@ class _Job:
     waiting: bool = False  # counted in the queue's images
 
 
+class Embedder(Protocol):
+    """What the batcher needs of an engine: a name for its metrics, and one forward."""
+
+    id: str
+
+    def embed(self, batch: torch.Tensor) -> torch.Tensor: ...
+
+
 class Batcher:
     def __init__(
         self,
-        engine: Engine,
+        engine: Embedder,
         *,
         max_batch_images: int,
         max_wait_s: float,
@@ -101,7 +117,7 @@ class Batcher:
             raise QueueFull(
                 f"the queue holds {self._queued} images (limit {self.max_queue_images}); "
                 f"retry in about {retry} s",
-                headers={"Retry-After": str(retry)},
+                retry_after=retry,
             )
 
     def _enqueue(self, job: _Job) -> None:
@@ -243,7 +259,7 @@ class Batcher:
         try:
             result = await loop.run_in_executor(self._executor, job.call)
         except Exception as exc:
-            _settle(job, exc=_as_api_error(exc))
+            _settle(job, exc=_as_service_error(exc))
             return
         self.metrics.forward_seconds.labels(self._label, "reconstruction").observe(
             time.perf_counter() - t0
@@ -262,7 +278,7 @@ class Batcher:
         try:
             out = await loop.run_in_executor(self._executor, self._forward, stacked)
         except Exception as exc:
-            error = _as_api_error(exc)
+            error = _as_service_error(exc)
             for job in batch:
                 _settle(job, exc=error)
             return
@@ -304,17 +320,15 @@ def _settle(job: _Job, *, result: Any = None, exc: BaseException | None = None) 
         job.future.set_result(result)
 
 
-def _as_api_error(exc: Exception) -> APIError:
-    if isinstance(exc, APIError):
+def _as_service_error(exc: Exception) -> ServiceError:
+    if isinstance(exc, ServiceError):
         return exc
     if isinstance(exc, torch.OutOfMemoryError):
-        return APIError(
-            "out of device memory even for a single image", status=507, code="out_of_memory"
-        )
+        return OutOfMemory("out of device memory even for a single image")
     if isinstance(exc, ValueError):  # the model refused the input (e.g. a mask ratio)
-        return APIError(str(exc), status=422, code="invalid_request")
+        return InvalidInput(str(exc))
     log.exception("device work failed", exc_info=exc)
-    return APIError(f"internal error: {type(exc).__name__}", status=500, code="internal_error")
+    return DeviceFailure(f"internal error: {type(exc).__name__}")
 
 
 def _loop_time(deadline: float) -> float:

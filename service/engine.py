@@ -1,15 +1,17 @@
 """`Engine`: one loaded MAE and the three things the service does with it.
 
-- `preprocess(image)` / `preprocess_for_reconstruction(image)`: RGB PIL -> (3, S, S)
-  normalised tensor, from the model's `pretrained_cfg` (shorter side to S / crop_pct,
-  centre crop S, the model's mean/std; crop_pct 1 for reconstructions so the whole
-  central square is shown).
+- `prepare(bytes, limits)`: a client's image -> (3, S, S) normalised tensor, decoding
+  and preprocessing in one step: `imaging.decode`, then `preprocess(image)` (or
+  `preprocess_for_reconstruction(image)`) from the model's `pretrained_cfg` (shorter side
+  to S / crop_pct, centre crop S, the model's mean/std; crop_pct 1 for reconstructions so
+  the whole central square is shown).
 - `embed(batch)`: (N, 3, S, S) -> (N, 2, D) float32 on the CPU: the class token and the
   mean of the patch tokens, both after the final norm, from one unmasked forward.
 - `reconstruct(x, mask_ratio, seed)`: one image -> `Panels` (needs the decoder).
 
-No HTTP here, so it can be used and tested alone. Only the batcher's worker thread calls
-`embed` and `reconstruct`, so only one thread touches the device.
+No HTTP here, so it can be used and tested alone; its errors are `exceptions.py`'s. Only
+the batcher's worker thread calls `embed` and `reconstruct`, so only one thread touches
+the device.
 """
 
 from __future__ import annotations
@@ -23,33 +25,20 @@ from typing import Any
 import torch
 from PIL import Image
 
-from mae_core.checkpoint import CheckpointError, load_weights
-from mae_core.files import sha256_file
+from mae_core.checkpoint import load_weights
 from mae_core.data import eval_transform
-from mae_core.hub import parse_model_id, resolve, resolve_local
+from mae_core.distributed import resolve_device
+from mae_core.files import sha256_file
+from mae_core.hub import parse_model_id, resolve
 from mae_core.model import MaskedAutoencoder
 from mae_core.visualize import Panels, reconstruction_panels
 
-from .imaging import center_square
+from .exceptions import NoDecoder
+from .imaging import ImageLimits, center_square, decode
 
 log = logging.getLogger("mae.service")
 POOLINGS = ("cls", "mean")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def pick_device(name: str) -> torch.device:
-    """auto -> cuda when available, else cpu; an explicit CUDA device must exist."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError(f"device {name!r} asked for, but CUDA is not available here")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise RuntimeError(
-                f"device {name!r} asked for, but only {torch.cuda.device_count()} CUDA device(s)"
-            )
-    return device
 
 
 def pick_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -96,15 +85,12 @@ class Engine:
         models_dir: Path | None = None,
     ) -> None:
         parsed = parse_model_id(model_id)
-        if parsed.scheme == "local":
-            path = resolve_local(parsed.name, parsed.revision, root=models_dir)
-        else:
-            path = resolve(parsed)
+        path = resolve(parsed, models_dir)
         # Keep the decoder only when reconstructions are on *and* the weights carry one.
         model = load_weights(path, with_decoder=None if with_decoder else False)
         if with_decoder and not model.has_decoder:
             log.warning("%s has no decoder: /v1/reconstructions is off for it", model_id)
-        self.device = pick_device(device)
+        self.device = resolve_device(device)
         self.dtype = pick_dtype(dtype, self.device)
         self.model: MaskedAutoencoder = model.to(self.device).eval()
         self.model.requires_grad_(False)
@@ -140,6 +126,23 @@ class Engine:
         return int(cfg.img_size / min(cfg.crop_pct, 1.0)) + 1
 
     # -- preprocessing (runs in the request's thread pool) --------------------------------
+    def prepare(
+        self, data: bytes, limits: ImageLimits, what: str = "image", reconstruction: bool = False
+    ) -> torch.Tensor:
+        """Client bytes -> (3, S, S) float32, ready to batch: checked and decoded (large
+        JPEGs at a reduced scale, `min_side`), then `preprocess` (or, for a
+        reconstruction, `preprocess_for_reconstruction`)."""
+        img = decode(
+            data,
+            max_bytes=limits.max_bytes,
+            max_pixels=limits.max_pixels,
+            min_side=self.min_side(),
+            what=what,
+        )
+        if reconstruction:
+            return self.preprocess_for_reconstruction(img)
+        return self.preprocess(img)
+
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         """RGB image -> (3, S, S) float32, as the model's `pretrained_cfg` says."""
         return eval_transform(center_square(image), self.model.config)
@@ -164,7 +167,7 @@ class Engine:
     def reconstruct(self, x: torch.Tensor, mask_ratio: float, seed: int) -> Panels:
         """x (3, S, S) -> the four panels, mask, per-patch error and loss."""
         if not self.has_decoder:
-            raise CheckpointError(f"model {self.id} was loaded without its decoder")
+            raise NoDecoder(f"model {self.id} was loaded without its decoder")
         with self._autocast():
             return reconstruction_panels(self.model, x, mask_ratio=mask_ratio, seed=seed)
 

@@ -1,8 +1,12 @@
-"""The service's errors: JSON `{"error": {"code", "message"}}` with the right status.
+"""The service's errors as HTTP answers: JSON `{"error": {"code", "message"}}` with the
+right status.
 
-Routes and the layers under them raise `APIError` (or a subclass); `install_handlers`
-turns it, FastAPI's validation errors and Starlette's HTTP errors into that shape. The hub
-routes keep the Hub's own error shape (`routes/hub.py`), which `huggingface_hub` parses.
+Two kinds reach here. The engine side (imaging, engine, batcher, registry) raises the
+plain exceptions of `exceptions.py`; `STATUS` below is the one map from each to its
+status. The HTTP layer (forms, auth, routes) raises `APIError` for what only HTTP knows
+(a media type, a missing key). `install_handlers` turns both, FastAPI's validation errors
+and Starlette's HTTP errors into the one shape. The hub routes keep the Hub's own error
+shape (`routes/hub.py`), which `huggingface_hub` parses.
 """
 
 from __future__ import annotations
@@ -13,6 +17,21 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .exceptions import (
+    DeadlineExceeded,
+    DeviceFailure,
+    InvalidImage,
+    InvalidInput,
+    NoDecoder,
+    NotReady,
+    OutOfMemory,
+    QueueFull,
+    ServiceError,
+    TooLarge,
+    UnknownModel,
+    UnsupportedImage,
+)
 
 HUB_PREFIXES = ("/api/", "/lfs/")
 
@@ -36,36 +55,40 @@ class APIError(Exception):
         self.headers = headers or {}
 
 
-class InvalidImage(APIError):
-    status, code = 400, "invalid_image"
-
-
-class UnsupportedImage(APIError):
-    status, code = 415, "unsupported_image"
-
-
-class TooLarge(APIError):
-    status, code = 413, "too_large"
-
-
 class Unauthorized(APIError):
     status, code = 401, "unauthorized"
 
 
-class NotFound(APIError):
-    status, code = 404, "not_found"
+class ClientClosed(APIError):
+    """The client went away before its answer was ready (nginx's 499: never sent)."""
+
+    status, code = 499, "client_closed"
 
 
-class QueueFull(APIError):
-    status, code = 429, "queue_full"
+# The engine side's errors (`exceptions.py`) and the status each answers with.
+STATUS: dict[type[ServiceError], int] = {
+    InvalidImage: 400,
+    UnsupportedImage: 415,
+    TooLarge: 413,
+    InvalidInput: 422,
+    UnknownModel: 404,
+    NoDecoder: 409,
+    NotReady: 503,
+    QueueFull: 429,
+    DeadlineExceeded: 504,
+    OutOfMemory: 507,
+    DeviceFailure: 500,
+}
 
 
-class NotReady(APIError):
-    status, code = 503, "not_ready"
+def status_of(exc: ServiceError) -> int:
+    """The HTTP status of an engine-side error (500 for one not in `STATUS`)."""
+    return next((STATUS[k] for k in type(exc).__mro__ if k in STATUS), 500)
 
 
-class DeadlineExceeded(APIError):
-    status, code = 504, "deadline_exceeded"
+def service_error_response(exc: ServiceError) -> JSONResponse:
+    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, QueueFull) else None
+    return error_response(status_of(exc), exc.code, exc.message, headers)
 
 
 def error_response(
@@ -99,6 +122,10 @@ def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> JSONResponse:
         return error_response(exc.status, exc.code, exc.message, exc.headers)
+
+    @app.exception_handler(ServiceError)
+    async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        return service_error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -1,4 +1,4 @@
-"""Client bytes -> a checked RGB `PIL.Image`, or an `APIError` naming the problem.
+"""Client bytes -> a checked RGB `PIL.Image`, or an error (`exceptions.py`) naming the problem.
 
 Run in a thread pool (decoding is CPU work). The order of checks matters:
 1. size in bytes, then the format, from the header only (`Image.open` is lazy);
@@ -16,11 +16,12 @@ import contextlib
 import io
 import re
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import InvalidImage, TooLarge, UnsupportedImage
+from .exceptions import InvalidImage, TooLarge, UnsupportedImage
 
 # Raster formats we accept. Pillow can open more (EPS runs Ghostscript, for one); an
 # explicit list keeps the attack surface to the common, well-fuzzed decoders. (JPEG's
@@ -30,6 +31,14 @@ FORMATS = tuple(f for f in ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "AVIF")
 _DATA_URL = re.compile(r"^data:([\w.+/-]*)((?:;[\w=.+-]+)*?)(;base64)?,", re.IGNORECASE)
 _BASE64_CHARS = re.compile(rb"^[A-Za-z0-9+/_-]*={0,2}$")
 _BMP_HEADER_SIZES = (12, 16, 40, 52, 56, 64, 108, 124)  # the DIB header variants
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """What one client image may weigh: bytes, and width x height before decoding."""
+
+    max_bytes: int
+    max_pixels: int
 
 
 def decode_base64(text: str, max_bytes: int, what: str = "image") -> bytes:

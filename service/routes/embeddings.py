@@ -17,8 +17,9 @@ from pydantic import ValidationError
 from ..engine import POOLINGS
 from ..errors import APIError
 from ..imaging import decode_base64
-from ..runtime import Runtime, RuntimeDep, require_key, until_disconnect
+from ..registry import Registry
 from ..schemas import Embedding, EmbeddingOptions, EmbeddingRequest, EmbeddingResponse, Usage
+from ..web import RegistryDep, check_count, deadline, require_key, until_disconnect
 from . import forms
 
 router = APIRouter(prefix="/v1", tags=["embeddings"], dependencies=[Depends(require_key)])
@@ -50,44 +51,46 @@ _UPLOAD_BODY = {
 
 
 @router.post("/embeddings", response_model=EmbeddingResponse)
-async def embeddings(request: Request, rt: RuntimeDep) -> EmbeddingResponse:
+async def embeddings(request: Request, models: RegistryDep) -> EmbeddingResponse:
     """Embed base64 or data-URL images (OpenAI-style body, `application/json`)."""
-    deadline = rt.deadline()
+    until = deadline(request)
     body = await forms.read_json(request, EmbeddingRequest, upload_hint="/v1/embeddings/upload")
-    rt.check_count(len(body.input))
-    limit = rt.settings.max_image_bytes
+    check_count(request, len(body.input))
+    limit = models.settings.max_image_bytes
     blobs = [decode_base64(s, limit, what=f"input[{i}]") for i, s in enumerate(body.input)]
     names = [f"input[{i}]" for i in range(len(blobs))]
-    return await _embed(request, rt, blobs, names, body, deadline)
+    return await _embed(request, models, blobs, names, body, until)
 
 
 @router.post("/embeddings/upload", response_model=EmbeddingResponse, openapi_extra=_UPLOAD_BODY)
-async def embeddings_upload(request: Request, rt: RuntimeDep) -> EmbeddingResponse:
+async def embeddings_upload(request: Request, models: RegistryDep) -> EmbeddingResponse:
     """Embed uploaded image files (`multipart/form-data`, one `file` part per image)."""
-    deadline = rt.deadline()
-    form = await forms.read_form(request, max_files=rt.settings.max_images_per_request)
+    until = deadline(request)
+    form = await forms.read_form(request, max_files=models.settings.max_images_per_request)
     files = await forms.files(form, "file")
-    rt.check_count(len(files))
+    check_count(request, len(files))
     fields = forms.fields(form, ("model", "pooling", "normalize", "encoding_format"))
     try:
         options = EmbeddingOptions.model_validate(fields, strict=False)
     except ValidationError as exc:
         raise forms.invalid(exc) from None
     names = [f"file[{i}] ({name})" for i, (name, _) in enumerate(files)]
-    return await _embed(request, rt, [data for _, data in files], names, options, deadline)
+    return await _embed(request, models, [data for _, data in files], names, options, until)
 
 
 async def _embed(
     request: Request,
-    rt: Runtime,
+    models: Registry,
     blobs: list[bytes],
     names: list[str],
     options: EmbeddingOptions,
-    deadline: float,
+    until: float,
 ) -> EmbeddingResponse:
-    served = rt.get(options.model)
-    batch = await rt.images_to_tensor(blobs, served.engine, names)
-    pooled = await until_disconnect(request, served.batcher.embed(batch, deadline))
+    """The path of every embedding: registry -> decode and preprocess (engine, in threads)
+    -> batcher -> worker -> engine.embed (the forward) -> pooled rows back here."""
+    served = models.get(options.model)
+    batch = await served.images(blobs, names)
+    pooled = await until_disconnect(request, served.batcher.embed(batch, until))
     vectors = pooled[:, POOLINGS.index(options.pooling)]  # (n, D)
     if options.normalize:
         vectors = torch.nn.functional.normalize(vectors, dim=-1)

@@ -15,24 +15,24 @@ router = APIRouter(tags=["health"])
 @router.get("/health")
 async def health(request: Request) -> Any:
     """200 while the process can serve; 503 when loading the model failed (restart it)."""
-    rt = request.app.state.runtime
-    if rt is not None and rt.error:
-        return error_response(503, "load_failed", f"the model failed to load: {rt.error}")
+    models = request.app.state.registry
+    if models.error:
+        return error_response(503, "load_failed", f"the model failed to load: {models.error}")
     return {"status": "ok"}
 
 
 @router.get("/ready")
 async def ready(request: Request) -> Any:
     """200 once every model is loaded and warmed up (always, for a hub-only server)."""
-    rt, store = request.app.state.runtime, request.app.state.store
-    if rt is None:
+    models, store = request.app.state.registry, request.app.state.store
+    if models.settings.hub_only:
         return {"status": "ready", "models": [], "models_dir": str(store.root)}
-    if not rt.ready:
-        if rt.error:
-            return error_response(503, "load_failed", f"the model failed to load: {rt.error}")
+    if not models.ready:
+        if models.error:
+            return error_response(503, "load_failed", f"the model failed to load: {models.error}")
         return error_response(503, "not_ready", "loading and warming up the model(s)")
-    queued = {mid: s.batcher.queued_images for mid, s in rt.models.items()}
-    return {"status": "ready", "models": list(rt.models), "queued_images": queued}
+    queued = {mid: s.batcher.queued_images for mid, s in models.models.items()}
+    return {"status": "ready", "models": list(models.models), "queued_images": queued}
 
 
 @router.get("/metrics", include_in_schema=False)

@@ -6,13 +6,13 @@ from dataclasses import asdict
 
 from fastapi import APIRouter, Depends
 
-from ..runtime import RuntimeDep, require_key
 from ..schemas import ModelCard, ModelList
+from ..web import RegistryDep, require_key
 
 router = APIRouter(prefix="/v1", tags=["models"], dependencies=[Depends(require_key)])
 
 
 @router.get("/models", response_model=ModelList)
-async def models(rt: RuntimeDep) -> ModelList:
-    rt.get(None)  # 503 until the models are loaded and warm
-    return ModelList(data=[ModelCard(**asdict(s.engine.info)) for s in rt.models.values()])
+async def models(registry: RegistryDep) -> ModelList:
+    registry.get(None)  # 503 until the models are loaded and warm
+    return ModelList(data=[ModelCard(**asdict(s.engine.info)) for s in registry.models.values()])

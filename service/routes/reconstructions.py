@@ -21,15 +21,15 @@ from pydantic import ValidationError
 
 from mae_core.visualize import Panels, panels_figure
 
-from ..errors import APIError, TooLarge
+from ..exceptions import NoDecoder, TooLarge
 from ..imaging import decode_base64
-from ..runtime import RuntimeDep, require_key, until_disconnect
 from ..schemas import (
     ReconstructionOptions,
     ReconstructionPanels,
     ReconstructionRequest,
     ReconstructionResponse,
 )
+from ..web import RegistryDep, deadline, require_key, until_disconnect
 from . import forms
 
 router = APIRouter(prefix="/v1", tags=["reconstructions"], dependencies=[Depends(require_key)])
@@ -58,9 +58,9 @@ _BODY = {
 
 
 @router.post("/reconstructions", response_model=ReconstructionResponse, openapi_extra=_BODY)
-async def reconstructions(request: Request, rt: RuntimeDep) -> Response:
+async def reconstructions(request: Request, models: RegistryDep) -> Response:
     """Mask one image at `mask_ratio` with `seed`, reconstruct it with the MAE decoder."""
-    deadline = rt.deadline()
+    until = deadline(request)
     if forms.media_type(request) == "multipart/form-data":
         form = await forms.read_form(request, max_files=1)
         files = await forms.files(form, "file")
@@ -76,23 +76,21 @@ async def reconstructions(request: Request, rt: RuntimeDep) -> Response:
         what = f"file ({name})"
     else:
         body = await forms.read_json(request, ReconstructionRequest)
-        data = decode_base64(body.image, rt.settings.max_image_bytes, what="image")
+        data = decode_base64(body.image, models.settings.max_image_bytes, what="image")
         options, what = body, "image"
 
-    served = rt.get(options.model)
+    served = models.get(options.model)
     engine = served.engine
     if not engine.has_decoder:
         reason = (
             "the service runs with MAE_RECONSTRUCTION=false"
-            if not rt.settings.reconstruction
+            if not models.settings.reconstruction
             else "its weights hold the encoder only"
         )
-        raise APIError(
-            f"model {engine.id} cannot reconstruct: {reason}", status=409, code="no_decoder"
-        )
+        raise NoDecoder(f"model {engine.id} cannot reconstruct: {reason}")
     seed = options.seed if options.seed is not None else secrets.randbelow(2**31)
-    x = (await rt.images_to_tensor([data], engine, [what], reconstruction=True))[0]
-    work = served.batcher.run(lambda: engine.reconstruct(x, options.mask_ratio, seed), deadline)
+    x = (await served.images([data], [what], reconstruction=True))[0]
+    work = served.batcher.run(lambda: engine.reconstruct(x, options.mask_ratio, seed), until)
     panels: Panels = await until_disconnect(request, work)
 
     if _wants_png(request):

@@ -24,7 +24,8 @@ from skimage import data as skdata
 from mae_core import load_model
 from mae_core.data import eval_transform
 from service.engine import Engine
-from service.errors import InvalidImage, TooLarge, UnsupportedImage
+from service.errors import status_of
+from service.exceptions import InvalidImage, TooLarge, UnsupportedImage
 from service.imaging import (
     MAX_ASPECT,
     center_square,
@@ -232,7 +233,7 @@ def test_truncated_files_are_invalid_never_unsupported_nor_half_images(fmt: str)
         with pytest.raises(InvalidImage) as info:
             decode(full[:cut], **LIMITS, what="file[0]")
         assert "truncated" in info.value.message, (cut, info.value.message)
-        assert info.value.status == 400
+        assert status_of(info.value) == 400
 
 
 def test_formats_outside_the_allow_list_are_unsupported() -> None:

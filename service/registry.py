@@ -1,0 +1,132 @@
+"""The served models: each an `Engine` and its `Batcher`, loaded by the app's lifespan.
+
+`Registry.load()` loads, warms up and starts every model of `MAE_MODEL` in turn; `ready`
+turns true only when all of them are, and a failure is kept in `error` (for /health and
+/ready). `get(name)` finds a served model by id or alias. `Served.images()` turns a
+request's image bytes into one batch, decoding and preprocessing each image in a worker
+thread. No HTTP here: lookups raise `exceptions.py`'s errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from dataclasses import dataclass, field
+
+import torch
+from anyio import to_thread
+
+from .batcher import Batcher
+from .engine import Engine
+from .exceptions import NotReady, UnknownModel
+from .imaging import ImageLimits
+from .metrics import Metrics
+from .settings import Settings
+
+log = logging.getLogger("mae.service")
+
+
+@dataclass
+class Served:
+    engine: Engine
+    batcher: Batcher
+    limits: ImageLimits
+
+    async def images(
+        self, blobs: list[bytes], names: list[str], reconstruction: bool = False
+    ) -> torch.Tensor:
+        """Every image checked, decoded and preprocessed off the event loop -> (n, 3, S, S).
+        `names` say which image a problem is with (input[2], file[0] (cat.jpg), ...)."""
+        prepare = functools.partial(self.engine.prepare, limits=self.limits)
+        tensors = await asyncio.gather(
+            *(
+                to_thread.run_sync(
+                    functools.partial(prepare, b, what=n, reconstruction=reconstruction)
+                )
+                for b, n in zip(blobs, names, strict=True)
+            )
+        )
+        return torch.stack(tensors)
+
+
+@dataclass
+class Registry:
+    settings: Settings
+    metrics: Metrics
+    models: dict[str, Served] = field(default_factory=dict)  # id -> served, in MAE_MODEL order
+    aliases: dict[str, str] = field(default_factory=dict)  # alias -> id
+    ready: bool = False
+    error: str | None = None  # why loading failed
+
+    async def load(self) -> None:
+        """Load, warm up and start every model; `ready` turns true only at the end."""
+        try:
+            for model_id in self.settings.model:
+                await self._load(model_id)
+        except Exception as exc:
+            self.error = f"{type(exc).__name__}: {exc}"
+            log.error("could not load the model(s): %s", self.error)
+            return
+        self.ready = True
+        self.metrics.ready.set(1)
+
+    async def _load(self, model_id: str) -> None:
+        s = self.settings
+        t0 = time.perf_counter()
+        engine = await to_thread.run_sync(
+            functools.partial(
+                Engine,
+                model_id,
+                device=s.device,
+                dtype=s.dtype,
+                with_decoder=s.reconstruction,
+                models_dir=s.models_dir,
+            )
+        )
+        if s.warmup:
+            await to_thread.run_sync(engine.warmup, s.max_batch_images)
+        batcher = Batcher(
+            engine,
+            max_batch_images=s.max_batch_images,
+            max_wait_s=s.max_batch_wait_ms / 1000.0,
+            max_queue_images=s.max_queue_images,
+            metrics=self.metrics,
+        )
+        batcher.start()
+        limits = ImageLimits(max_bytes=s.max_image_bytes, max_pixels=s.max_image_pixels)
+        self.models[engine.id] = Served(engine, batcher, limits)
+        for alias in [model_id, *engine.info.aliases]:
+            self.aliases.setdefault(alias, engine.id)
+        log.info(
+            "serving %s (%s, %s, heads: %s) ready in %.1f s",
+            engine.id,
+            engine.info.device,
+            engine.info.dtype,
+            "+".join(engine.info.heads),
+            time.perf_counter() - t0,
+        )
+
+    async def close(self) -> None:
+        """Stop taking work; each batcher finishes what is queued."""
+        self.ready = False
+        self.metrics.ready.set(0)
+        await asyncio.gather(*(served.batcher.close() for served in self.models.values()))
+
+    def get(self, name: str | None) -> Served:
+        """The model served as `name` (an id or alias; None: the first one)."""
+        if self.settings.hub_only:
+            raise UnknownModel("this server serves no models: it runs the hub only (MAE_HUB_ONLY)")
+        if not self.ready:
+            raise NotReady(
+                f"the model failed to load: {self.error}" if self.error else "models are loading"
+            )
+        if name is None:
+            return next(iter(self.models.values()))
+        model_id = self.aliases.get(name, name)
+        if model_id not in self.models:
+            raise UnknownModel(
+                f"model {name!r} is not served here; served: {', '.join(self.models)}"
+            )
+        return self.models[model_id]
