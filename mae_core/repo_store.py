@@ -279,11 +279,13 @@ class RepoStore:
 
     def commit_info(self, repo_id: str, oid: str) -> Commit:
         repo = self._existing(repo_id)
+        if not SHA_RE.fullmatch(oid):  # checked before it becomes part of a path
+            raise RevisionNotFound(f"{repo_id} has no commit {oid!r}")
         record = repo / "commits" / f"{oid}.json"
         if record.is_file():
             return Commit.from_json(record.read_text())
         snapshot = repo / "snapshots" / oid
-        if SHA_RE.match(oid) and snapshot.is_dir():
+        if snapshot.is_dir():
             return self._describe_snapshot(snapshot, oid)
         raise RevisionNotFound(f"{repo_id} has no commit {oid}")
 

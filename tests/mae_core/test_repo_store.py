@@ -1,0 +1,420 @@
+"""The embedded hub's RepoStore on real files: concurrent commits from threads and
+processes, stale parents, crashes part-way through a commit or an upload, the repo-id and
+path rules, and revision lookup. The HTTP view of the same store is tests/service/test_hub.py.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import mae_core.repo_store as repo_store
+from mae_core.hub import parse_model_id
+from mae_core.repo_store import (
+    EntryNotFound,
+    HubError,
+    RepoStore,
+    RevisionNotFound,
+    StaleParent,
+    check_repo_id,
+    is_repo_id,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO = "team/store"
+
+# A committer in another process: imports only the store (no torch, ~0.1 s), says it is
+# ready, waits for the shared start signal, commits `n` distinct files, prints the shas.
+WORKER = """
+import json, sys, time
+from pathlib import Path
+from mae_core.repo_store import RepoStore
+root, name, n, go = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), Path(sys.argv[4])
+(go.parent / f"ready-{name}").touch()
+deadline = time.monotonic() + 60
+while not go.exists():
+    if time.monotonic() > deadline:
+        sys.exit("never told to start")
+    time.sleep(0.001)
+store = RepoStore(root)
+print(json.dumps([
+    store.commit("team/store", "main", add=[(f"{name}/{i}.txt", f"{name} {i}".encode())],
+                 summary=f"{name} {i}")
+    for i in range(n)
+]))
+"""
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> RepoStore:
+    """A store with one repo holding only its initial commit on main."""
+    s = RepoStore(tmp_path / "models")
+    assert s.create_repo(REPO)
+    return s
+
+
+def listing(folder: Path) -> set[str]:
+    """Every name under `folder`, hidden temporaries included."""
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*")}
+
+
+def history(store: RepoStore, head: str) -> list[str]:
+    """The commits from `head` back to the root, following parent links."""
+    chain, oid = [], head
+    while oid is not None:
+        assert oid not in chain, f"{oid} is its own ancestor"
+        chain.append(oid)
+        oid = store.commit_info(REPO, oid).parent
+    return chain
+
+
+def snapshot_bytes(store: RepoStore, oid: str) -> dict[str, bytes]:
+    snap = store.repo_dir(REPO) / "snapshots" / oid
+    return {p.relative_to(snap).as_posix(): p.read_bytes() for p in snap.rglob("*") if p.is_file()}
+
+
+def check_snapshot_loadable(store: RepoStore, oid: str) -> None:
+    """Each file of the snapshot is a symlink into blobs/ whose bytes hash to the sha256
+    its commit records, and the snapshot holds exactly the commit's files."""
+    repo = store.repo_dir(REPO)
+    snap, blobs = repo / "snapshots" / oid, (repo / "blobs").resolve()
+    record = store.commit_info(REPO, oid)
+    found = set()
+    for link in snap.rglob("*"):
+        if link.is_dir() and not link.is_symlink():
+            continue
+        rel = link.relative_to(snap).as_posix()
+        found.add(rel)
+        assert link.is_symlink(), f"{oid[:8]}/{rel} is not a symlink"
+        target = link.resolve()
+        assert target.parent == blobs, f"{oid[:8]}/{rel} points at {target}"
+        digest = hashlib.sha256(target.read_bytes()).hexdigest()
+        assert digest == target.name == record.files[rel].sha256, f"{oid[:8]}/{rel}"
+    assert found == set(record.files), oid
+
+
+def temporaries(repo: Path) -> list[str]:
+    """Hidden temporary files or folders left in blobs/, snapshots/, refs/ or commits/."""
+    return [
+        p.relative_to(repo).as_posix()
+        for sub in ("blobs", "snapshots", "refs", "commits")
+        for p in (repo / sub).iterdir()
+        if p.name.startswith(".")
+    ]
+
+
+# -- concurrency ----------------------------------------------------------------------------
+def test_concurrent_commits_from_threads_and_processes_form_one_chain(
+    store: RepoStore, tmp_path: Path
+) -> None:
+    initial = store.resolve_revision(REPO, "main")
+    go = tmp_path / "go"
+    per_worker = 3
+    procs = {
+        name: subprocess.Popen(
+            [sys.executable, "-c", WORKER, str(store.root), name, str(per_worker), str(go)],
+            cwd=REPO_ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name in ("proc0", "proc1")
+    }
+    try:
+        # Start everyone together, so the processes really race the threads.
+        deadline = time.monotonic() + 30
+        while not all((tmp_path / f"ready-{n}").exists() for n in procs):
+            assert time.monotonic() < deadline, "worker processes did not start"
+            assert all(p.poll() is None for p in procs.values()), "a worker process died"
+            time.sleep(0.005)
+        start = threading.Event()
+        results: dict[str, list[str]] = {}
+        errors: list[BaseException] = []
+
+        def commit_from_thread(name: str) -> None:
+            start.wait()
+            try:
+                results[name] = [
+                    store.commit(
+                        REPO, "main", add=[(f"{name}/{i}.txt", f"{name} {i}".encode())],
+                        summary=f"{name} {i}", parent_commit=None,
+                    )
+                    for i in range(per_worker)
+                ]  # fmt: skip
+            except BaseException as e:  # reported below, in the test's own thread
+                errors.append(e)
+
+        threads = [
+            threading.Thread(target=commit_from_thread, args=(f"thread{i}",)) for i in range(3)
+        ]
+        for t in threads:
+            t.start()
+        go.touch()
+        start.set()
+        for t in threads:
+            t.join(timeout=60)
+        for name, p in procs.items():
+            out, err = p.communicate(timeout=60)
+            assert p.returncode == 0, f"{name}: {err}"
+            results[name] = json.loads(out)
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
+    assert not errors, errors
+    assert sorted(results) == ["proc0", "proc1", "thread0", "thread1", "thread2"]
+
+    returned = [oid for shas in results.values() for oid in shas]
+    assert len(returned) == 5 * per_worker and len(set(returned)) == len(returned)
+    head = store.resolve_revision(REPO, "main")
+    chain = history(store, head)
+    # One chain back to the initial commit, holding every returned commit exactly once.
+    assert chain[-1] == initial
+    assert sorted(chain[:-1]) == sorted(returned)
+    order = {oid: i for i, oid in enumerate(reversed(chain))}
+    for name, shas in results.items():  # each worker's commits land in the order it made them
+        assert [order[o] for o in shas] == sorted(order[o] for o in shas), name
+    # No lost update: each commit is its parent plus exactly the one file it added.
+    for oid in chain[:-1]:
+        record = store.commit_info(REPO, oid)
+        added = set(record.files) - set(store.commit_info(REPO, record.parent).files)
+        assert len(added) == 1 and len(record.files) == order[oid] + 1, oid
+    expected = {
+        f"{name}/{i}.txt": f"{name} {i}".encode() for name in results for i in range(per_worker)
+    }
+    head_files = snapshot_bytes(store, head)
+    assert set(head_files) == {*expected, ".gitattributes"}
+    assert {k: v for k, v in head_files.items() if k in expected} == expected
+    snapshots = store.repo_dir(REPO) / "snapshots"
+    assert {p.name for p in snapshots.iterdir()} == set(chain)
+    for oid in chain:
+        check_snapshot_loadable(store, oid)
+    assert temporaries(store.repo_dir(REPO)) == []
+
+
+# -- stale parent ----------------------------------------------------------------------------
+def test_a_stale_parent_is_refused_and_changes_nothing(store: RepoStore) -> None:
+    repo = store.repo_dir(REPO)
+    before_a = store.resolve_revision(REPO, "main")
+    a = store.commit(REPO, "main", add=[("a.txt", b"a")], parent_commit=before_a)
+    assert store.commit_info(REPO, a).parent == before_a
+    state = {sub: listing(repo / sub) for sub in ("blobs", "snapshots", "refs", "commits")}
+
+    with pytest.raises(StaleParent) as refused:
+        store.commit(REPO, "main", add=[("b.txt", b"b")], parent_commit=before_a)
+    assert refused.value.status == 412 and refused.value.code == "PreconditionFailed"
+    assert before_a[:12] in refused.value.message and a[:12] in refused.value.message
+    assert store.resolve_revision(REPO, "main") == a
+    assert {sub: listing(repo / sub) for sub in state} == state
+    # The same commit against the real head goes through.
+    b = store.commit(REPO, "main", add=[("b.txt", b"b")], parent_commit=a)
+    assert store.commit_info(REPO, b).parent == a and store.resolve_revision(REPO, "main") == b
+
+
+# -- crashes ---------------------------------------------------------------------------------
+def test_a_crash_before_the_ref_moves_keeps_the_previous_revision(
+    store: RepoStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = store.repo_dir(REPO)
+    old = store.commit(REPO, "main", add=[("weights.bin", b"\x00" * 64), ("cfg/a.json", b"{}")])
+    old_files = snapshot_bytes(store, old)
+    old_record = (repo / "commits" / f"{old}.json").read_bytes()
+    real_write = repo_store.write_atomic
+
+    def crash_on_ref(path: str | os.PathLike[str], data: bytes | str) -> None:
+        if Path(path).parent.name == "refs":  # the last step: snapshot and record are written
+            raise OSError(errno.EIO, "simulated crash before the ref moved", str(path))
+        real_write(path, data)
+
+    with monkeypatch.context() as m:
+        m.setattr(repo_store, "write_atomic", crash_on_ref)
+        with pytest.raises(OSError, match="simulated crash"):
+            store.commit(REPO, "main", add=[("lost.txt", b"never published")])
+    orphans = {p.name for p in (repo / "snapshots").iterdir()} - set(history(store, old))
+    assert len(orphans) == 1  # the crash really happened after the snapshot was written
+
+    assert store.resolve_revision(REPO, "main") == old
+    assert snapshot_bytes(store, old) == old_files
+    assert (repo / "commits" / f"{old}.json").read_bytes() == old_record
+    check_snapshot_loadable(store, old)
+    fresh = RepoStore(store.root)
+    assert fresh.resolve_revision(REPO, "main") == old and fresh.branches(REPO) == {"main": old}
+    assert temporaries(repo) == []
+
+    # No clean-up needed: the next commit builds on the old head, without the lost file.
+    new = store.commit(REPO, "main", add=[("next.txt", b"next")])
+    assert store.commit_info(REPO, new).parent == old
+    assert store.resolve_revision(REPO, "main") == new
+    assert set(snapshot_bytes(store, new)) == {*old_files, "next.txt"}
+    assert orphans.isdisjoint(history(store, new))
+    check_snapshot_loadable(store, new)
+
+
+def test_a_crash_while_writing_a_blob_leaves_no_partial_file(
+    store: RepoStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = store.repo_dir(REPO)
+    head = store.resolve_revision(REPO, "main")
+    state = {sub: listing(repo / sub) for sub in ("blobs", "snapshots", "refs", "commits")}
+    seen_mid_write: list[str] = []
+
+    def disk_full(fd: int) -> None:
+        # The bytes are in the temporary file; the fsync before its rename fails.
+        seen_mid_write.extend(sorted(listing(repo / "blobs") - state["blobs"]))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "fsync", disk_full)
+        with pytest.raises(OSError, match="No space left"):
+            store.commit(REPO, "main", add=[("big.bin", b"x" * 4096)])
+    sha = hashlib.sha256(b"x" * 4096).hexdigest()
+    assert len(seen_mid_write) == 1 and seen_mid_write[0].startswith(f".{sha}.")
+    assert {sub: listing(repo / sub) for sub in state} == state
+    assert store.resolve_revision(REPO, "main") == head
+
+    # An upload whose stream breaks after its first chunk: the same, through put_blob.
+    payload = os.urandom(3000)
+    sha = hashlib.sha256(payload).hexdigest()
+
+    def dropped() -> Iterator[bytes]:
+        yield payload[:1000]
+        seen_mid_write.extend(sorted(listing(repo / "blobs") - state["blobs"]))
+        raise ConnectionResetError("client went away")
+
+    with pytest.raises(ConnectionResetError):
+        store.put_blob(REPO, sha, len(payload), dropped())
+    assert len(seen_mid_write) == 2 and seen_mid_write[1].startswith(f".{sha}.")
+    assert listing(repo / "blobs") == state["blobs"]
+    assert not store.has_blob(REPO, sha, len(payload))
+
+
+# -- uploads ---------------------------------------------------------------------------------
+PAYLOAD = b"lfs object " * 300
+PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()
+
+
+@pytest.mark.parametrize(
+    ("sha256", "size", "message"),
+    [
+        (PAYLOAD_SHA, len(PAYLOAD) + 1, r"got 3300 bytes .* expected 3301 bytes"),
+        (PAYLOAD_SHA, len(PAYLOAD) - 1, "larger than the declared 3299 bytes"),
+        (hashlib.sha256(b"other").hexdigest(), len(PAYLOAD), "does not match its declaration"),
+        ("NOT-A-SHA", len(PAYLOAD), "invalid LFS object"),
+    ],
+    ids=["too-short", "too-long", "wrong-sha", "malformed-sha"],
+)
+def test_put_blob_with_a_wrong_declaration_stores_nothing(
+    store: RepoStore, sha256: str, size: int, message: str
+) -> None:
+    blobs = store.repo_dir(REPO) / "blobs"
+    before = listing(blobs)
+    with pytest.raises(HubError, match=message) as refused:
+        store.put_blob(REPO, sha256, size, [PAYLOAD[:1000], PAYLOAD[1000:]])
+    assert refused.value.status == 400
+    assert listing(blobs) == before
+    assert not store.has_blob(REPO, PAYLOAD_SHA, len(PAYLOAD))
+    # The right declaration of the same bytes is stored, from a file-like stream too.
+    with (blobs.parent / "upload").open("wb+") as f:
+        f.write(PAYLOAD)
+        f.seek(0)
+        store.put_blob(REPO, PAYLOAD_SHA, len(PAYLOAD), f)
+    assert listing(blobs) == before | {PAYLOAD_SHA}
+    assert (blobs / PAYLOAD_SHA).read_bytes() == PAYLOAD
+
+
+# -- names -----------------------------------------------------------------------------------
+REFUSED_IDS = ["a..b/c", "a/b..c", "../x", "a/b.git", "a", "a/b/c", "a/" + "b" * 199]
+ACCEPTED_IDS = ["a.b/c-d_e", "ns/name.v2", "a/" + "b" * 198]
+
+
+@pytest.mark.parametrize("repo_id", REFUSED_IDS, ids=lambda s: s if len(s) < 20 else "201-chars")
+def test_bad_repo_ids_are_refused_by_the_store_and_model_ids(repo_id: str, tmp_path: Path) -> None:
+    assert not is_repo_id(repo_id)
+    with pytest.raises(HubError, match="invalid repo id"):
+        check_repo_id(repo_id)
+    with pytest.raises(ValueError, match="<namespace>/<name>"):
+        parse_model_id(f"local:{repo_id}")
+    # Refused before anything touches the disk: no folder is made, inside the root or out.
+    root = tmp_path / "root" / "models"
+    root.mkdir(parents=True)
+    with pytest.raises(HubError, match="invalid repo id"):
+        RepoStore(root).create_repo(repo_id)
+    assert listing(tmp_path) == {"root", "root/models"}
+
+
+@pytest.mark.parametrize("repo_id", ACCEPTED_IDS, ids=lambda s: s if len(s) < 20 else "200-chars")
+def test_good_repo_ids_are_accepted_by_the_store_and_model_ids(
+    repo_id: str, tmp_path: Path
+) -> None:
+    assert is_repo_id(repo_id) and check_repo_id(repo_id) == repo_id
+    mid = parse_model_id(f"local:{repo_id}@main")
+    assert (mid.scheme, mid.name, mid.revision) == ("local", repo_id, "main")
+    store = RepoStore(tmp_path)
+    assert store.create_repo(repo_id) and store.repos() == [repo_id]
+
+
+# -- reading ---------------------------------------------------------------------------------
+def test_resolve_revision_by_unique_prefix_only(store: RepoStore) -> None:
+    head = store.commit(REPO, "main", add=[("a.txt", b"a")])
+    assert store.resolve_revision(REPO, head) == head
+    assert store.resolve_revision(REPO, head[:7]) == head
+    with pytest.raises(RevisionNotFound):
+        store.resolve_revision(REPO, head[:6])  # shorter than a sha may be
+    unknown = next(c * 7 for c in "0123456789abcdef" if not head.startswith(c))
+    with pytest.raises(RevisionNotFound, match="no revision"):
+        store.resolve_revision(REPO, unknown)
+    with pytest.raises(RevisionNotFound, match="no revision 'nope'"):
+        store.resolve_revision(REPO, "nope")
+
+    # A snapshot copied in by hand whose name shares the head's first 10 characters.
+    snapshots = store.repo_dir(REPO) / "snapshots"
+    twin = head[:10] + ("0" if head[10] != "0" else "1") + head[11:]
+    shutil.copytree(snapshots / head, snapshots / twin, symlinks=True)
+    with pytest.raises(RevisionNotFound, match="ambiguous"):
+        store.resolve_revision(REPO, head[:10])
+    assert store.resolve_revision(REPO, head[:11]) == head
+    assert store.resolve_revision(REPO, twin[:11]) == twin
+    assert set(store.commit_info(REPO, twin).files) == {".gitattributes", "a.txt"}
+
+
+@pytest.mark.parametrize("path", ["../x", "/abs", "a//b", ".git/config", "a/../../x", "a\\b"])
+def test_open_file_refuses_paths_that_leave_the_repo(store: RepoStore, path: str) -> None:
+    head = store.commit(REPO, "main", add=[("a/b", b"inside")])
+    entry, blob = store.open_file(REPO, head, "a/b")  # the rule lets a plain path through
+    assert entry.size == 6 and blob.read_bytes() == b"inside"
+    with pytest.raises(HubError, match="invalid file path") as refused:
+        store.open_file(REPO, head, path)
+    assert refused.value.status == 400
+
+
+def test_open_file_refuses_a_symlink_out_of_the_root(store: RepoStore, tmp_path: Path) -> None:
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(b"outside the models folder")
+    snap = store.repo_dir(REPO) / "snapshots" / ("f" * 40)  # copied in by hand, no record
+    snap.mkdir()
+    (snap / "leak.txt").symlink_to(secret)
+    with pytest.raises(EntryNotFound, match="outside the models folder"):
+        store.open_file(REPO, "f" * 40, "leak.txt")
+    head = store.resolve_revision(REPO, "main")
+    with pytest.raises(EntryNotFound, match=r"leak\.txt not found"):
+        store.open_file(REPO, head, "leak.txt")
+
+
+def test_commit_info_refuses_an_oid_that_climbs_out_of_the_root(
+    store: RepoStore, tmp_path: Path
+) -> None:
+    record = {"oid": "x", "parent": None, "summary": "outside", "description": "", "date": ""}
+    (tmp_path / "outside.json").write_text(json.dumps({**record, "files": []}))
+    with pytest.raises(RevisionNotFound):
+        store.commit_info(REPO, "../../../../outside")  # root is tmp_path/models
