@@ -135,7 +135,7 @@
     showModels();
     setStatus("Ready", "ok");
     const next = state.waiting || state.image;
-    state.waiting = null;
+    hold(null);
     if (next) reconstruct(next);
   }
 
@@ -176,10 +176,18 @@
     }, delay);
   }
 
+  // The image to send once the server is ready or has a key (null: none). The page says
+  // which on #results[data-waiting], for people and tests alike.
+  function hold(image) {
+    state.waiting = image;
+    if (image) el.results.dataset.waiting = image.name;
+    else delete el.results.dataset.waiting;
+  }
+
   async function reconstruct(image) {
     clearTimeout(state.timer);
     if (!state.ready) {
-      state.waiting = image;
+      hold(image);
       return;
     }
     const { ok, seed } = seedValue();
@@ -214,7 +222,7 @@
     if (seq !== state.seq) return;
     if (resp.status === 401) {
       state.ready = false;
-      state.waiting = image;
+      hold(image);
       finish(seq, "error");
       needKey(`This server needs an API key: ${await errorText(resp)}`);
       return;
@@ -423,7 +431,7 @@
     state.apiKey = el.key.value.trim();
     clearError();
     setStatus("Checking the key…", "warn");
-    if (state.image && !state.waiting) state.waiting = state.image;
+    if (state.image && !state.waiting) hold(state.image);
     loadModels();
   });
 

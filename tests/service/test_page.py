@@ -457,9 +457,10 @@ def test_api_key_prompt(keyed_server, open_page) -> None:
     assert page.is_visible("#api-key-form")
     # Picking an image meanwhile keeps the prompt's message (it used to clear it, which
     # also raced with the wrong-key answer when the sample's fetch was slow).
-    with page.expect_response(lambda r: "/static/samples/" in r.url):
-        page.locator("#samples button").nth(1).click()
-    page.wait_for_timeout(300)
+    second = page.locator("#samples button").nth(1)
+    second.click()
+    # The page has taken the image in (it now waits for a key) before we look at the message.
+    page.wait_for_selector(f"#results[data-waiting='{second.get_attribute('data-file')}']")
     assert "wrong API key" in page.text_content("#error")
 
     page.fill("#api-key", API_KEY)
@@ -479,8 +480,10 @@ def test_not_ready_server(failed_server, open_page) -> None:
     wait_status(page, "Not ready")
     page.wait_for_selector("#error", state="visible")
     assert "failed to load" in page.text_content("#error")
-    page.locator("#samples button").first.click()
-    page.wait_for_timeout(500)  # a click while not ready is kept, not sent
+    first = page.locator("#samples button").first
+    first.click()
+    # A click while not ready is kept, not sent: wait until the page holds the image.
+    page.wait_for_selector(f"#results[data-waiting='{first.get_attribute('data-file')}']")
     assert tab.posts() == []
     assert page.get_attribute("#results", "data-state") == "empty"
     assert tab.page_errors == [] and tab.dialogs == []

@@ -1,9 +1,11 @@
 """The batcher's promises through a real server: 429 when the queue is full, 504 past the
 deadline, a client that goes away frees its place, SIGTERM drains; and readiness.
 
-A long MAE_MAX_BATCH_WAIT_MS (with a batch that never fills) holds the first request in
-the batch being gathered for that long, which makes queue states reproducible without
-touching the code under test.
+A long MAE_MAX_BATCH_WAIT_MS holds the first request in the batch being gathered until
+the batch fills (or the longest wait allowed passes), which makes queue states
+reproducible without touching the code under test: each test waits for the state it
+needs (a queue depth reached), then releases the hold by filling the batch, never by
+waiting for time to pass.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import pytest
 from .conftest import _free_port, model_settings, serve
 from .test_embeddings import metric
 
-HOLD_MS = 3000.0
+HOLD_MS = 10_000.0  # the longest MAE_MAX_BATCH_WAIT_MS: a hold ends when its batch fills
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +45,7 @@ def _in_background(fn, *args) -> tuple[threading.Thread, dict]:
             out["response"] = fn(*args)
         except Exception as exc:  # the test reads it
             out["error"] = exc
+        out["answered"] = time.monotonic()
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
@@ -59,12 +62,12 @@ def _wait_for(predicate, what: str, timeout: float = 20) -> None:
 
 @pytest.fixture(scope="module")
 def holding_server(small_model_dir, tmp_path_factory):
-    """Queue of 8 images; a request waits HOLD_MS for company before its forward."""
+    """Batches and the queue of 8 images; a forward starts only when its batch is full."""
     settings = model_settings(
         small_model_dir,
         tmp_path_factory.mktemp("models"),
         max_batch_wait_ms=HOLD_MS,
-        max_batch_images=64,
+        max_batch_images=8,
         max_queue_images=8,
         max_images_per_request=8,
     )
@@ -79,7 +82,7 @@ def test_full_queue_answers_429_at_once(holding_server: str, photo: str) -> None
     assert r.status_code == 429
     assert r.json()["error"]["code"] == "queue_full"
     assert int(r.headers["retry-after"]) >= 1
-    small = _post(url, photo, 2)  # 6 + 2 fits: joins the first one's forward
+    small = _post(url, photo, 2)  # 6 + 2 fits, and fills the batch: both run at once
     assert small.status_code == 200
     thread.join(30)
     assert first["response"].status_code == 200
@@ -88,12 +91,15 @@ def test_full_queue_answers_429_at_once(holding_server: str, photo: str) -> None
 
 def test_client_that_goes_away_frees_its_place(holding_server: str, photo: str) -> None:
     url = holding_server
-    # The client gives up after 0.5 s, long before the held forward would start.
+    # The client gives up after 0.5 s, while its batch waits for company: the server must
+    # notice and drop it. Its 6 images then never reach the model, however long it takes.
+    embedded = metric(url, "mae_images_total", kind="embedding")
     thread, first = _in_background(_post, url, photo, 6, 0.5)
     thread.join(30)
     assert isinstance(first.get("error"), httpx.TimeoutException)
     _wait_for(lambda: metric(url, "mae_queue_images") == 0, "the queue to free the images")
     assert _post(url, photo, 8).status_code == 200  # would be 429 if 6 were still held
+    assert metric(url, "mae_images_total", kind="embedding") == embedded + 8
 
 
 def test_deadline_passed_before_the_forward_answers_504(small_model_dir, tmp_path, photo) -> None:
@@ -131,9 +137,14 @@ def test_sigterm_finishes_the_requests_in_flight_then_exits(
     small_model_dir, tmp_path, photo
 ) -> None:
     """`mae serve` as a user runs it: SIGTERM while a request is held in the queue; the
-    request still gets its embeddings, then the process exits and the port is closed."""
+    request still gets its embeddings, then the process exits and the port is closed.
+
+    uvicorn tells the app nothing until the requests in flight are done, so the hold here
+    must end by itself (8 s, well inside the 35 s grace), and it is long enough that the
+    request is certainly still queued when the signal arrives: its answer comes after it."""
     port = _free_port()
-    env = dict(os.environ, MAE_MAX_BATCH_WAIT_MS=str(HOLD_MS), MAE_MODELS_DIR=str(tmp_path))
+    hold_ms = 8000
+    env = dict(os.environ, MAE_MAX_BATCH_WAIT_MS=str(hold_ms), MAE_MODELS_DIR=str(tmp_path))
     cmd = [sys.executable, "-m", "mae_core.cli", "serve", str(small_model_dir), "--port", str(port)]
     proc = subprocess.Popen(
         [*cmd, "--device", "cpu", "--log-level", "warning"],
@@ -154,9 +165,11 @@ def test_sigterm_finishes_the_requests_in_flight_then_exits(
         _wait_for(ready, "mae serve to be ready", timeout=120)
         thread, held = _in_background(_post, url, photo, 2)
         _wait_for(lambda: metric(url, "mae_queue_images") == 2, "the request to queue")
+        signalled = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         thread.join(30)
         assert held["response"].status_code == 200
+        assert held["answered"] > signalled, "the request was answered before the signal"
         assert len(held["response"].json()["data"]) == 2
         # uvicorn re-raises the signal once it has drained, so the status says "SIGTERM".
         assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
