@@ -19,3 +19,19 @@ def test_readme_python_blocks_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         exec(compile(block, str(README), "exec"), namespace)
     assert namespace["emb"].shape == (4, 192)  # type: ignore[attr-defined]
     assert (tmp_path / "my-mae" / "model.safetensors").is_file()
+
+
+def test_layout_names_every_module() -> None:
+    """The Layout section is where a new maintainer starts: it must name every module."""
+    text = README.read_text()
+    layout = text[text.index("## Layout") :]
+    layout = layout[: layout.index("\n## ")]
+    root = README.parent
+    modules = [
+        p.relative_to(root)
+        for package in ("mae_core", "service")
+        for p in sorted((root / package).glob("*.py"))
+        if p.name != "__init__.py"
+    ]
+    missing = [str(m) for m in modules if m.name not in layout]
+    assert not missing, f"README's Layout does not name {missing}"
