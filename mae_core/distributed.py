@@ -123,13 +123,13 @@ def elastic_run_id() -> str | None:
     return os.environ.get("TORCHELASTIC_RUN_ID")
 
 
-def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
+def resolve_device(name: str | torch.device, local_rank: int | None = None) -> torch.device:
     """ "auto" -> CUDA when available, else the CPU; "cuda" / "cuda:N" must exist here.
 
     local_rank: the CUDA device "auto" and "cuda" mean under torchrun (one per process);
     None leaves the index unset (the current device).
     """
-    name = name.strip().lower()
+    name = str(name).strip().lower()
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cpu":

@@ -261,9 +261,12 @@ def evaluate_sources(
     images. The result is `evaluate_model`'s plus "reconstruction", "model_id",
     "revision", "train_data" and "test_data"; JSON-serialisable."""
     from .data import EvalDataset
+    from .distributed import resolve_device
     from .hub import load_model
     from .sources import DataError, held_out_source, index_source, train_split
 
+    if device:
+        resolve_device(device)  # a missing GPU fails before any data is read
     test_source = test_data or held_out_source(data)
     if test_source is None:
         raise DataError(

@@ -21,7 +21,7 @@ from typing import Any
 from .checkpoint import CheckpointError, load_weights
 from .errors import MAEValueError
 from .model import MaskedAutoencoder
-from .repo_store import is_repo_id
+from .repo_store import REPO_ID_RULE, is_repo_id
 
 
 class ModelNotFoundError(CheckpointError):
@@ -53,10 +53,7 @@ def parse_model_id(source: str | os.PathLike[str], revision: str | None = None) 
                     f"{text!r} names revision {rev!r} but revision={revision!r} was given"
                 )
             if not is_repo_id(name):
-                raise MAEValueError(
-                    f"{text!r}: a repo id reads '<namespace>/<name>' (letters, digits, '-', '_', "
-                    "and '.' between them)"
-                )
+                raise MAEValueError(f"{text!r}: a repo id reads {REPO_ID_RULE}")
             if "@" in rev or (rest.endswith("@") and not rev):
                 raise MAEValueError(f"{text!r}: empty or malformed revision after '@'")
             return ModelId(scheme, name, rev or revision)
@@ -126,7 +123,10 @@ def load_model(
     with_decoder: None keeps the decoder when the weights have one, True requires it,
     False leaves it out (embeddings only). `overrides` replace inferred config fields.
     """
+    from .distributed import resolve_device
+
     model_id = parse_model_id(source, revision)
+    target = resolve_device(device) if device else None  # a missing GPU fails before loading
     model = load_weights(resolve(model_id), with_decoder=with_decoder, **overrides)
     model.source_info["model_id"] = str(model_id)
-    return model.to(device) if device else model
+    return model.to(target) if target is not None else model

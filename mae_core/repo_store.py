@@ -134,6 +134,9 @@ class Commit:
         return cls(**data, files=files)
 
 
+REPO_ID_RULE = "'<namespace>/<name>' (letters, digits, '-', '_', and '.' between them)"
+
+
 def is_repo_id(text: object) -> bool:
     """The one rule for repo ids, here and in model ids: `<namespace>/<name>`, each part
     letters, digits, '-' and '_' with single '.' between them (no '..', which could climb
@@ -149,7 +152,7 @@ def is_repo_id(text: object) -> bool:
 def check_repo_id(repo_id: str) -> str:
     if not is_repo_id(repo_id):
         raise HubError(
-            f"invalid repo id {repo_id!r}: use '<namespace>/<name>' (letters, digits, '-', '_', '.')"
+            f"invalid repo id {repo_id!r}: use {REPO_ID_RULE}"
         )
     return repo_id
 
