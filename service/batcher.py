@@ -12,8 +12,9 @@ Admission is bounded in images: a request that would push the queue past
 `max_queue_images` is refused at once (`QueueFull`, with a retry time from the measured
 throughput). A job whose deadline passes before its forward gets `DeadlineExceeded`; one
 whose client went away (its future cancelled) is removed from the queue and frees its
-slot. CUDA out-of-memory splits the batch in halves and retries; a single image that does
-not fit fails alone (`OutOfMemory`). No HTTP here: `errors.py` maps these to statuses.
+slot. CUDA out-of-memory splits the batch in halves and retries; if even one image does
+not fit, every request of that forward gets `OutOfMemory` (its images are all the same
+size, so they would all fail alone too). No HTTP here: `errors.py` maps these to statuses.
 """
 
 from __future__ import annotations
