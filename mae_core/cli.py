@@ -262,7 +262,9 @@ def add_eval(sub: Any) -> None:
     )
     p.add_argument("--batch-size", type=_positive_int, default=256, help="feature extraction batch")
     p.add_argument("--num-workers", type=int, default=min(8, os.cpu_count() or 1))
-    p.add_argument("--device", help="cpu or cuda (default: cuda if available)")
+    p.add_argument(
+        "--device", default="auto", help="auto (default: CUDA when present), cpu, cuda, cuda:N"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the baseline and the probe")
     p.set_defaults(func=cmd_eval)
 
@@ -301,7 +303,7 @@ def add_reconstruct(sub: Any) -> None:
     p.add_argument("--mask-ratio", type=float, default=0.75)
     p.add_argument("--seed", type=int, default=0, help="masking seed")
     p.add_argument("--revision", help="branch or commit for local:/hf-hub: ids")
-    p.add_argument("--device", help="cpu or cuda (default: cpu)")
+    p.add_argument("--device", help="cpu (default), cuda or cuda:N")
     p.set_defaults(func=cmd_reconstruct)
 
 

@@ -122,7 +122,7 @@ class MAEConfig:
 
 
 def _variant_config(name: str) -> MAEConfig:
-    m = _VARIANT_RE.match(name)
+    m = _VARIANT_RE.fullmatch(name)
     if m is None:
         raise MAEValueError(f"unknown MAE variant {name!r}; known variants: {', '.join(VARIANTS)}")
     size, patch = m.group(1), int(m.group(2))
@@ -181,8 +181,18 @@ def heads_for_width(dim: int, *, decoder: bool = False) -> int:
 
 
 # ---------------------------------------------------------------------------------------
-# Training settings
+# Devices and training settings
 # ---------------------------------------------------------------------------------------
+DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
+
+
+def is_device_name(name: str) -> bool:
+    """The device names a setting accepts (training, the service): "auto" (CUDA when
+    present), "cpu", "cuda", "cuda:N". `distributed.resolve_device` turns one into a
+    torch.device; this check needs no torch."""
+    return name in ("auto", "cpu", "cuda") or (name.startswith("cuda:") and name[5:].isdigit())
+
+
 def _setting(default: Any = dataclasses.MISSING, *, help: str, metavar: str | None = None) -> Any:
     """A `TrainConfig` field with the help text its command-line flag shows."""
     meta = {"help": help, "metavar": metavar}
@@ -294,8 +304,8 @@ class TrainConfig:
                 f"unknown variant {self.variant!r}; choose one of: {', '.join(VARIANTS)}",
             ),
             (
-                self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
-                f"device must be auto, cpu or cuda, got {self.device!r}",
+                is_device_name(self.device),
+                f"device must be {DEVICE_CHOICES}, got {self.device!r}",
             ),
         ]
         problems = [msg for ok, msg in checks if not ok]
@@ -308,6 +318,23 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def given(self) -> dict[str, Any]:
+        """The settings that differ from their defaults (data and output always): what
+        this config asks of a resumed run, whose other settings come from its checkpoint."""
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.default is not dataclasses.MISSING:
+                default = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                default = f.default_factory()
+            else:  # required
+                out[f.name] = value
+                continue
+            if value != default:
+                out[f.name] = value
+        return out
 
     def model_config(self) -> MAEConfig:
         """The `MAEConfig` these settings train."""

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 from .errors import MAEValueError, MissingDependency
+from .runlog import read_records
 
 
 def read_metrics(run: str | os.PathLike[str]) -> list[dict]:
@@ -18,14 +19,9 @@ def read_metrics(run: str | os.PathLike[str]) -> list[dict]:
     if not path.is_file():
         raise FileNotFoundError(f"no {path}: is {run} a run folder of mae train?")
     by_step: dict[int, dict] = {}
-    for line in path.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut short by a crash
+    for rec in read_records(path):
         if (
-            isinstance(rec, dict)
-            and "event" not in rec  # e.g. a skipped non-finite step: its loss is "nan"
+            "event" not in rec  # e.g. a skipped non-finite step: its loss is "nan"
             and isinstance(rec.get("step"), int)
             and isinstance(rec.get("loss"), (int, float))
         ):

@@ -17,9 +17,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from .config import DEVICE_CHOICES, is_device_name
 from .errors import MAEError, MAEValueError
 
-log = logging.getLogger("mae_core.train")
+log = logging.getLogger("mae_core.train")  # one logger for all of a run's messages
 
 
 class DeviceError(MAEError, RuntimeError):
@@ -124,7 +125,9 @@ def elastic_run_id() -> str | None:
 
 
 def resolve_device(name: str | torch.device, local_rank: int | None = None) -> torch.device:
-    """ "auto" -> CUDA when available, else the CPU; "cuda" / "cuda:N" must exist here.
+    """Device names to a torch.device: "auto" -> CUDA when available, else the CPU;
+    "cuda" / "cuda:N" must exist here. Other torch device types ("mps", "xpu", ...) pass
+    through as torch reads them.
 
     local_rank: the CUDA device "auto" and "cuda" mean under torchrun (one per process);
     None leaves the index unset (the current device).
@@ -134,8 +137,14 @@ def resolve_device(name: str | torch.device, local_rank: int | None = None) -> t
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cpu":
         return torch.device("cpu")
-    if name != "cuda" and not (name.startswith("cuda:") and name[5:].isdigit()):
-        raise MAEValueError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
+    if not is_device_name(name):
+        try:
+            device = torch.device(name)
+        except RuntimeError:
+            raise MAEValueError(f"device must be {DEVICE_CHOICES}, got {name!r}") from None
+        if device.type == "cuda":  # "cuda:x", "cuda:-1"
+            raise MAEValueError(f"device must be {DEVICE_CHOICES}, got {name!r}")
+        return device
     if not torch.cuda.is_available():
         raise DeviceError(f"device {name!r} was asked for, but no CUDA device is available here")
     if name == "cuda":

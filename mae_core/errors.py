@@ -28,3 +28,7 @@ class MissingDependency(MAEError, RuntimeError):
 
 class DecoderMissing(MAEError, RuntimeError):
     """Reconstruction was asked of a model loaded without its decoder."""
+
+
+class DeviceMemoryError(MAEError, RuntimeError):
+    """The device ran out of memory; the message says which setting lowers the need."""

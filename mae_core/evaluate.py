@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from .errors import DeviceMemoryError
 from .model import MaskedAutoencoder
 from .probe import (
     KNN_OPTIONS,
@@ -296,20 +297,25 @@ def evaluate_sources(
     model = load_model(model_id, revision, with_decoder=keep_decoder, device=device)
     train_ds, test_ds = EvalDataset(train_idx, model.config), EvalDataset(test_idx, model.config)
     loader = {"batch_size": batch_size, "num_workers": num_workers}
-    result = evaluate_model(
-        model,
-        train_ds,
-        test_ds,
-        methods=methods,
-        poolings=poolings,
-        baseline=baseline,
-        seed=seed,
-        **loader,
-    )
-    if model.has_decoder and reconstruction:
-        result["reconstruction"] = evaluate_reconstruction(
-            model, test_ds, baseline=baseline, seed=seed, **loader
+    try:
+        result = evaluate_model(
+            model,
+            train_ds,
+            test_ds,
+            methods=methods,
+            poolings=poolings,
+            baseline=baseline,
+            seed=seed,
+            **loader,
         )
+        if model.has_decoder and reconstruction:
+            result["reconstruction"] = evaluate_reconstruction(
+                model, test_ds, baseline=baseline, seed=seed, **loader
+            )
+    except torch.OutOfMemoryError as e:
+        raise DeviceMemoryError(
+            f"out of device memory at --batch-size {batch_size}: give a smaller one"
+        ) from e
     result.update(
         model_id=model_id,
         revision=revision,

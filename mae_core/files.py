@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
@@ -24,10 +24,13 @@ CHUNK = 1 << 20
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
     """A binary file to write `path`'s new content into; it replaces `path` only when the
-    block ends without an error (otherwise the temporary file is removed)."""
+    block ends without an error (otherwise the temporary file is removed). The file gets
+    the permissions a plain `open()` would give (0666 less the umask): a run folder or a
+    models folder shared between users stays readable."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
@@ -75,10 +78,12 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
-def git_blob_sha1(content: bytes | str | os.PathLike[str]) -> str:
+def git_blob_sha1(content: bytes | os.PathLike[str]) -> str:
     """git's object id of a file: sha1 of `blob <size>\\0` and the bytes. `content` is the
-    bytes themselves or the path of a file holding them (read in chunks)."""
-    if isinstance(content, bytes):
+    bytes themselves or the path (a `Path`) of a file holding them (read in chunks)."""
+    if isinstance(content, str):
+        raise TypeError("git_blob_sha1 takes bytes or a Path; a str is ambiguous")
+    if isinstance(content, bytes | bytearray):
         h = hashlib.sha1(b"blob %d\0" % len(content), usedforsecurity=False)
         h.update(content)
         return h.hexdigest()

@@ -76,7 +76,7 @@ def stage_repo(
         for f in eval_file:
             if not Path(f).is_file():
                 raise FileNotFoundError(f"no evaluation file {f}")
-        eval_result = [json.loads(Path(f).read_text()) for f in eval_file]
+        eval_result = [_read_eval(Path(f)) for f in eval_file]
         (dest / "eval_results.json").write_text(json.dumps(eval_result, indent=2) + "\n")
     else:
         if isinstance(eval_file, (list, tuple)):
@@ -84,7 +84,7 @@ def stage_repo(
         named = [Path(eval_file)] if eval_file else [src / "eval.json", src.parent / "eval.json"]
         for cand in named:
             if cand.is_file():
-                eval_result = json.loads(cand.read_text())
+                eval_result = _read_eval(cand)
                 shutil.copyfile(cand, dest / "eval_results.json")
                 break
             if eval_file:
@@ -124,6 +124,16 @@ def stage_repo(
     )
     (dest / "README.md").write_text(card)
     return sorted(p.name for p in dest.iterdir() if p.is_file())
+
+
+def _read_eval(path: Path) -> Any:
+    """An evaluation file (`mae eval --output`); one that is not JSON is refused in a line."""
+    import json
+
+    try:
+        return json.loads(path.read_text())
+    except ValueError as e:
+        raise MAEValueError(f"evaluation file {path} is not valid JSON: {e}") from None
 
 
 def push(

@@ -36,7 +36,7 @@ from typing import IO, Any
 from filelock import FileLock
 
 from .errors import MAEError
-from .files import atomic_write, git_blob_sha1, write_atomic
+from .files import CHUNK, atomic_write, git_blob_sha1, write_atomic
 
 REPO_RE = re.compile(
     r"^[A-Za-z0-9][A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]+)*/[A-Za-z0-9][A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]+)*$"
@@ -62,7 +62,6 @@ MAX_PATH = 1000
 GITATTRIBUTES = "".join(
     f"*{suffix} filter=lfs diff=lfs merge=lfs -text\n" for suffix in LFS_SUFFIXES
 ).encode()
-CHUNK = 1 << 20
 
 
 class HubError(MAEError):
@@ -144,21 +143,19 @@ def is_repo_id(text: object) -> bool:
     return (
         isinstance(text, str)
         and len(text) <= 200
-        and REPO_RE.match(text) is not None
+        and REPO_RE.fullmatch(text) is not None
         and not text.endswith(".git")
     )
 
 
 def check_repo_id(repo_id: str) -> str:
     if not is_repo_id(repo_id):
-        raise HubError(
-            f"invalid repo id {repo_id!r}: use {REPO_ID_RULE}"
-        )
+        raise HubError(f"invalid repo id {repo_id!r}: use {REPO_ID_RULE}")
     return repo_id
 
 
 def check_branch(branch: str) -> str:
-    if not BRANCH_RE.match(branch or ""):
+    if not BRANCH_RE.fullmatch(branch or ""):
         raise HubError(f"invalid branch name {branch!r}")
     return branch
 
@@ -254,7 +251,9 @@ class RepoStore:
         if not refs.is_dir():
             return {}
         return {
-            p.name: p.read_text().strip() for p in sorted(refs.iterdir()) if BRANCH_RE.match(p.name)
+            p.name: p.read_text().strip()
+            for p in sorted(refs.iterdir())
+            if BRANCH_RE.fullmatch(p.name)
         }
 
     # -- reading ------------------------------------------------------------------------
@@ -265,11 +264,11 @@ class RepoStore:
         branches = self.branches(repo_id)
         if rev in branches:
             return branches[rev]
-        if SHA_RE.match(rev):
+        if SHA_RE.fullmatch(rev):
             hits = [
                 p.name
                 for p in (repo / "snapshots").iterdir()
-                if p.name.startswith(rev) and SHA_RE.match(p.name)
+                if p.name.startswith(rev) and SHA_RE.fullmatch(p.name)
             ]
             if len(hits) == 1:
                 return hits[0]
@@ -314,7 +313,9 @@ class RepoStore:
     def has_blob(self, repo_id: str, sha256: str, size: int) -> bool:
         blob = self._existing(repo_id) / "blobs" / sha256
         return (
-            SHA256_RE.match(sha256) is not None and blob.is_file() and blob.stat().st_size == size
+            SHA256_RE.fullmatch(sha256) is not None
+            and blob.is_file()
+            and blob.stat().st_size == size
         )
 
     # -- writing ------------------------------------------------------------------------
@@ -323,7 +324,7 @@ class RepoStore:
     ) -> None:
         """Store an LFS object: streamed to a temporary file, its size and sha256 checked,
         then renamed into blobs/. A mismatch stores nothing."""
-        if not SHA256_RE.match(sha256) or size < 0:
+        if not SHA256_RE.fullmatch(sha256) or size < 0:
             raise HubError(f"invalid LFS object {sha256!r} of size {size}")
         blobs = self._existing(repo_id) / "blobs"
         blobs.mkdir(exist_ok=True)

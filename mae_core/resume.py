@@ -5,7 +5,7 @@ the whole state of a run after an optimiser step: weights, optimiser, step, the 
 generators, the settings, the `Schedule` and the number of processes. Resuming from it
 continues the run exactly: the same batches, masks and losses as without the stop.
 
-Rules (`choose_resume`, `resume_run`):
+Rules (`choose_resume`, `agree_on_resume`, `resume_settings`):
 - a folder that holds checkpoints is continued only when asked (`resume="auto"` or a
   path), never overwritten;
 - the settings come from the checkpoint; those given again must match it, except the
@@ -33,8 +33,9 @@ from .config import TrainConfig
 from .distributed import Dist, elastic_restarts, elastic_run_id
 from .errors import TrainingError
 from .files import atomic_write
+from .schedule import Schedule
 
-log = logging.getLogger("mae_core.train")
+log = logging.getLogger("mae_core.train")  # one logger for all of a run's messages
 
 # Settings a resumed run may change; every other one must match the checkpoint.
 RESUMABLE_CHANGES = {
@@ -129,26 +130,36 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
         torch.save(payload, f)
 
 
-def write_checkpoint(output: Path, keep: int, **state: Any) -> Path:
-    """Save the state of a run after step `state["step"]` as the newest checkpoint of
-    `output`, then delete all but the `keep` newest. `state`: model, optimizer, step,
-    schedule (a `Schedule`), settings (a `TrainConfig`), model_config (an `MAEConfig`),
-    bad_steps, world_size."""
-    schedule, step = state["schedule"], state["step"]
+def write_checkpoint(
+    output: Path,
+    keep: int,
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    step: int,
+    schedule: Schedule,
+    settings: Any,
+    model_config: Any,
+    bad_steps: int,
+    world_size: int,
+) -> Path:
+    """Save the state of a run after optimiser step `step` as the newest checkpoint of
+    `output`, then delete all but the `keep` newest. `settings` and `model_config` are
+    dataclasses with `to_dict()` (a `TrainConfig`, an `MAEConfig`)."""
     path = output / "checkpoints" / f"ckpt-{step:08d}.pt"
     save_checkpoint(
         path,
         {
-            "model": state["model"].state_dict(),
-            "optimizer": state["optimizer"].state_dict(),
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
             "step": step,
             "epoch": step // schedule.steps_per_epoch,
             "batch_in_epoch": step % schedule.steps_per_epoch * schedule.accum_iter,
-            "bad_steps": state["bad_steps"],
+            "bad_steps": bad_steps,
             "schedule": schedule.to_dict(),
-            "train_config": state["settings"].to_dict(),
-            "model_config": state["model_config"].to_dict(),
-            "world_size": state["world_size"],  # a resume must keep batch x world x accum
+            "train_config": settings.to_dict(),
+            "model_config": model_config.to_dict(),
+            "world_size": world_size,  # a resume must keep batch x world x accum
             "elastic_run_id": elastic_run_id(),
             "rng": rng_state(),
         },
@@ -237,12 +248,18 @@ def check_same_step(steps: list[int], output: Path, newest: list[int] | None = N
         )
 
 
-def merge_settings(saved: dict[str, Any], given: Mapping[str, Any]) -> TrainConfig:
-    """The checkpoint's settings with those `given` again; refused when one of them would
-    change what a resumed run may not (anything outside RESUMABLE_CHANGES)."""
+def merge_settings(
+    saved: dict[str, Any],
+    given: Mapping[str, Any],
+    config: type = TrainConfig,
+    resumable: set[str] = RESUMABLE_CHANGES,
+) -> Any:
+    """The checkpoint's settings with those `given` again, as a `config` (a dataclass with
+    `fields()`); refused when one of them would change what a resumed run may not (any
+    setting outside `resumable`)."""
     conflicts = [
         f"{k}: checkpoint {saved.get(k)!r} vs now {given[k]!r}"
-        for k in sorted(set(given) - RESUMABLE_CHANGES)
+        for k in sorted(set(given) - resumable)
         if k in saved and saved[k] != given[k]
     ]
     if conflicts:
@@ -251,7 +268,7 @@ def merge_settings(saved: dict[str, Any], given: Mapping[str, Any]) -> TrainConf
             "new run in another --output folder, or drop those flags"
         )
     merged = {**saved, **PER_INVOCATION, **given}
-    return TrainConfig(**{k: v for k, v in merged.items() if k in TrainConfig.fields()})
+    return config(**{k: v for k, v in merged.items() if k in config.fields()})
 
 
 # -- choosing ---------------------------------------------------------------------------------
@@ -327,15 +344,19 @@ def agree_on_resume(
 
 
 def resume_settings(
-    resumed: Resumed | None, given: Mapping[str, Any] | TrainConfig, world: int, main: bool
-) -> TrainConfig:
-    """The settings a run starts with: `given` for a fresh run; for a resumed one, the
-    checkpoint's with `given` applied (checked by `merge_settings`) and a global batch
-    that must equal the checkpoint's."""
-    given = given.to_dict() if isinstance(given, TrainConfig) else dict(given)
+    resumed: Resumed | None,
+    given: Mapping[str, Any],
+    world: int,
+    main: bool,
+    config: type = TrainConfig,
+    resumable: set[str] = RESUMABLE_CHANGES,
+) -> Any:
+    """The settings a run starts with, as a `config`: `given` for a fresh run; for a
+    resumed one, the checkpoint's with `given` applied (checked by `merge_settings`) and a
+    global batch that must equal the checkpoint's."""
     if resumed is None:
-        return TrainConfig(**given)
-    cfg = merge_settings(resumed.settings, given)
+        return config(**given)
+    cfg = merge_settings(resumed.settings, given, config, resumable)
     saved_global = resumed.global_batch
     check_global_batch(saved_global, cfg, world)
     saved_world = resumed.world_size
@@ -349,6 +370,21 @@ def resume_settings(
             cfg.batch_size,
         )
     return cfg
+
+
+def check_schedule(resumed: Resumed | None, schedule: Schedule) -> None:
+    """Warn when a resumed run's schedule is not its checkpoint's (the data changed size):
+    the run goes on, but no longer as the uninterrupted one would have."""
+    saved = (resumed.payload.get("schedule") or {}) if resumed is not None else {}
+    keys = ("images", "steps_per_epoch", "total_steps")
+    changed = [(k, saved[k], getattr(schedule, k)) for k in keys if k in saved]
+    changed = [(k, old, new) for k, old, new in changed if old != new]
+    if changed:
+        log.warning(
+            "the schedule differs from the checkpoint's (%s): the data changed, so the run "
+            "will not match the one that was stopped",
+            ", ".join(f"{k} {old} -> {new}" for k, old, new in changed),
+        )
 
 
 def restore(resumed: Resumed, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 
 from .files import write_atomic
 
-log = logging.getLogger("mae_core.train")
+log = logging.getLogger("mae_core.train")  # one logger for all of a run's messages
 METRICS_FILE = "metrics.jsonl"
 PANEL_IMAGES = 4
 
@@ -38,6 +38,20 @@ def versions() -> dict[str, str]:
         "timm": timm.__version__,
         "python": platform.python_version(),
     }
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """The records of a metrics.jsonl, in file order; blank lines, and a line cut short by
+    a crash (or anything that is not a JSON object), are skipped."""
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
 
 
 class RunLog:
@@ -67,8 +81,7 @@ class RunLog:
         path = self.output / METRICS_FILE
         if not path.exists():
             return
-        rows = [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
-        kept = [r for r in rows if r.get("step", 0) <= step]
+        kept = [r for r in read_records(path) if r.get("step", 0) <= step]
         write_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
         losses = [r["loss"] for r in kept if "loss" in r and "event" not in r]
         self.last_loss = losses[-1] if losses else None

@@ -3,7 +3,8 @@
 The paper's recipe (Sec. A.1): lr = blr x effective batch / 256, a per-step linear warmup,
 then a half-cycle cosine to min_lr; AdamW with weight decay on weight matrices only.
 `Schedule` is computed once, from the settings and the size of the data, and stored in
-every checkpoint as it is (`to_dict`), so a resumed run can be checked against it.
+every checkpoint as it is (`to_dict`); a resumed run whose schedule differs (the data
+changed size) is warned about (`resume.check_schedule`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 import torch
 
-from .data import DataError
+from .sources import DataError
 
 # Parameters without weight decay besides norms and biases (timm's no_weight_decay list).
 NO_WEIGHT_DECAY = ("cls_token", "mask_token")

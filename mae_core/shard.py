@@ -34,6 +34,7 @@ from PIL import Image
 
 from . import __version__
 from .errors import MAEValueError
+from .files import write_atomic
 from .sources import IMAGE_EXTENSIONS, DataError, TarMember, index_source, read_bytes
 
 log = logging.getLogger(__name__)
@@ -297,9 +298,8 @@ def write_shards(
         max_images=max_images,
         max_bytes=max_bytes,
     )
-    tmp = out / f".{METADATA}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(summary.to_json(), indent=2) + "\n")
-    os.replace(tmp, out / METADATA)  # last: its presence says the set is complete
+    # last: its presence says the set is complete
+    write_atomic(out / METADATA, json.dumps(summary.to_json(), indent=2) + "\n")
     return summary
 
 

@@ -38,11 +38,12 @@ from torch.nn.parallel import DistributedDataParallel
 from .config import TrainConfig
 from .data import PretrainFeed
 from .distributed import close_distributed, init_distributed, resolve_device
-from .errors import MAEValueError, TrainingError
+from .errors import DeviceMemoryError, MAEValueError, TrainingError
 from .model import MaskedAutoencoder
 from .resume import (
     agree_on_resume,
     check_same_step,
+    check_schedule,
     checkpoint_paths,
     newest_step,
     restore,
@@ -56,7 +57,7 @@ from .sources import index_source
 __all__ = ["StopFlag", "TrainConfig", "Trainer", "TrainingError", "train"]
 
 log = logging.getLogger(__name__)
-Settings = Mapping[str, Any] | TrainConfig
+TrainSettings = Mapping[str, Any] | TrainConfig
 
 
 class StopFlag:
@@ -87,13 +88,17 @@ class StopFlag:
 class Trainer:
     """One pretraining run. `run()` returns DIR/final, or None when stopped early.
 
-    settings: a `TrainConfig` (every setting given), or a mapping of the settings given
-    (at least `data` and `output`): for a fresh run the others take their defaults, for a
-    resumed run they come from the checkpoint.
+    settings: a mapping of the settings given (at least `data` and `output`): for a fresh
+    run the others take `TrainConfig`'s defaults, for a resumed run they come from the
+    checkpoint. A `TrainConfig` gives the settings that differ from the defaults
+    (`TrainConfig.given`).
     """
 
-    def __init__(self, settings: Settings) -> None:
-        given = settings.to_dict() if isinstance(settings, TrainConfig) else dict(settings)
+    def __init__(self, settings: TrainSettings) -> None:
+        given = settings.given() if isinstance(settings, TrainConfig) else dict(settings)
+        unknown = sorted(set(given) - TrainConfig.fields())
+        if unknown:
+            raise MAEValueError(f"unknown training setting(s): {', '.join(unknown)}")
         missing = [k for k in ("data", "output") if not given.get(k)]
         if missing:
             raise MAEValueError(f"a training run needs the setting(s) {', '.join(missing)}")
@@ -107,6 +112,8 @@ class Trainer:
         self.model_cfg = cfg.model_config()
         self.index = index_source(cfg.data, cfg.limit)
         self.schedule = s = Schedule.from_settings(cfg, len(self.index), d.world, self.index.name)
+        if d.main:
+            check_schedule(resumed, s)
         self.feed = PretrainFeed(
             self.index,
             self.model_cfg,
@@ -145,7 +152,6 @@ class Trainer:
     def run(self) -> Path | None:
         cfg, s, d = self.cfg, self.schedule, self.dist
         end = s.total_steps if cfg.max_steps is None else min(cfg.max_steps, s.total_steps)
-        every = cfg.checkpoint_every or s.steps_per_epoch
         self.log.start(self._described(), self.step, end)
         if d.main:
             log.info(
@@ -157,32 +163,9 @@ class Trainer:
         autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
         self.model.train()
         stopped_by = None
-        with StopFlag() as stop:
+        with StopFlag() as stop, contextlib.closing(self.log):
             while self.step < end and stopped_by is None:
-                epoch = s.epoch_of(self.step)
-                batches = self.feed.batches(epoch, self.step % s.steps_per_epoch * cfg.accum_iter)
-                t0, seen = time.perf_counter(), 0
-                while self.step < end and s.epoch_of(self.step) == epoch:
-                    loss, grad_norm, ok = self._step(batches, autocast)
-                    seen += s.effective_batch
-                    self.step += 1
-                    self.log.advance()
-                    if ok and (self.step % cfg.log_every == 0 or self.step == end):
-                        lr = self.optimizer.param_groups[0]["lr"]
-                        rate = seen / (time.perf_counter() - t0)
-                        epochs = self.step / s.steps_per_epoch
-                        self.log.record(self.step, epoch, epochs, loss, lr, grad_norm, rate)
-                        t0, seen = time.perf_counter(), 0
-                    if self.step % every == 0 or self.step == end:
-                        self._checkpoint()
-                    if d.all_max(float(stop.signal is not None), self.device):
-                        stopped_by = stop.signal or signal.SIGTERM
-                        break
-                if stopped_by is not None and self.step % every:
-                    self._checkpoint()
-                elif stopped_by is None and self.step % s.steps_per_epoch == 0:
-                    self._panels(s.epoch_of(self.step))
-        self.log.close()
+                stopped_by = self._epoch(end, autocast, stop)
         if stopped_by is not None:
             if d.main:
                 name = signal.Signals(stopped_by).name
@@ -191,6 +174,36 @@ class Trainer:
                 )
             return None
         return self._finish()
+
+    def _epoch(self, end: int, autocast: Any, stop: StopFlag) -> int | None:
+        """Steps to the end of the current epoch (or to step `end`), logging and
+        checkpointing as set; -> the signal that stopped the run, or None."""
+        cfg, s = self.cfg, self.schedule
+        every = cfg.checkpoint_every or s.steps_per_epoch
+        epoch = s.epoch_of(self.step)
+        batches = self.feed.batches(epoch, self.step % s.steps_per_epoch * cfg.accum_iter)
+        t0, seen = time.perf_counter(), 0
+        while self.step < end and s.epoch_of(self.step) == epoch:
+            loss, grad_norm, ok = self._step(batches, autocast)
+            seen += s.effective_batch
+            self.step += 1
+            self.log.advance()
+            if ok and (self.step % cfg.log_every == 0 or self.step == end):
+                lr = self.optimizer.param_groups[0]["lr"]
+                rate = seen / (time.perf_counter() - t0)
+                self.log.record(
+                    self.step, epoch, self.step / s.steps_per_epoch, loss, lr, grad_norm, rate
+                )
+                t0, seen = time.perf_counter(), 0
+            if self.step % every == 0 or self.step == end:
+                self._checkpoint()
+            if self.dist.all_max(float(stop.signal is not None), self.device):
+                if self.step % every:
+                    self._checkpoint()
+                return stop.signal or signal.SIGTERM
+        if self.step % s.steps_per_epoch == 0:
+            self._panels(s.epoch_of(self.step))
+        return None
 
     def _step(self, batches: Iterator[Any], autocast: Any) -> tuple[float, float, bool]:
         """One optimiser step over `accum_iter` micro-batches -> (loss, grad norm, applied)."""
@@ -302,10 +315,15 @@ class Trainer:
         return final
 
 
-def train(settings: Settings) -> Path | None:
+def train(settings: TrainSettings) -> Path | None:
     """Run (or resume) a pretraining run; returns DIR/final, or None if stopped by a signal.
     `settings`: as for `Trainer`."""
     try:
         return Trainer(settings).run()
+    except torch.OutOfMemoryError as e:
+        raise DeviceMemoryError(
+            f"out of device memory ({str(e).splitlines()[0]}): lower --batch-size (and raise "
+            "--accum-iter to keep the global batch), or train a smaller variant"
+        ) from e
     finally:
         close_distributed()

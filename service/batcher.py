@@ -32,7 +32,7 @@ from typing import Any, Protocol
 
 import torch
 
-from .exceptions import (
+from .engine_errors import (
     DeadlineExceeded,
     DeviceFailure,
     InvalidInput,

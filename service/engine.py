@@ -9,7 +9,7 @@
   mean of the patch tokens, both after the final norm, from one unmasked forward.
 - `reconstruct(x, mask_ratio, seed)`: one image -> `Panels` (needs the decoder).
 
-No HTTP here, so it can be used and tested alone; its errors are `exceptions.py`'s. Only
+No HTTP here, so it can be used and tested alone; its errors are `engine_errors.py`'s. Only
 the batcher's worker thread calls `embed` and `reconstruct`, so only one thread touches
 the device.
 """
@@ -33,7 +33,7 @@ from mae_core.hub import parse_model_id, resolve
 from mae_core.model import MaskedAutoencoder
 from mae_core.visualize import Panels, reconstruction_panels
 
-from .exceptions import NoDecoder
+from .engine_errors import NoDecoder
 from .imaging import ImageLimits, center_square, decode
 
 log = logging.getLogger("mae.service")

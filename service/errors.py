@@ -2,7 +2,7 @@
 right status.
 
 Two kinds reach here. The engine side (imaging, engine, batcher, registry) raises the
-plain exceptions of `exceptions.py`; `STATUS` below is the one map from each to its
+plain exceptions of `engine_errors.py`; `STATUS` below is the one map from each to its
 status. The HTTP layer (forms, auth, routes) raises `APIError` for what only HTTP knows
 (a media type, a missing key). `install_handlers` turns both, FastAPI's validation errors
 and Starlette's HTTP errors into the one shape. The hub routes keep the Hub's own error
@@ -18,7 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .exceptions import (
+from .engine_errors import (
     DeadlineExceeded,
     DeviceFailure,
     InvalidImage,
@@ -65,7 +65,7 @@ class ClientClosed(APIError):
     status, code = 499, "client_closed"
 
 
-# The engine side's errors (`exceptions.py`) and the status each answers with.
+# The engine side's errors (`engine_errors.py`) and the status each answers with.
 STATUS: dict[type[ServiceError], int] = {
     InvalidImage: 400,
     UnsupportedImage: 415,

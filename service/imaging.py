@@ -1,4 +1,4 @@
-"""Client bytes -> a checked RGB `PIL.Image`, or an error (`exceptions.py`) naming the problem.
+"""Client bytes -> a checked RGB `PIL.Image`, or an error (`engine_errors.py`) naming the problem.
 
 Run in a thread pool (decoding is CPU work). The order of checks matters:
 1. size in bytes, then the format, from the header only (`Image.open` is lazy);
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .exceptions import InvalidImage, TooLarge, UnsupportedImage
+from .engine_errors import InvalidImage, TooLarge, UnsupportedImage
 
 # Raster formats we accept. Pillow can open more (EPS runs Ghostscript, for one); an
 # explicit list keeps the attack surface to the common, well-fuzzed decoders. (JPEG's

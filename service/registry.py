@@ -4,7 +4,7 @@
 turns true only when all of them are, and a failure is kept in `error` (for /health and
 /ready). `get(name)` finds a served model by id or alias. `Served.images()` turns a
 request's image bytes into one batch, decoding and preprocessing each image in a worker
-thread. No HTTP here: lookups raise `exceptions.py`'s errors.
+thread. No HTTP here: lookups raise `engine_errors.py`'s errors.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from anyio import to_thread
 
 from .batcher import Batcher
 from .engine import Engine
-from .exceptions import NotReady, UnknownModel
+from .engine_errors import NotReady, UnknownModel
 from .imaging import ImageLimits
 from .metrics import Metrics
 from .settings import Settings

@@ -93,10 +93,11 @@ class Settings(BaseSettings):
     @field_validator("device")
     @classmethod
     def _device(cls, value: str) -> str:
+        from mae_core.config import DEVICE_CHOICES, is_device_name
+
         value = value.strip().lower()
-        ok = value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit())
-        if not ok:
-            raise ValueError(f"must be auto, cpu, cuda or cuda:N, got {value!r}")
+        if not is_device_name(value):
+            raise ValueError(f"must be {DEVICE_CHOICES}, got {value!r}")
         return value
 
     @model_validator(mode="after")

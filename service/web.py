@@ -12,8 +12,8 @@ from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request
 
+from .engine_errors import TooLarge
 from .errors import ClientClosed, Unauthorized, error_response
-from .exceptions import TooLarge
 from .registry import Registry
 
 T = TypeVar("T")

@@ -12,7 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 WEB = ("fastapi", "starlette", "uvicorn")
-ENGINE_SIDE = ("imaging", "engine", "batcher", "registry", "exceptions", "metrics", "settings")
+ENGINE_SIDE = ("imaging", "engine", "batcher", "registry", "engine_errors", "metrics", "settings")
 HTTP_SIDE = ("service.errors", "service.web", "service.routes", "service.app")
 
 

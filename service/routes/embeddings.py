@@ -51,22 +51,22 @@ _UPLOAD_BODY = {
 
 
 @router.post("/embeddings", response_model=EmbeddingResponse)
-async def embeddings(request: Request, models: RegistryDep) -> EmbeddingResponse:
+async def embeddings(request: Request, registry: RegistryDep) -> EmbeddingResponse:
     """Embed base64 or data-URL images (OpenAI-style body, `application/json`)."""
     until = deadline(request)
     body = await forms.read_json(request, EmbeddingRequest, upload_hint="/v1/embeddings/upload")
     check_count(request, len(body.input))
-    limit = models.settings.max_image_bytes
+    limit = registry.settings.max_image_bytes
     blobs = [decode_base64(s, limit, what=f"input[{i}]") for i, s in enumerate(body.input)]
     names = [f"input[{i}]" for i in range(len(blobs))]
-    return await _embed(request, models, blobs, names, body, until)
+    return await _embed(request, registry, blobs, names, body, until)
 
 
 @router.post("/embeddings/upload", response_model=EmbeddingResponse, openapi_extra=_UPLOAD_BODY)
-async def embeddings_upload(request: Request, models: RegistryDep) -> EmbeddingResponse:
+async def embeddings_upload(request: Request, registry: RegistryDep) -> EmbeddingResponse:
     """Embed uploaded image files (`multipart/form-data`, one `file` part per image)."""
     until = deadline(request)
-    form = await forms.read_form(request, max_files=models.settings.max_images_per_request)
+    form = await forms.read_form(request, max_files=registry.settings.max_images_per_request)
     files = await forms.files(form, "file")
     check_count(request, len(files))
     fields = forms.fields(form, ("model", "pooling", "normalize", "encoding_format"))
@@ -75,12 +75,12 @@ async def embeddings_upload(request: Request, models: RegistryDep) -> EmbeddingR
     except ValidationError as exc:
         raise forms.invalid(exc) from None
     names = [f"file[{i}] ({name})" for i, (name, _) in enumerate(files)]
-    return await _embed(request, models, [data for _, data in files], names, options, until)
+    return await _embed(request, registry, [data for _, data in files], names, options, until)
 
 
 async def _embed(
     request: Request,
-    models: Registry,
+    registry: Registry,
     blobs: list[bytes],
     names: list[str],
     options: EmbeddingOptions,
@@ -88,7 +88,7 @@ async def _embed(
 ) -> EmbeddingResponse:
     """The path of every embedding: registry -> decode and preprocess (engine, in threads)
     -> batcher -> worker -> engine.embed (the forward) -> pooled rows back here."""
-    served = models.get(options.model)
+    served = registry.get(options.model)
     batch = await served.images(blobs, names)
     pooled = await until_disconnect(request, served.batcher.embed(batch, until))
     vectors = pooled[:, POOLINGS.index(options.pooling)]  # (n, D)

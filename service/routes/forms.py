@@ -12,8 +12,8 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 
+from ..engine_errors import TooLarge, UnsupportedImage
 from ..errors import APIError
-from ..exceptions import TooLarge, UnsupportedImage
 
 M = TypeVar("M", bound=BaseModel)
 MAX_FIELDS = 32  # text fields of one form (the options); files are counted apart

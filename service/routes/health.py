@@ -15,24 +15,24 @@ router = APIRouter(tags=["health"])
 @router.get("/health")
 async def health(request: Request) -> Any:
     """200 while the process can serve; 503 when loading the model failed (restart it)."""
-    models = request.app.state.registry
-    if models.error:
-        return error_response(503, "load_failed", f"the model failed to load: {models.error}")
+    registry = request.app.state.registry
+    if registry.error:
+        return error_response(503, "load_failed", f"the model failed to load: {registry.error}")
     return {"status": "ok"}
 
 
 @router.get("/ready")
 async def ready(request: Request) -> Any:
     """200 once every model is loaded and warmed up (always, for a hub-only server)."""
-    models, store = request.app.state.registry, request.app.state.store
-    if models.settings.hub_only:
+    registry, store = request.app.state.registry, request.app.state.store
+    if registry.settings.hub_only:
         return {"status": "ready", "models": [], "models_dir": str(store.root)}
-    if not models.ready:
-        if models.error:
-            return error_response(503, "load_failed", f"the model failed to load: {models.error}")
+    if not registry.ready:
+        if registry.error:
+            return error_response(503, "load_failed", f"the model failed to load: {registry.error}")
         return error_response(503, "not_ready", "loading and warming up the model(s)")
-    queued = {mid: s.batcher.queued_images for mid, s in models.models.items()}
-    return {"status": "ready", "models": list(models.models), "queued_images": queued}
+    queued = {mid: s.batcher.queued_images for mid, s in registry.models.items()}
+    return {"status": "ready", "models": list(registry.models), "queued_images": queued}
 
 
 @router.get("/metrics", include_in_schema=False)

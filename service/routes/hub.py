@@ -285,6 +285,7 @@ def _paths_info(
 
 @router.post("/api/models/{ns}/{name}/paths-info/{revision}")
 async def paths_info(ns: str, name: str, revision: str, request: Request) -> list[dict[str, Any]]:
+    await run_in_threadpool(check_read, request, repo_id_of(ns, name))  # before the body
     raw = (await request.body()).decode(errors="replace")
     if request.headers.get("content-type", "").startswith("application/json"):
         paths = (await json_body(request)).get("paths", [])

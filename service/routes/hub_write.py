@@ -145,7 +145,7 @@ def _operations(
                 raise HubError(f"{value.get('path')}: content is not valid base64") from None
             add.append((check_path(str(value.get("path", ""))), data))
         elif key == "lfsFile":
-            if value.get("algo", "sha256") != "sha256" or not SHA256_RE.match(
+            if value.get("algo", "sha256") != "sha256" or not SHA256_RE.fullmatch(
                 str(value.get("oid", ""))
             ):
                 raise HubError(f"{value.get('path')}: an LFS file needs a sha256 oid")
@@ -196,11 +196,10 @@ def _signature(request: Request, repo_id: str, oid: str, size: int, expires: int
 def _lfs_objects(request: Request, repo_id: str, objects: list[Any]) -> list[dict[str, Any]]:
     """The batch API's answer per object: an upload URL for each one not stored yet."""
     repos = store(request)
-    _must_exist(repos, repo_id)
     out = []
     for obj in objects:
         oid, size = str(obj.get("oid", "")), obj.get("size")
-        if not SHA256_RE.match(oid) or not isinstance(size, int) or size < 0:
+        if not SHA256_RE.fullmatch(oid) or not isinstance(size, int) or size < 0:
             out.append(
                 {"oid": oid, "size": size, "error": {"code": 422, "message": "invalid oid or size"}}
             )
@@ -223,6 +222,7 @@ def _lfs_objects(request: Request, repo_id: str, objects: list[Any]) -> list[dic
 @router.post("/{ns}/{name}.git/info/lfs/objects/batch", dependencies=WRITE)
 async def lfs_batch(ns: str, name: str, request: Request) -> Response:
     repo_id = repo_id_of(ns, name)
+    await run_in_threadpool(_must_exist, store(request), repo_id)
     body = await json_body(request)
     if body.get("operation") != "upload":
         raise HubError("this hub's LFS batch API takes uploads only; download with /resolve/")

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from mae_core.visualize import Panels, panels_figure
 
-from ..exceptions import NoDecoder, TooLarge
+from ..engine_errors import NoDecoder, TooLarge
 from ..imaging import decode_base64
 from ..schemas import (
     ReconstructionOptions,
@@ -58,7 +58,7 @@ _BODY = {
 
 
 @router.post("/reconstructions", response_model=ReconstructionResponse, openapi_extra=_BODY)
-async def reconstructions(request: Request, models: RegistryDep) -> Response:
+async def reconstructions(request: Request, registry: RegistryDep) -> Response:
     """Mask one image at `mask_ratio` with `seed`, reconstruct it with the MAE decoder."""
     until = deadline(request)
     if forms.media_type(request) == "multipart/form-data":
@@ -76,15 +76,15 @@ async def reconstructions(request: Request, models: RegistryDep) -> Response:
         what = f"file ({name})"
     else:
         body = await forms.read_json(request, ReconstructionRequest)
-        data = decode_base64(body.image, models.settings.max_image_bytes, what="image")
+        data = decode_base64(body.image, registry.settings.max_image_bytes, what="image")
         options, what = body, "image"
 
-    served = models.get(options.model)
+    served = registry.get(options.model)
     engine = served.engine
     if not engine.has_decoder:
         reason = (
             "the service runs with MAE_RECONSTRUCTION=false"
-            if not models.settings.reconstruction
+            if not registry.settings.reconstruction
             else "its weights hold the encoder only"
         )
         raise NoDecoder(f"model {engine.id} cannot reconstruct: {reason}")

@@ -334,11 +334,13 @@ def test_put_blob_with_a_wrong_declaration_stores_nothing(
 
 
 # -- names -----------------------------------------------------------------------------------
-REFUSED_IDS = ["a..b/c", "a/b..c", "../x", "a/b.git", "a", "a/b/c", "a/" + "b" * 199]
+REFUSED_IDS = ["a..b/c", "a/b..c", "../x", "a/b.git", "a", "a/b/c", "a/b\n", "a/" + "b" * 199]
 ACCEPTED_IDS = ["a.b/c-d_e", "ns/name.v2", "a/" + "b" * 198]
 
 
-@pytest.mark.parametrize("repo_id", REFUSED_IDS, ids=lambda s: s if len(s) < 20 else "201-chars")
+@pytest.mark.parametrize(
+    "repo_id", REFUSED_IDS, ids=lambda s: repr(s) if len(s) < 20 else "201-chars"
+)
 def test_bad_repo_ids_are_refused_by_the_store_and_model_ids(repo_id: str, tmp_path: Path) -> None:
     assert not is_repo_id(repo_id)
     with pytest.raises(HubError, match="invalid repo id"):

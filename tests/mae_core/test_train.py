@@ -110,6 +110,12 @@ def test_resume_with_changed_settings_is_refused(cifar_folder: Path, tmp_path: P
     train(run_cfg(cifar_folder, out, max_steps=2))
     with pytest.raises(TrainingError, match=r"cannot resume with different settings \(blr"):
         Trainer(run_cfg(cifar_folder, out, resume="auto", blr=0.5))
+    # The same with only that setting given (the checkpoint supplies the others).
+    given = {"data": str(cifar_folder), "output": str(out), "resume": "auto", "blr": 0.5}
+    with pytest.raises(TrainingError, match=r"cannot resume with different settings \(blr"):
+        Trainer(given)
+    with pytest.raises(ValueError, match=r"unknown training setting.*: blrr"):
+        Trainer({**given, "blrr": 0.5})
 
 
 def test_non_finite_steps_are_skipped_then_stop(cifar_folder: Path, tmp_path: Path) -> None:

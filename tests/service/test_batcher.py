@@ -24,7 +24,7 @@ import pytest
 import torch
 
 from service.batcher import Batcher
-from service.exceptions import (
+from service.engine_errors import (
     DeadlineExceeded,
     DeviceFailure,
     InvalidInput,

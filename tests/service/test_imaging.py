@@ -24,8 +24,8 @@ from skimage import data as skdata
 from mae_core import load_model
 from mae_core.data import eval_transform
 from service.engine import Engine
+from service.engine_errors import InvalidImage, TooLarge, UnsupportedImage
 from service.errors import status_of
-from service.exceptions import InvalidImage, TooLarge, UnsupportedImage
 from service.imaging import (
     MAX_ASPECT,
     center_square,
