@@ -20,7 +20,6 @@ size, so they would all fail alone too). No HTTP here: `errors.py` maps these to
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
@@ -50,9 +49,11 @@ log = logging.getLogger("mae.service")
 class _Job:
     n: int  # images this job holds (its cost in the queue)
     deadline: float  # time.monotonic()
-    future: asyncio.Future
-    images: torch.Tensor | None = None  # (n, 3, S, S) for embedding jobs
-    call: Callable[[], Any] | None = None  # exclusive device work (reconstructions)
+    # Kept out of repr: printing a batch of pixels (a log line, an exception message)
+    # would cost more CPU than the forward.
+    future: asyncio.Future = field(repr=False)
+    images: torch.Tensor | None = field(default=None, repr=False)  # (n, 3, S, S) for embedding jobs
+    call: Callable[[], Any] | None = field(default=None, repr=False)  # exclusive device work
     enqueued: float = field(default_factory=time.monotonic)
     waiting: bool = False  # counted in the queue's images
 
@@ -138,7 +139,9 @@ class Batcher:
 
     def _withdraw(self, job: _Job) -> None:
         """Take a job out of the queue, or out of the batch being gathered, for good."""
-        with contextlib.suppress(ValueError):
+        # Most jobs have left the queue by now (gathered into a batch): look before
+        # removing, as deque.remove's ValueError would format the job into its message.
+        if job in self._jobs:  # identity (eq=False): cheap
             self._jobs.remove(job)
         self._release(job)
 
