@@ -1,25 +1,27 @@
-"""Serving throughput and latency: a real `mae serve` over HTTP against the raw encoder.
+"""What serving costs over the bare model: a real `mae serve` against the bare encoder.
 
 Starts `mae serve` in a subprocess on 127.0.0.1 (default model: a random-init
 `mae_vit_tiny_patch8` at 64 px saved to a temporary folder), waits for `/ready`, then
-sends `POST /v1/embeddings` requests from an httpx AsyncClient (keep-alive) at each
-concurrency level. Each request holds one real JPEG photo (scikit-image's sample photos,
-encoded once) as base64 JSON, so every request pays base64 + JSON + JPEG decode + resize
-+ HTTP on top of the forward. The mean batch the server's batcher formed comes from
-`/metrics` (`mae_batch_images_sum / _count`, taken over the timed requests only).
+sends requests from an httpx AsyncClient (keep-alive) at each concurrency level. Each
+request holds one real JPEG photo (scikit-image's sample photos, encoded once), as base64
+JSON to `/v1/embeddings` or as a multipart upload to `/v1/embeddings/upload` (`--body`),
+so every request pays HTTP, the body, JPEG decoding and resizing on top of the forward.
 
-The peer, in the same run: the server is stopped, then the same weights' `model.embed`
-runs in this process on the same device, on preprocessed tensors of the same photos, at
-the batch size the server formed at that level: the in-process upper bound. The last
-column is server img/s over raw img/s (1.00: no serving overhead at all).
+The figure: the server process's own CPU time per image (user + system of all its
+threads, from /proc/<pid>/stat: the client's share of the cores does not count) over the
+bare encoder's CPU time per image at the batch size the server formed (`model.embed` under
+`torch.inference_mode()` on the same photos, already preprocessed, in a separate process
+with the same number of math threads). 1.00 would be serving at no cost at all. Load on a
+shared machine drifts, so each level runs `--rounds` rounds, each a server burst followed
+at once by a bare-encoder burst of as many images, and the table gives medians (the CPU
+ratio is the median of the rounds' ratios). Also given: images/s of both.
 
     .venv/bin/python bench/serve.py
+    .venv/bin/python bench/serve.py --model local:mae/vit-tiny-tinyimagenet --body multipart
     .venv/bin/python bench/serve.py --concurrency 1,16,64 --requests 256 --json serve.json
     .venv/bin/python bench/serve.py --variant mae_vit_base_patch16 --device cuda --requests 2048
-    .venv/bin/python bench/serve.py --model path/to/model-folder   # or local:<ns>/<name>
 
-Prints a Markdown table. The client runs on the same machine as the server and takes
-CPU from it: on a small CPU box that is part of the figure.
+Prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import platform
 import re
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -45,9 +48,6 @@ import httpx
 import numpy as np
 import skimage.data
 import torch
-
-# bench/ is on sys.path when a script here runs: share the timer
-from features import timed
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -55,7 +55,6 @@ import mae_core
 from mae_core.data import eval_transform
 from service.engine import pick_dtype
 from service.imaging import center_square
-from service.settings import Settings
 
 PHOTOS = ("chelsea", "astronaut", "coffee", "rocket")  # 300x451 to 512x512 RGB
 JPEG_QUALITY = 90
@@ -72,17 +71,27 @@ def jpeg(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def request_bodies(jpegs: list[bytes], encoding_format: str) -> list[bytes]:
-    """One JSON body per photo, encoded once (the client's JSON cost stays out of the way)."""
-    return [
-        json.dumps(
-            {
-                "input": [base64.b64encode(data).decode("ascii")],
-                "encoding_format": encoding_format,
-            }
-        ).encode()
-        for data in jpegs
-    ]
+def request_bodies(
+    jpegs: list[bytes], encoding_format: str, body: str = "json"
+) -> tuple[str, list[tuple[bytes, str]]]:
+    """(route, [(body, content type)]): one request per photo, encoded once so that the
+    client's own encoding stays out of the way."""
+    if body == "json":
+        out = []
+        for data in jpegs:
+            doc = {"input": [base64.b64encode(data).decode()], "encoding_format": encoding_format}
+            out.append((json.dumps(doc).encode(), "application/json"))
+        return "/v1/embeddings", out
+    out = []
+    for i, data in enumerate(jpegs):
+        req = httpx.Request(
+            "POST",
+            "http://x/",
+            files=[("file", (f"{i}.jpg", data, "image/jpeg"))],
+            data={"encoding_format": encoding_format},
+        )
+        out.append((req.read(), req.headers["content-type"]))
+    return "/v1/embeddings/upload", out
 
 
 # -- the server ---------------------------------------------------------------------------
@@ -92,21 +101,29 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def server_env(args: argparse.Namespace) -> dict[str, str]:
+    env = dict(os.environ, MAE_TORCH_THREADS=str(args.threads))
+    env.update(kv.split("=", 1) for kv in args.server_env)
+    for flag, var in (
+        ("max_batch_images", "MAE_MAX_BATCH_IMAGES"),
+        ("max_batch_wait_ms", "MAE_MAX_BATCH_WAIT_MS"),
+        ("decode_threads", "MAE_DECODE_THREADS"),
+    ):
+        if getattr(args, flag, None) is not None:
+            env[var] = str(getattr(args, flag))
+    return env
+
+
 def start_server(
     model: str, port: int, args: argparse.Namespace, log: Path
 ) -> subprocess.Popen[bytes]:
-    env = dict(os.environ)
-    if args.max_batch_images is not None:
-        env["MAE_MAX_BATCH_IMAGES"] = str(args.max_batch_images)
-    if args.max_batch_wait_ms is not None:
-        env["MAE_MAX_BATCH_WAIT_MS"] = str(args.max_batch_wait_ms)
     cmd = [
         *(sys.executable, "-m", "mae_core.cli", "serve", model),
         *("--host", "127.0.0.1", "--port", str(port), "--device", args.device),
         *("--dtype", args.dtype, "--log-level", "warning"),
     ]
     with log.open("wb") as out:
-        return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+        return subprocess.Popen(cmd, env=server_env(args), stdout=out, stderr=subprocess.STDOUT)
 
 
 def wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
@@ -134,7 +151,7 @@ def stop_server(proc: subprocess.Popen[bytes]) -> None:
 
 
 def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU seconds of a process so far (Linux /proc; None elsewhere)."""
+    """User + system CPU seconds of a process so far, all its threads (Linux /proc)."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
@@ -155,22 +172,24 @@ async def batch_totals(client: httpx.AsyncClient) -> tuple[float, float]:
 
 # -- the client ---------------------------------------------------------------------------
 async def load(
-    client: httpx.AsyncClient, bodies: list[bytes], concurrency: int, n: int
+    client: httpx.AsyncClient,
+    route: str,
+    bodies: list[tuple[bytes, str]],
+    concurrency: int,
+    n: int,
 ) -> tuple[float, list[float]]:
     """`n` requests, `concurrency` at a time -> (wall seconds, latency of each request)."""
     latencies: list[float] = []
     next_index = 0
-    headers = {"Content-Type": "application/json"}
 
     async def worker() -> None:
         nonlocal next_index
         while next_index < n:
             i = next_index
             next_index += 1
+            content, kind = bodies[i % len(bodies)]
             t0 = time.perf_counter()
-            r = await client.post(
-                "/v1/embeddings", content=bodies[i % len(bodies)], headers=headers
-            )
+            r = await client.post(route, content=content, headers={"Content-Type": kind})
             latencies.append(time.perf_counter() - t0)
             if r.status_code != 200:
                 raise SystemExit(f"request {i}: HTTP {r.status_code}: {r.text[:500]}")
@@ -182,60 +201,117 @@ async def load(
     return time.perf_counter() - t0, latencies
 
 
-async def measure_server(
-    url: str, pid: int, bodies: list[bytes], args: argparse.Namespace
+async def measure(
+    url: str, pid: int, route: str, bodies: list[tuple[bytes, str]], bare: BareEncoder, args
 ) -> list[dict]:
-    top = max(args.concurrency)
-    limits = httpx.Limits(max_connections=top, max_keepalive_connections=top)
     rows = []
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=120) as client:
-        for c in args.concurrency:
-            await load(client, bodies, c, max(args.warmup_requests, 2 * c))
-            images0, forwards0 = await batch_totals(client)
-            cpu0 = cpu_seconds(pid)
-            wall, lat = await load(client, bodies, c, args.requests)
-            cpu1 = cpu_seconds(pid)
-            images1, forwards1 = await batch_totals(client)
-            ms = np.asarray(lat) * 1000
-            rows.append(
+    for c in args.concurrency:
+        limits = httpx.Limits(max_connections=c, max_keepalive_connections=c)
+        rounds, latencies = [], []
+        for r in range(args.rounds):
+            # A client per round: the bare encoder's turn can outlast uvicorn's keep-alive
+            # (5 s), and a request sent on a connection the server just closed would fail.
+            async with httpx.AsyncClient(base_url=url, limits=limits, timeout=120) as client:
+                warm = max(args.warmup_requests, 2 * c) if r == 0 else c  # opens c connections
+                await load(client, route, bodies, c, warm)
+                images0, forwards0 = await batch_totals(client)
+                cpu0 = cpu_seconds(pid)
+                wall, lat = await load(client, route, bodies, c, args.requests)
+                cpu1 = cpu_seconds(pid)
+                images1, forwards1 = await batch_totals(client)
+            latencies += lat
+            batch = (images1 - images0) / max(forwards1 - forwards0, 1)
+            peer = bare.measure(max(1, round(batch)), args.requests)
+            server_cpu = None if cpu0 is None else 1000 * (cpu1 - cpu0) / args.requests
+            rounds.append(
                 {
-                    "concurrency": c,
-                    "requests": args.requests,
                     "server_img_s": args.requests / wall,
-                    "p50_ms": float(np.percentile(ms, 50)),
-                    "p99_ms": float(np.percentile(ms, 99)),
-                    "mean_batch": (images1 - images0) / max(forwards1 - forwards0, 1),
-                    "server_cpu_ms_per_img": None
-                    if cpu0 is None or cpu1 is None
-                    else 1000 * (cpu1 - cpu0) / args.requests,
+                    "mean_batch": batch,
+                    "server_cpu_ms_per_img": server_cpu,
+                    **peer,
+                    "cpu_ratio": None
+                    if server_cpu is None
+                    else server_cpu / peer["bare_cpu_ms_per_img"],
                 }
             )
+        ms = np.asarray(latencies) * 1000
+        row = {"concurrency": c, "requests": args.requests, "rounds": rounds}
+        for key in rounds[0]:
+            values = [r[key] for r in rounds if r[key] is not None]
+            row[key] = statistics.median(values) if values else None
+        row.update(p50_ms=float(np.percentile(ms, 50)), p99_ms=float(np.percentile(ms, 99)))
+        row["img_s_ratio"] = row["server_img_s"] / row["bare_img_s"]
+        rows.append(row)
     return rows
 
 
 # -- the peer -----------------------------------------------------------------------------
-def measure_raw(model_id: str, imgs: list[Image.Image], rows: list[dict], args) -> None:
-    """Adds `raw_img_s` (model.embed, same device and dtype) at each row's mean batch, and
-    the CPU time this process spent per image (all threads, warm-up calls included)."""
+class BareEncoder:
+    """The bare encoder in a process of its own (this script with --bare-worker), with the
+    server's device, dtype and math threads; asked for one burst at a time over a pipe,
+    so it idles while the server works and the other way round."""
+
+    def __init__(self, model_id: str, args: argparse.Namespace) -> None:
+        cmd = [
+            *(sys.executable, __file__, "--bare-worker", "--model", model_id),
+            *("--device", args.device, "--dtype", args.dtype, "--threads", str(args.threads)),
+        ]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self._ask({})  # loaded and warm
+
+    def _ask(self, request: dict) -> dict:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise SystemExit(f"the bare-encoder process exited ({self.proc.wait()})")
+        return json.loads(line)
+
+    def measure(self, batch: int, images: int) -> dict:
+        """Forwards of `batch` images until about `images` are done (3 calls at least)."""
+        return self._ask({"batch": batch, "calls": max(3, -(-images // batch))})
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        self.proc.wait(timeout=30)
+
+
+def bare_worker(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
     dev = args.device
-    model = mae_core.load_model(model_id, with_decoder=False).to(dev).eval()
+    model = mae_core.load_model(args.model, with_decoder=False).to(dev).eval()
     model.requires_grad_(False)
     dtype = pick_dtype(args.dtype, torch.device(dev))
-    tensors = [eval_transform(center_square(img), model.config) for img in imgs]
-    for row in rows:
-        b = max(1, round(row["mean_batch"]))
-        x = torch.stack([tensors[i % len(tensors)] for i in range(b)]).to(dev)  # (b, 3, S, S)
-        cpu0 = time.process_time()
-        with torch.inference_mode(), torch.autocast(dev, dtype, enabled=dtype != torch.float32):
-            seconds = timed(lambda x=x: model.embed(x), args.steps, args.warmup, dev)
-        calls = args.steps + args.warmup
-        row["raw_batch"] = b
-        row["raw_img_s"] = b / seconds
-        row["raw_cpu_ms_per_img"] = 1000 * (time.process_time() - cpu0) / (calls * b)
-        row["server_over_raw"] = row["server_img_s"] / row["raw_img_s"]
+    tensors = [eval_transform(center_square(img), model.config) for img in photos()]
+    autocast = torch.autocast(dev, dtype, enabled=dtype != torch.float32)
+    for line in sys.stdin:
+        request = json.loads(line)
+        answer: dict = {}
+        if request:
+            b, calls = request["batch"], request["calls"]
+            x = torch.stack([tensors[i % len(tensors)] for i in range(b)]).to(dev)
+            with torch.inference_mode(), autocast:
+                for _ in range(2):
+                    model.embed(x)
+                if dev == "cuda":
+                    torch.cuda.synchronize()
+                cpu0, t0 = time.process_time(), time.perf_counter()
+                for _ in range(calls):
+                    model.embed(x)
+                if dev == "cuda":
+                    torch.cuda.synchronize()
+                cpu, wall = time.process_time() - cpu0, time.perf_counter() - t0
+            answer = {
+                "bare_batch": b,
+                "bare_img_s": calls * b / wall,
+                "bare_cpu_ms_per_img": 1000 * cpu / (calls * b),
+            }
+        print(json.dumps(answer), flush=True)
 
 
-def device_name(dev: str) -> str:
+def device_name(dev: str, threads: int) -> str:
     if dev == "cuda":
         return torch.cuda.get_device_name()
     cpu = platform.processor() or platform.machine()
@@ -244,10 +320,10 @@ def device_name(dev: str) -> str:
         cpu = re.search(r"^Model name:\s*(.+)$", text, re.MULTILINE).group(1).strip()
     except (OSError, subprocess.CalledProcessError, AttributeError):
         pass
-    return f"CPU {cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+    return f"CPU {cpu}, {os.cpu_count()} cores, {threads} math threads"
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--model", metavar="ID", help="model id to serve (default: a random init)")
     ap.add_argument(
@@ -258,7 +334,7 @@ def main() -> None:
         "--device",
         choices=("cpu", "cuda"),
         default="cuda" if torch.cuda.is_available() else "cpu",
-        help="for the server and the raw encoder (default: cuda when present)",
+        help="for the server and the bare encoder (default: cuda when present)",
     )
     ap.add_argument(
         "--dtype",
@@ -267,14 +343,29 @@ def main() -> None:
         help="MAE_DTYPE, for both (default auto: bfloat16 on CUDA, else float32)",
     )
     ap.add_argument(
+        "--threads",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="math threads of the server's forward (MAE_TORCH_THREADS) and of the bare "
+        "encoder (default: all cores)",
+    )
+    ap.add_argument("--decode-threads", type=int, help="MAE_DECODE_THREADS (default: all cores)")
+    ap.add_argument(
+        "--body",
+        choices=("json", "multipart"),
+        default="json",
+        help="base64 JSON to /v1/embeddings, or a file upload to /v1/embeddings/upload",
+    )
+    ap.add_argument(
         "--concurrency",
         type=lambda s: [int(c) for c in s.split(",")],
         default=[1, 16, 64],
         help="requests in flight, comma-separated levels (default 1,16,64)",
     )
     ap.add_argument(
-        "--requests", type=int, default=256, help="timed requests per level (default 256)"
+        "--requests", type=int, default=256, help="timed requests per round (default 256)"
     )
+    ap.add_argument("--rounds", type=int, default=3, help="rounds per level (default 3)")
     ap.add_argument(
         "--warmup-requests",
         type=int,
@@ -290,16 +381,25 @@ def main() -> None:
         help="of the embeddings in the answers (default float)",
     )
     ap.add_argument(
-        "--steps", type=int, default=10, help="raw encoder: timed calls per batch (default 10)"
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an environment variable for the server only (repeatable), e.g. OMP_WAIT_POLICY=PASSIVE",
     )
-    ap.add_argument("--warmup", type=int, default=3, help="raw encoder: warm-up calls (default 3)")
     ap.add_argument("--ready-timeout", type=float, default=300, help="seconds to wait for /ready")
     ap.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
-    args = ap.parse_args()
+    ap.add_argument("--bare-worker", action="store_true", help=argparse.SUPPRESS)
+    return ap.parse_args()
 
-    imgs = photos()
-    jpegs = [jpeg(img) for img in imgs]
-    bodies = request_bodies(jpegs, args.encoding_format)
+
+def main() -> None:
+    args = parse_args()
+    if args.bare_worker:
+        bare_worker(args)
+        return
+    jpegs = [jpeg(img) for img in photos()]
+    route, bodies = request_bodies(jpegs, args.encoding_format, args.body)
     with tempfile.TemporaryDirectory() as tmp:
         model_id = args.model
         if model_id is None:
@@ -309,43 +409,47 @@ def main() -> None:
         port, log = free_port(), Path(tmp) / "serve.log"
         url = f"http://127.0.0.1:{port}"
         proc = start_server(model_id, port, args, log)
+        bare = None
         try:
             wait_ready(url, proc, log, args.ready_timeout)
             info = httpx.get(f"{url}/v1/models", timeout=10).json()["data"][0]
-            rows = asyncio.run(measure_server(url, proc.pid, bodies, args))
+            bare = BareEncoder(model_id, args)
+            rows = asyncio.run(measure(url, proc.pid, route, bodies, bare, args))
         finally:
+            if bare is not None:
+                bare.close()
             stop_server(proc)
-        measure_raw(model_id, imgs, rows, args)
 
+        started = re.search(r"threads: .*? images", log.read_text())
     sizes = ", ".join(f"{len(b) // 1024} KiB" for b in jpegs)
-    fields = Settings.model_fields  # what the server ran with: flag, else environment, else default
-    batch_images = args.max_batch_images or int(
-        os.environ.get("MAE_MAX_BATCH_IMAGES", fields["max_batch_images"].default)
-    )
-    wait_ms = float(os.environ.get("MAE_MAX_BATCH_WAIT_MS", fields["max_batch_wait_ms"].default))
-    wait_ms = wait_ms if args.max_batch_wait_ms is None else args.max_batch_wait_ms
+    body = "base64 JSON" if args.body == "json" else "multipart upload"
     head = (
         f"{args.variant if args.model is None else args.model} ({info['image_size']} px, "
-        f"{info['dtype']}), {device_name(args.device)}, torch {torch.__version__}, "
+        f"{info['dtype']}{', ' + info['backend'] if 'backend' in info else ''}), "
+        f"{device_name(args.device, args.threads)}, torch {torch.__version__}, "
         f"{datetime.date.today()}; one JPEG per request ({sizes}; {', '.join(PHOTOS)}), "
-        f"base64 JSON, encoding_format {args.encoding_format}; {args.requests} timed requests "
-        f"per level after warm-up; MAE_MAX_BATCH_IMAGES={batch_images}, "
-        f"MAE_MAX_BATCH_WAIT_MS={wait_ms:g}; raw encoder: median of {args.steps} after "
-        f"{args.warmup}"
+        f"{body}, encoding_format {args.encoding_format}; {args.rounds} rounds of "
+        f"{args.requests} requests per level after warm-up, medians; server "
+        f"{started.group(0) if started else 'threads: ?'}; server env "
+        + " ".join(
+            f"{k}={v}"
+            for k, v in sorted(server_env(args).items())
+            if k.startswith("MAE_") or k in dict(kv.split("=", 1) for kv in args.server_env)
+        )
     )
     print(head)
     print(
         "| concurrency | server img/s | p50 ms | p99 ms | mean batch | server CPU ms/img "
-        "| raw encoder img/s (batch) | raw CPU ms/img | server / raw |"
+        "| bare CPU ms/img | server CPU / bare | bare img/s | server img/s / bare |"
     )
-    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
-        cpu = r["server_cpu_ms_per_img"]
+        cpu, ratio = r["server_cpu_ms_per_img"], r["cpu_ratio"]
         print(
             f"| {r['concurrency']} | {r['server_img_s']:.0f} | {r['p50_ms']:.1f} | "
             f"{r['p99_ms']:.1f} | {r['mean_batch']:.1f} | {'-' if cpu is None else f'{cpu:.1f}'} "
-            f"| {r['raw_img_s']:.0f} ({r['raw_batch']}) | {r['raw_cpu_ms_per_img']:.1f} | "
-            f"{r['server_over_raw']:.2f} |"
+            f"| {r['bare_cpu_ms_per_img']:.1f} | {'-' if ratio is None else f'{ratio:.2f}'} "
+            f"| {r['bare_img_s']:.0f} | {r['img_s_ratio']:.2f} |"
         )
     if args.json:
         out = {"setup": head, "model": info, "args": vars(args), "rows": rows}

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
@@ -33,18 +35,19 @@ class Served:
     engine: Engine
     batcher: Batcher
     limits: ImageLimits
+    decoders: ThreadPoolExecutor  # shared by the served models
 
     async def images(
         self, blobs: list[bytes], names: list[str], reconstruction: bool = False
     ) -> torch.Tensor:
-        """Every image checked, decoded and preprocessed off the event loop -> (n, 3, S, S).
-        `names` say which image a problem is with (input[2], file[0] (cat.jpg), ...)."""
-        prepare = functools.partial(self.engine.prepare, limits=self.limits)
+        """Every image checked, decoded and preprocessed in the decode threads (one task
+        per image, so a request's images decode in parallel) -> (n, 3, S, S). `names` say
+        which image a problem is with (input[2], file[0] (cat.jpg), ...)."""
+        loop = asyncio.get_running_loop()
+        prepare = self.engine.prepare
         tensors = await asyncio.gather(
             *(
-                to_thread.run_sync(
-                    functools.partial(prepare, b, what=n, reconstruction=reconstruction)
-                )
+                loop.run_in_executor(self.decoders, prepare, b, self.limits, n, reconstruction)
                 for b, n in zip(blobs, names, strict=True)
             )
         )
@@ -59,9 +62,14 @@ class Registry:
     aliases: dict[str, str] = field(default_factory=dict)  # alias -> id
     ready: bool = False
     error: str | None = None  # why loading failed
+    decoders: ThreadPoolExecutor | None = None
 
     async def load(self) -> None:
         """Load, warm up and start every model; `ready` turns true only at the end."""
+        forward, decode = self.settings.threads()
+        torch.set_num_threads(forward)
+        self.decoders = ThreadPoolExecutor(decode, thread_name_prefix="mae-decode")
+        log.info("threads: %d for the forward, %d to decode images", forward, decode)
         try:
             for model_id in self.settings.model:
                 await self._load(model_id)
@@ -69,6 +77,9 @@ class Registry:
             self.error = f"{type(exc).__name__}: {exc}"
             log.error("could not load the model(s): %s", self.error)
             return
+        # What was loaded lives as long as the process: out of the collector's way, so
+        # that its full passes (every few hundred requests) do not walk it each time.
+        gc.freeze()
         self.ready = True
         self.metrics.ready.set(1)
 
@@ -96,7 +107,8 @@ class Registry:
         )
         batcher.start()
         limits = ImageLimits(max_bytes=s.max_image_bytes, max_pixels=s.max_image_pixels)
-        self.models[engine.id] = Served(engine, batcher, limits)
+        assert self.decoders is not None
+        self.models[engine.id] = Served(engine, batcher, limits, self.decoders)
         for alias in [model_id, *engine.info.aliases]:
             self.aliases.setdefault(alias, engine.id)
         log.info(
@@ -113,6 +125,8 @@ class Registry:
         self.ready = False
         self.metrics.ready.set(0)
         await asyncio.gather(*(served.batcher.close() for served in self.models.values()))
+        if self.decoders is not None:
+            self.decoders.shutdown(wait=False, cancel_futures=True)
 
     def get(self, name: str | None) -> Served:
         """The model served as `name` (an id or alias; None: the first one)."""

@@ -27,9 +27,12 @@ def preflight(settings: Settings, host: str, port: int) -> list[str]:
         ]
     for model_id in settings.model:
         resolve(parse_model_id(model_id), settings.models_dir)
+    forward, decode = settings.threads()
     return [
         f"mae serve: {', '.join(settings.model)} on http://{host}:{port}",
         "  demo page /, API docs /docs, readiness /ready, metrics /metrics",
+        f"  threads: {forward} for the forward, {decode} to decode images "
+        "(MAE_TORCH_THREADS, MAE_DECODE_THREADS)",
     ]
 
 

@@ -7,6 +7,7 @@ line per problem, each naming the environment variable.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -35,6 +36,16 @@ class Settings(BaseSettings):
         default=True, description="keep the decoder for /v1/reconstructions (off: encoder only)"
     )
     warmup: bool = Field(default=True, description="run a batch through each model before /ready")
+    torch_threads: int | None = Field(
+        default=None, ge=1, le=1024, description="math threads of the forward (default: all cores)"
+    )
+    decode_threads: int | None = Field(
+        default=None,
+        ge=1,
+        le=1024,
+        description="threads that decode and preprocess images (default: half the cores with "
+        "the forward on the CPU, all of them with it on a GPU)",
+    )
     models_dir: Path | None = Field(
         default=None, description="the embedded hub's folder (default: the checkout's models/)"
     )
@@ -111,6 +122,25 @@ class Settings(BaseSettings):
         if not self.hub_only and not self.model:
             raise ValueError(f"no model to serve: set {ENV_PREFIX}MODEL (or pass one to mae serve)")
         return self
+
+    def threads(self) -> tuple[int, int]:
+        """(math threads of the forward, decode threads): the settings, else chosen here.
+
+        The forward gets every core this process may run on. On the CPU, decoding gets
+        half of them: the forward's threads wait for each other at every layer, so a
+        decode thread that takes a core from one of them costs the whole forward (on 2
+        cores, 1 decode thread instead of 2 cut the server's CPU per image by about a
+        tenth; BENCHMARKS.md). With the forward on a GPU, decoding gets every core."""
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+        cores = cores or os.cpu_count() or 1
+        if self.device == "auto":
+            import torch
+
+            on_gpu = torch.cuda.is_available()
+        else:
+            on_gpu = self.device.startswith("cuda")
+        decode = cores if on_gpu else max(1, cores // 2)
+        return self.torch_threads or cores, self.decode_threads or decode
 
     def resolved_models_dir(self) -> Path:
         from mae_core.hub import models_dir

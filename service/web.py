@@ -19,14 +19,16 @@ from .registry import Registry
 T = TypeVar("T")
 
 
-def registry(request: Request) -> Registry:
+# The dependencies are `async def`: FastAPI would run a plain `def` in a worker thread,
+# two thread hand-offs per request for a dictionary lookup.
+async def registry(request: Request) -> Registry:
     return request.app.state.registry
 
 
 RegistryDep = Annotated[Registry, Depends(registry)]
 
 
-def require_key(request: Request) -> None:
+async def require_key(request: Request) -> None:
     """FastAPI dependency of the /v1 routers: a bearer key when MAE_API_KEYS is set."""
     keys = request.app.state.settings.api_keys
     if not keys:

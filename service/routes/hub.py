@@ -81,7 +81,7 @@ def _check_token(request: Request, why: str) -> None:
         raise TokenRefused(f"this token may not {why}")
 
 
-def require_write(request: Request) -> None:
+async def require_write(request: Request) -> None:
     """FastAPI dependency of every writing route: a token of MAE_HUB_TOKENS."""
     if not request.app.state.settings.hub_tokens:
         raise TokenRefused("this hub is read-only: start it with MAE_HUB_TOKENS to allow writes")
