@@ -32,7 +32,7 @@ FROM ${PYTHON_IMAGE} AS venv-cpu
 COPY scripts/install.sh /tmp/install.sh
 RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
     PIP_NO_CACHE_DIR=1 PYTHON=python3 TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu \
-    bash /tmp/install.sh /opt/mae /wheels/*.whl
+    EXTRAS=onnx bash /tmp/install.sh /opt/mae /wheels/*.whl
 
 # -- runtime: what both targets share ------------------------------------------------------
 # (TORCH_DISABLE_SHARE_RDZV_TCP_STORE: torchrun restarts in this image work; docs/training.md)

@@ -7,6 +7,9 @@ request holds one real JPEG photo (scikit-image's sample photos, encoded once), 
 JSON to `/v1/embeddings` or as a multipart upload to `/v1/embeddings/upload` (`--body`),
 so every request pays HTTP, the body, JPEG decoding and resizing on top of the forward.
 
+With `--backend onnxruntime[-int8]` the server runs its forward in ONNX Runtime while the
+peer stays the bare torch encoder, so the ratio says what the backend saves over torch.
+
 The figure: the server process's own CPU time per image (user + system of all its
 threads, from /proc/<pid>/stat: the client's share of the cores does not count) over the
 bare encoder's CPU time per image at the batch size the server formed (`model.embed` under
@@ -35,6 +38,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import signal
 import socket
 import statistics
@@ -108,6 +112,7 @@ def server_env(args: argparse.Namespace) -> dict[str, str]:
         ("max_batch_images", "MAE_MAX_BATCH_IMAGES"),
         ("max_batch_wait_ms", "MAE_MAX_BATCH_WAIT_MS"),
         ("decode_threads", "MAE_DECODE_THREADS"),
+        ("backend", "MAE_BACKEND"),
     ):
         if getattr(args, flag, None) is not None:
             env[var] = str(getattr(args, flag))
@@ -159,17 +164,6 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def batch_totals(client: httpx.AsyncClient) -> tuple[float, float]:
-    """(images, forwards) so far, summed over the served models."""
-    text = (await client.get("/metrics")).text
-    totals = {"mae_batch_images_sum": 0.0, "mae_batch_images_count": 0.0}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name in totals:
-                totals[sample.name] += sample.value
-    return totals["mae_batch_images_sum"], totals["mae_batch_images_count"]
-
-
 # -- the client ---------------------------------------------------------------------------
 async def load(
     client: httpx.AsyncClient,
@@ -201,31 +195,116 @@ async def load(
     return time.perf_counter() - t0, latencies
 
 
-async def measure(
-    url: str, pid: int, route: str, bodies: list[tuple[bytes, str]], bare: BareEncoder, args
+class Wrk:
+    """wrk (C, epoll) as the load. A Python client at 64 connections takes a core of its
+    own and starves the server of requests (batches of 1-2); wrk takes a small share, so
+    the server, not the client, sets the pace. It cycles through the same bodies."""
+
+    def __init__(self, url: str, route: str, bodies: list[tuple[bytes, str]], folder: Path):
+        self.url, self.script = url, folder / "post.lua"
+        lines = ["local bodies, kinds = {}, {}"]
+        for i, (content, kind) in enumerate(bodies):
+            path = folder / f"body{i}"
+            path.write_bytes(content)
+            lines += [
+                f'do local f = io.open("{path}", "rb"); bodies[{i + 1}] = f:read("*all"); f:close() end',
+                f'kinds[{i + 1}] = "{kind}"',
+            ]
+        lines += [
+            "local n = 0",
+            "request = function()",
+            f"  n = n % {len(bodies)} + 1",
+            f'  return wrk.format("POST", "{route}", {{["Content-Type"] = kinds[n]}}, bodies[n])',
+            "end",
+        ]
+        self.script.write_text("\n".join(lines) + "\n")
+
+    def run(self, concurrency: int, seconds: float) -> tuple[int, float, float, float]:
+        """-> (requests answered, seconds, p50 ms, p99 ms)."""
+        cmd = [
+            "wrk",
+            "-t1",
+            f"-c{concurrency}",
+            f"-d{seconds}s",
+            "--latency",
+            "-s",
+            str(self.script),
+            self.url,
+        ]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+        errors = re.search(r"Socket errors: (.*)", out)
+        if bad or errors:
+            raise SystemExit(f"wrk saw failed requests:\n{out}")
+        done = re.search(r"(\d+) requests in ([\d.]+)(\w+)", out)
+        wall = float(done.group(2)) * {"ms": 1e-3, "s": 1.0, "m": 60.0}[done.group(3)]
+        return int(done.group(1)), wall, _wrk_ms(out, "50%"), _wrk_ms(out, "99%")
+
+
+def _wrk_ms(out: str, pct: str) -> float:
+    value, unit = re.search(rf"^\s*{pct}\s+([\d.]+)(us|ms|s)\s*$", out, re.MULTILINE).groups()
+    return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+
+
+async def httpx_round(
+    url: str, route: str, bodies: list[tuple[bytes, str]], c: int, n: int, warm: int
+) -> tuple[int, float, float, float]:
+    """`n` requests from a fresh httpx client (after `warm` untimed ones)."""
+    limits = httpx.Limits(max_connections=c, max_keepalive_connections=c)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=120) as client:
+        await load(client, route, bodies, c, warm)
+        wall, lat = await load(client, route, bodies, c, n)
+    ms = np.asarray(lat) * 1000
+    return n, wall, float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
+
+
+def batch_totals(url: str) -> tuple[float, float]:
+    """(images, forwards) so far, summed over the served models."""
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    totals = {"mae_batch_images_sum": 0.0, "mae_batch_images_count": 0.0}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in totals:
+                totals[sample.name] += sample.value
+    return totals["mae_batch_images_sum"], totals["mae_batch_images_count"]
+
+
+def measure(
+    url: str,
+    pid: int,
+    route: str,
+    bodies: list[tuple[bytes, str]],
+    bare: BareEncoder,
+    wrk: Wrk | None,
+    args: argparse.Namespace,
 ) -> list[dict]:
     rows = []
     for c in args.concurrency:
-        limits = httpx.Limits(max_connections=c, max_keepalive_connections=c)
-        rounds, latencies = [], []
+        rounds = []
         for r in range(args.rounds):
-            # A client per round: the bare encoder's turn can outlast uvicorn's keep-alive
-            # (5 s), and a request sent on a connection the server just closed would fail.
-            async with httpx.AsyncClient(base_url=url, limits=limits, timeout=120) as client:
-                warm = max(args.warmup_requests, 2 * c) if r == 0 else c  # opens c connections
-                await load(client, route, bodies, c, warm)
-                images0, forwards0 = await batch_totals(client)
-                cpu0 = cpu_seconds(pid)
-                wall, lat = await load(client, route, bodies, c, args.requests)
-                cpu1 = cpu_seconds(pid)
-                images1, forwards1 = await batch_totals(client)
-            latencies += lat
-            batch = (images1 - images0) / max(forwards1 - forwards0, 1)
-            peer = bare.measure(max(1, round(batch)), args.requests)
-            server_cpu = None if cpu0 is None else 1000 * (cpu1 - cpu0) / args.requests
+            warm = max(args.warmup_requests, 2 * c) if r == 0 else c
+            if wrk is not None and r == 0:
+                wrk.run(c, 2)  # warm-up
+            images0, forwards0 = batch_totals(url)
+            cpu0 = cpu_seconds(pid)
+            if wrk is not None:
+                n, wall, p50, p99 = wrk.run(c, args.seconds)
+            else:
+                n, wall, p50, p99 = asyncio.run(
+                    httpx_round(url, route, bodies, c, args.requests, warm)
+                )
+            cpu1 = cpu_seconds(pid)
+            images1, forwards1 = batch_totals(url)
+            images = images1 - images0  # with httpx the warm-up's are in: per image is fair
+            batch = images / max(forwards1 - forwards0, 1)
+            peer = bare.measure(max(1, round(batch)), n)
+            server_cpu = None if cpu0 is None else 1000 * (cpu1 - cpu0) / images
             rounds.append(
                 {
-                    "server_img_s": args.requests / wall,
+                    "requests": n,
+                    "server_img_s": n / wall,
+                    "p50_ms": p50,
+                    "p99_ms": p99,
                     "mean_batch": batch,
                     "server_cpu_ms_per_img": server_cpu,
                     **peer,
@@ -234,12 +313,10 @@ async def measure(
                     else server_cpu / peer["bare_cpu_ms_per_img"],
                 }
             )
-        ms = np.asarray(latencies) * 1000
-        row = {"concurrency": c, "requests": args.requests, "rounds": rounds}
+        row: dict = {"concurrency": c, "rounds": rounds}
         for key in rounds[0]:
             values = [r[key] for r in rounds if r[key] is not None]
             row[key] = statistics.median(values) if values else None
-        row.update(p50_ms=float(np.percentile(ms, 50)), p99_ms=float(np.percentile(ms, 99)))
         row["img_s_ratio"] = row["server_img_s"] / row["bare_img_s"]
         rows.append(row)
     return rows
@@ -349,7 +426,15 @@ def parse_args() -> argparse.Namespace:
         help="math threads of the server's forward (MAE_TORCH_THREADS) and of the bare "
         "encoder (default: all cores)",
     )
-    ap.add_argument("--decode-threads", type=int, help="MAE_DECODE_THREADS (default: all cores)")
+    ap.add_argument(
+        "--decode-threads", type=int, help="MAE_DECODE_THREADS (default: half the cores)"
+    )
+    ap.add_argument(
+        "--backend",
+        choices=("torch", "onnxruntime", "onnxruntime-int8"),
+        help="MAE_BACKEND of the server (the bare encoder is always torch: the ratio is "
+        "against the bare torch model)",
+    )
     ap.add_argument(
         "--body",
         choices=("json", "multipart"),
@@ -363,9 +448,16 @@ def parse_args() -> argparse.Namespace:
         help="requests in flight, comma-separated levels (default 1,16,64)",
     )
     ap.add_argument(
-        "--requests", type=int, default=256, help="timed requests per round (default 256)"
+        "--requests", type=int, default=256, help="httpx: timed requests per round (default 256)"
     )
     ap.add_argument("--rounds", type=int, default=3, help="rounds per level (default 3)")
+    ap.add_argument(
+        "--client",
+        choices=("auto", "wrk", "httpx"),
+        default="auto",
+        help="the load: wrk when installed (apt install wrk), else an httpx client",
+    )
+    ap.add_argument("--seconds", type=float, default=5, help="wrk: seconds per round (default 5)")
     ap.add_argument(
         "--warmup-requests",
         type=int,
@@ -414,7 +506,9 @@ def main() -> None:
             wait_ready(url, proc, log, args.ready_timeout)
             info = httpx.get(f"{url}/v1/models", timeout=10).json()["data"][0]
             bare = BareEncoder(model_id, args)
-            rows = asyncio.run(measure(url, proc.pid, route, bodies, bare, args))
+            use_wrk = args.client == "wrk" or (args.client == "auto" and shutil.which("wrk"))
+            wrk = Wrk(url, route, bodies, Path(tmp)) if use_wrk else None
+            rows = measure(url, proc.pid, route, bodies, bare, wrk, args)
         finally:
             if bare is not None:
                 bare.close()
@@ -428,8 +522,9 @@ def main() -> None:
         f"{info['dtype']}{', ' + info['backend'] if 'backend' in info else ''}), "
         f"{device_name(args.device, args.threads)}, torch {torch.__version__}, "
         f"{datetime.date.today()}; one JPEG per request ({sizes}; {', '.join(PHOTOS)}), "
-        f"{body}, encoding_format {args.encoding_format}; {args.rounds} rounds of "
-        f"{args.requests} requests per level after warm-up, medians; server "
+        f"{body}, encoding_format {args.encoding_format}; load from "
+        f"{'wrk, ' + format(args.seconds, 'g') + ' s' if wrk else 'httpx, ' + str(args.requests) + ' requests'}"
+        f" per round, {args.rounds} rounds per level after warm-up, medians; server "
         f"{started.group(0) if started else 'threads: ?'}; server env "
         + " ".join(
             f"{k}={v}"

@@ -327,6 +327,51 @@ def add_curve(sub: Any) -> None:
     p.set_defaults(func=cmd_curve)
 
 
+# -- mae export ---------------------------------------------------------------------------
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_model
+
+    result = export_model(
+        args.model,
+        args.output,
+        quantize=args.quantize,
+        revision=args.revision,
+        images=args.check_images,
+    )
+    print(f"wrote {', '.join(result.files)} into {result.folder}")
+    for check in result.checks:
+        print(f"  checked against torch: {check.line()}")
+    print(
+        f"  serve it: mae serve {args.model} --backend onnxruntime (with the onnx/ folder beside its weights)"
+    )
+    return 0
+
+
+def add_export(sub: Any) -> None:
+    p = sub.add_parser(
+        "export",
+        help="write a model's encoder as ONNX (optionally int8), checked against torch",
+        description="Write MODEL's encoder into OUTPUT/onnx/: model.onnx (input pixel_values "
+        "(N, 3, S, S), normalised as the model's pretrained_cfg says; output "
+        "last_hidden_state (N, 1+L, D) after the final norm; dynamic batch) and, with "
+        "--quantize int8, model_quantized.onnx (ONNX Runtime's dynamic quantisation). Each "
+        "file is run by ONNX Runtime at once and compared with torch on real photos; a "
+        "mismatch is an error. Needs pip install 'mae-hub[onnx]'.",
+    )
+    p.add_argument("model", metavar="MODEL", help="model id (folder, .pth, local:, hf-hub:)")
+    p.add_argument("--format", choices=("onnx",), default="onnx", help="only onnx so far")
+    p.add_argument("--output", required=True, metavar="DIR", help="folder to write onnx/ into")
+    p.add_argument("--quantize", choices=("int8",), help="also write a quantised copy")
+    p.add_argument("--revision", help="branch or commit for local:/hf-hub: ids")
+    p.add_argument(
+        "--check-images",
+        nargs="+",
+        metavar="IMAGE",
+        help="photos to compare on (default: the demo page's sample photos)",
+    )
+    p.set_defaults(func=cmd_export)
+
+
 # -- mae push / mae pull -----------------------------------------------------------------
 def cmd_push(args: argparse.Namespace) -> int:
     from .publish import push
@@ -346,6 +391,7 @@ def cmd_push(args: argparse.Namespace) -> int:
         license=args.license,
         eval_file=args.eval,
         card_image=args.card_image,
+        with_onnx=args.with_onnx,
     )
     print(
         f"pushed {len(result.files)} files to {result.repo_id}@{result.revision}: commit {result.commit}"
@@ -396,6 +442,12 @@ def add_push(sub: Any) -> None:
         help="mae eval --output JSON to cite in the card (repeat for several datasets)",
     )
     p.add_argument("--card-image", metavar="IMAGE", help="reconstruct this image for the card")
+    p.add_argument(
+        "--with-onnx",
+        action="store_true",
+        help="also export the encoder as ONNX (fp32 and int8, checked against torch) into the "
+        "repo's onnx/ folder: mae serve --backend onnxruntime then uses it as is",
+    )
     p.set_defaults(func=cmd_push)
 
 
@@ -436,7 +488,12 @@ def _serve_env(args: argparse.Namespace) -> dict[str, str]:
     models = [*([args.model] if args.model else []), *(args.models or [])]
     if models:
         env["MAE_MODEL"] = ",".join(models)
-    for flag, var in (("device", "DEVICE"), ("dtype", "DTYPE"), ("models_dir", "MODELS_DIR")):
+    for flag, var in (
+        ("device", "DEVICE"),
+        ("dtype", "DTYPE"),
+        ("models_dir", "MODELS_DIR"),
+        ("backend", "BACKEND"),
+    ):
         value = getattr(args, flag)
         if value:
             env[f"MAE_{var}"] = str(value)
@@ -490,6 +547,10 @@ def add_serve(sub: Any) -> None:
     p.add_argument("--port", type=int, default=8000, help="default 8000")
     p.add_argument("--device", help="auto (default: CUDA when present), cpu, cuda, cuda:N")
     p.add_argument("--dtype", help="auto (default), float32, bfloat16, float16")
+    p.add_argument(
+        "--backend",
+        help="torch (default), onnxruntime or onnxruntime-int8 (CPU; needs mae-hub[onnx])",
+    )
     p.add_argument("--workers", type=int, default=1, help="processes, each with its own model")
     p.add_argument(
         "--no-reconstruction",
@@ -510,6 +571,7 @@ SUBCOMMANDS: list[Callable[[Any], None]] = [
     add_eval,
     add_reconstruct,
     add_curve,
+    add_export,
     add_push,
     add_pull,
     add_serve,

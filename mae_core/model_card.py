@@ -80,6 +80,7 @@ def render_card(
     eval_result: dict[str, Any] | list[dict[str, Any]] | None = None,
     picture: str | None = None,
     picture_caption: str = "",
+    onnx: dict[str, Any] | None = None,
 ) -> str:
     """Markdown with a YAML header: library_name timm, tags, license, datasets, pipeline tag."""
     training = mae_config.get("training") or {}
@@ -146,6 +147,22 @@ def render_card(
         f"Served by mae-hub: `mae serve hf-hub:{repo_id}`, then `POST /v1/embeddings`.",
         "",
     ]
+    if onnx:
+        checks = "; ".join(
+            f"`{c['file']}`: max abs difference {c['max_abs']:.1e}, cosine {c['min_cosine']:.5f}"
+            for c in onnx.get("checks", [])
+        )
+        lines += [
+            "## ONNX",
+            "",
+            "`onnx/model.onnx` (and `onnx/model_quantized.onnx`, int8 dynamic quantisation) hold "
+            "the encoder for ONNX Runtime: input `pixel_values` (N, 3, S, S), preprocessed as "
+            "above; output `last_hidden_state` (N, 1+L, D) after the final norm. Checked "
+            f"against torch when exported: {checks}.",
+            "",
+            f"Served with ONNX Runtime: `mae serve hf-hub:{repo_id} --backend onnxruntime`.",
+            "",
+        ]
     if training:
         lines += [
             "## Training",

@@ -36,10 +36,13 @@ def stage_repo(
     license: str = "apache-2.0",
     eval_file: str | os.PathLike[str] | list[str | os.PathLike[str]] | None = None,
     card_image: str | os.PathLike[str] | None = None,
+    with_onnx: bool = False,
 ) -> list[str]:
     """Write into `dest` what `push` uploads: the weights in our layout (copied byte for
     byte when `model_dir` is already in it, else converted), `README.md` (the model card),
-    `eval_results.json` and `reconstruction.png` when available. Returns the file names.
+    `eval_results.json` and `reconstruction.png` when available, and with `with_onnx`
+    `onnx/` (`export_onnx`: fp32 and int8, checked on the sample photos). Returns the file
+    paths, relative to `dest`.
 
     The evaluation comes from `eval_file` (one file or a list: several evaluations, e.g.
     one per dataset, kept as a JSON list), else `eval.json` in the model folder or its
@@ -112,6 +115,15 @@ def stage_repo(
     params = model.num_params()
     if has_decoder and not params.get("decoder"):
         params = load_model(dest).num_params()
+    onnx = None
+    if with_onnx:
+        from .export import check_images, export_onnx, sample_photos
+
+        encoder = load_model(dest, with_decoder=False)
+        photos = sample_photos()
+        images = check_images(photos, encoder) if photos else None
+        result = export_onnx(encoder, dest, images=images, quantize="int8", source=repo_id)
+        onnx = json.loads((result.folder / "export.json").read_text())
     card = render_card(
         repo_id,
         mae_config,
@@ -121,9 +133,10 @@ def stage_repo(
         eval_result=eval_result,
         picture=picture,
         picture_caption=caption,
+        onnx=onnx,
     )
     (dest / "README.md").write_text(card)
-    return sorted(p.name for p in dest.iterdir() if p.is_file())
+    return sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file())
 
 
 def _read_eval(path: Path) -> Any:

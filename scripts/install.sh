@@ -10,6 +10,7 @@
 #   PYTHON           interpreter that creates VENV (default: python3.11, else python3)
 #   TORCH_INDEX_URL  where torch/torchvision come from, e.g. https://download.pytorch.org/whl/cpu
 #                    for the small CPU-only build (default: PyPI, the CUDA build on x86_64)
+#   EXTRAS           extras for the wheels given, e.g. onnx (the CPU image's onnxruntime)
 #   PIP_NO_CACHE_DIR and the other PIP_* variables are honoured as usual.
 set -euo pipefail
 
@@ -35,5 +36,10 @@ if [[ -n "${TORCH_INDEX_URL:-}" ]]; then
 else
   "${pip[@]}" install --quiet "${TORCH_PINS[@]}"
 fi
-"${pip[@]}" install --quiet "$@" "${TORCH_PINS[@]}"
+specs=()
+for spec in "$@"; do
+  [[ -n "${EXTRAS:-}" && "$spec" == *.whl ]] && spec="$spec[$EXTRAS]"
+  specs+=("$spec")
+done
+"${pip[@]}" install --quiet "${specs[@]}" "${TORCH_PINS[@]}"
 echo "installed into $venv: $("$venv/bin/python" -c 'import importlib.metadata as m, torch; print("mae-hub", m.version("mae-hub"), "torch", torch.__version__)')"

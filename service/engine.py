@@ -33,6 +33,9 @@ from mae_core.hub import parse_model_id, resolve
 from mae_core.model import MaskedAutoencoder
 from mae_core.visualize import Panels, reconstruction_panels
 
+from .backends import BACKENDS, Backend
+from .backends.onnx_backend import OnnxBackend, default_onnx_cache
+from .backends.torch_backend import TorchBackend
 from .engine_errors import NoDecoder
 from .imaging import ImageLimits, center_square, decode
 
@@ -64,6 +67,7 @@ class ModelInfo:
     dtype: str
     parameters: dict[str, int]
     norm_pix_loss: bool
+    backend: str
     aliases: list[str] = field(default_factory=list)
 
 
@@ -83,24 +87,48 @@ class Engine:
         dtype: str = "auto",
         with_decoder: bool = True,
         models_dir: Path | None = None,
+        backend: str = "torch",
+        threads: int | None = None,
+        onnx_cache: Path | None = None,
     ) -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        onnx = backend != "torch"
+        if onnx and device.startswith("cuda"):
+            raise ValueError(
+                f"the {backend} backend runs on the CPU here: serve with --device cpu, or use "
+                "the torch backend on CUDA"
+            )
         parsed = parse_model_id(model_id)
         path = resolve(parsed, models_dir)
         # Keep the decoder only when reconstructions are on *and* the weights carry one.
         model = load_weights(path, with_decoder=None if with_decoder else False)
         if with_decoder and not model.has_decoder:
             log.warning("%s has no decoder: /v1/reconstructions is off for it", model_id)
-        self.device = resolve_device(device)
+        self.device = resolve_device("cpu" if onnx else device)
         self.dtype = pick_dtype(dtype, self.device)
         self.model: MaskedAutoencoder = model.to(self.device).eval()
         self.model.requires_grad_(False)
         self.id = str(parsed)
         weights = model.source_info.get("weights") or []
+        sha256 = sha256_file(weights[0]) if weights else None
+        self.backend: Backend = (
+            OnnxBackend(
+                self.model,
+                quantized=backend == "onnxruntime-int8",
+                repo=path,
+                cache=Path(onnx_cache) if onnx_cache else default_onnx_cache(),
+                weights_sha256=sha256,
+                threads=threads,
+            )
+            if onnx
+            else TorchBackend(self.model, self.device, self.dtype)
+        )
         cfg = model.config
         self.info = ModelInfo(
             id=self.id,
             revision=_snapshot_revision(path),
-            sha256=sha256_file(weights[0]) if weights else None,
+            sha256=sha256,
             image_size=cfg.img_size,
             patch_size=cfg.patch_size,
             embed_dim=cfg.embed_dim,
@@ -109,6 +137,7 @@ class Engine:
             dtype=str(self.dtype).removeprefix("torch."),
             parameters=model.num_params(),
             norm_pix_loss=cfg.norm_pix_loss,
+            backend=self.backend.name,
             aliases=[parsed.name] if parsed.scheme != "path" else [],
         )
 
@@ -158,11 +187,9 @@ class Engine:
         return torch.autocast(self.device.type, dtype=self.dtype, enabled=enabled)
 
     def embed(self, batch: torch.Tensor) -> torch.Tensor:
-        """batch (N, 3, S, S) -> (N, 2, D) float32 CPU: [:, 0] class token, [:, 1] patch mean."""
-        with torch.inference_mode(), self._autocast():
-            tokens = self.model.forward_features(batch.to(self.device, non_blocking=True))
-            pooled = torch.stack([tokens[:, 0], tokens[:, 1:].mean(dim=1)], dim=1)  # (N, 2, D)
-        return pooled.float().cpu()
+        """batch (N, 3, S, S) -> (N, 2, D) float32 CPU: [:, 0] class token, [:, 1] patch
+        mean, computed by the backend."""
+        return self.backend.embed(batch)
 
     def reconstruct(self, x: torch.Tensor, mask_ratio: float, seed: int) -> Panels:
         """x (3, S, S) -> the four panels, mask, per-patch error and loss."""

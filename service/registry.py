@@ -94,6 +94,9 @@ class Registry:
                 dtype=s.dtype,
                 with_decoder=s.reconstruction,
                 models_dir=s.models_dir,
+                backend=s.backend,
+                threads=s.threads()[0],
+                onnx_cache=s.onnx_cache,
             )
         )
         if s.warmup:

@@ -96,6 +96,7 @@ class ModelCard(BaseModel):
     dtype: str
     parameters: dict[str, int]
     norm_pix_loss: bool
+    backend: str = Field(description="what runs the forward: torch, onnxruntime, onnxruntime-int8")
 
 
 class ModelList(BaseModel):

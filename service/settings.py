@@ -36,6 +36,15 @@ class Settings(BaseSettings):
         default=True, description="keep the decoder for /v1/reconstructions (off: encoder only)"
     )
     warmup: bool = Field(default=True, description="run a batch through each model before /ready")
+    backend: Literal["torch", "onnxruntime", "onnxruntime-int8"] = Field(
+        default="torch",
+        description="what runs the embedding forward: torch, or ONNX Runtime on the CPU "
+        "(fp32, or int8 with dynamic quantisation); reconstructions always use torch",
+    )
+    onnx_cache: Path | None = Field(
+        default=None,
+        description="where exported ONNX files are kept (default: ~/.cache/mae-hub/onnx)",
+    )
     torch_threads: int | None = Field(
         default=None, ge=1, le=1024, description="math threads of the forward (default: all cores)"
     )

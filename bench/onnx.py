@@ -1,0 +1,168 @@
+"""The encoder in ONNX Runtime (fp32, int8) against torch eager: speed and what int8 costs.
+
+Exports the model (`mae_core.export.export_onnx`, checked against torch as it writes),
+then, in this one process with the same number of math threads for all three:
+
+1. speed: `forward_features` in torch under `inference_mode` against the ONNX Runtime
+   session of `model.onnx` and of `model_quantized.onnx`, at each batch size, in
+   interleaved rounds (torch, fp32, int8, torch, ...) so that drift on a shared machine
+   hits all three alike; the median seconds per call of each, and ratios (torch / ONNX:
+   above 1, ONNX Runtime is faster);
+2. quality (`--knn`): weighted k-NN top-1 on labelled images (default CIFAR-10, an evenly
+   strided subset) from each runtime's features, mean pooling: what int8 costs in points.
+
+    .venv/bin/python bench/onnx.py
+    .venv/bin/python bench/onnx.py --model local:mae/vit-tiny-tinyimagenet --knn --limit 5000
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+# bench/ is on sys.path when a script here runs: share the device description
+from serve import device_name
+
+import mae_core
+from mae_core.data import EvalDataset
+from mae_core.export import (
+    INPUT,
+    ONNX_FILE,
+    OUTPUT,
+    QUANTIZED_FILE,
+    check_images,
+    export_onnx,
+    sample_photos,
+    session,
+)
+from mae_core.probe import knn_classify
+from mae_core.sources import index_source
+
+
+def speed(model, sessions: dict, batches: list[int], rounds: int, calls: int) -> list[dict]:
+    cfg = model.config
+    rows = []
+    for b in batches:
+        x = torch.randn(b, 3, cfg.img_size, cfg.img_size)
+        xn = x.numpy()
+        runners = {
+            "torch": lambda x=x: model.forward_features(x),
+            **{
+                name: (lambda s=s, xn=xn: s.run([OUTPUT], {INPUT: xn}))
+                for name, s in sessions.items()
+            },
+        }
+        times: dict[str, list[float]] = {name: [] for name in runners}
+        with torch.inference_mode():
+            for fn in runners.values():
+                fn()  # warm-up
+            for _ in range(rounds):
+                for name, fn in runners.items():
+                    t0 = time.perf_counter()
+                    for _ in range(calls):
+                        fn()
+                    times[name].append((time.perf_counter() - t0) / calls)
+        med = {name: statistics.median(t) for name, t in times.items()}
+        row = {"batch": b, **{f"{k}_ms": 1000 * v for k, v in med.items()}}
+        for name in sessions:
+            row[f"{name}_speedup"] = med["torch"] / med[name]
+        rows.append(row)
+    return rows
+
+
+def features(model, sessions: dict, dataset, batch: int) -> tuple[dict, np.ndarray]:
+    """Mean-pooled features of every image by torch and by each session."""
+    from torch.utils.data import DataLoader
+
+    out: dict[str, list[np.ndarray]] = {"torch": [], **{n: [] for n in sessions}}
+    labels = []
+    with torch.inference_mode():
+        for x, y in DataLoader(dataset, batch_size=batch, num_workers=0):
+            out["torch"].append(model.forward_features(x)[:, 1:].mean(1).numpy())
+            for name, s in sessions.items():
+                out[name].append(s.run([OUTPUT], {INPUT: x.numpy()})[0][:, 1:].mean(1))
+            labels.append(np.asarray(y))
+    return {k: np.concatenate(v) for k, v in out.items()}, np.concatenate(labels)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--model", default="local:mae/vit-tiny-tinyimagenet", help="model id")
+    ap.add_argument("--batches", default="1,16,64", help="batch sizes (default 1,16,64)")
+    ap.add_argument("--rounds", type=int, default=7, help="interleaved rounds (default 7)")
+    ap.add_argument("--calls", type=int, default=5, help="calls per round and runtime")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="math threads")
+    ap.add_argument("--knn", action="store_true", help="also k-NN top-1 on --data")
+    ap.add_argument("--data", default="cifar10", help="labelled source (train/test splits)")
+    ap.add_argument("--limit", type=int, default=5000, help="images per split for --knn")
+    ap.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
+    args = ap.parse_args()
+
+    torch.set_num_threads(args.threads)
+    model = mae_core.load_model(args.model, with_decoder=False).eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        photos = sample_photos()
+        images = check_images(photos, model) if photos else None
+        result = export_onnx(model, tmp, images=images, quantize="int8", source=args.model)
+        sessions = {
+            "onnxruntime": session(result.folder / ONNX_FILE, args.threads),
+            "onnxruntime-int8": session(result.folder / QUANTIZED_FILE, args.threads),
+        }
+        batches = [int(b) for b in args.batches.split(",")]
+        rows = speed(model, sessions, batches, args.rounds, args.calls)
+        knn = None
+        if args.knn:
+            from mae_core.sources import held_out_source, train_split
+
+            train = EvalDataset(index_source(train_split(args.data), args.limit), model.config)
+            test = EvalDataset(index_source(held_out_source(args.data), args.limit), model.config)
+            tr, ytr = features(model, sessions, train, 64)
+            te, yte = features(model, sessions, test, 64)
+            knn = {
+                name: knn_classify(
+                    torch.from_numpy(tr[name]),
+                    torch.from_numpy(ytr).long(),
+                    torch.from_numpy(te[name]),
+                    torch.from_numpy(yte).long(),
+                )["top1"]
+                for name in tr
+            }
+
+    head = (
+        f"{args.model}, {device_name('cpu', args.threads)}, torch {torch.__version__}, "
+        f"onnxruntime {__import__('onnxruntime').__version__}, {datetime.date.today()}; "
+        f"median of {args.rounds} interleaved rounds of {args.calls} calls; export checks: "
+        + "; ".join(c.line() for c in result.checks)
+    )
+    print(head)
+    print("| batch | torch ms | onnxruntime ms (x) | onnxruntime-int8 ms (x) |")
+    print("| ---: | ---: | ---: | ---: |")
+    for r in rows:
+        print(
+            f"| {r['batch']} | {r['torch_ms']:.1f} | {r['onnxruntime_ms']:.1f} "
+            f"({r['onnxruntime_speedup']:.2f}) | {r['onnxruntime-int8_ms']:.1f} "
+            f"({r['onnxruntime-int8_speedup']:.2f}) |"
+        )
+    if knn:
+        print(
+            f"k-NN top-1 (k=20, mean pooling), {args.data}, {args.limit} train / {args.limit} "
+            "test: " + ", ".join(f"{k} {v:.2f}" for k, v in knn.items())
+        )
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps({"setup": head, "args": vars(args), "rows": rows, "knn": knn}, indent=2)
+            + "\n"
+        )
+
+
+if __name__ == "__main__":
+    main()

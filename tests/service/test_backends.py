@@ -1,0 +1,149 @@
+"""The embedding forward behind one interface: torch and ONNX Runtime (fp32, int8) give the
+same engine the same answers, on real photos; the ONNX file comes from the repo (checked
+against the weights) or from a cache it is exported into once; a real server answers with
+the backend it says it uses."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+
+from mae_core import create_model, load_model
+from mae_core.export import ONNX_DIR, ONNX_FILE, export_onnx
+from service.backends import BACKENDS
+from service.engine import Engine
+from service.engine_errors import ServiceError
+from service.imaging import ImageLimits
+
+from .conftest import SMALL_MODEL, model_settings, serve
+from .test_embeddings import _embed, _photos
+
+pytest.importorskip("onnxruntime")
+LIMITS = ImageLimits(max_bytes=1 << 24, max_pixels=40_000_000)
+SMALL_MODEL_DIM = 192  # mae_vit_tiny_patch8
+
+
+@pytest.fixture(scope="module")
+def onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache for the module: each variant is exported once."""
+    return tmp_path_factory.mktemp("onnx-cache")
+
+
+@pytest.fixture(scope="module")
+def batch(small_model_dir: Path, cifar_folder: Path, onnx_cache: Path) -> torch.Tensor:
+    """12 real CIFAR photos, decoded and preprocessed by the engine itself."""
+    engine = Engine(str(small_model_dir), device="cpu", with_decoder=False)
+    return torch.stack([engine.prepare(b, LIMITS) for b in _photos(cifar_folder, 12)])
+
+
+def _engine(model_dir: Path, backend: str, cache: Path) -> Engine:
+    return Engine(
+        str(model_dir), device="cpu", with_decoder=False, backend=backend, onnx_cache=cache
+    )
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])
+    return float(((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)).min())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_every_backend_answers_as_torch_does(
+    small_model_dir: Path, onnx_cache: Path, batch: torch.Tensor, backend: str
+) -> None:
+    want = _engine(small_model_dir, "torch", onnx_cache).embed(batch).numpy()
+    engine = _engine(small_model_dir, backend, onnx_cache)
+    got = engine.embed(batch).numpy()
+    assert engine.info.backend == backend
+    assert got.shape == want.shape == (12, 2, SMALL_MODEL_DIM) and got.dtype == np.float32
+    # batches of another size, one by one: the batch axis is dynamic
+    single = np.concatenate([engine.embed(batch[i : i + 1]).numpy() for i in range(3)])
+    if backend == "onnxruntime-int8":
+        # Dynamic quantisation scales the activations of the whole batch at once, so an
+        # image's vector moves a little with its batch-mates (docs/service.md says so).
+        assert _cosine(single, got[:3]) > 0.99 and not np.allclose(single, got[:3])
+        assert _cosine(got, want) > 0.99
+    else:
+        np.testing.assert_allclose(single, got[:3], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+        assert _cosine(got, want) > 0.9999
+
+
+def test_the_export_is_made_once_into_the_cache(
+    small_model_dir: Path, tmp_path: Path, batch: torch.Tensor
+) -> None:
+    cache = tmp_path / "cache"
+    first = _engine(small_model_dir, "onnxruntime", cache)
+    (folder,) = cache.iterdir()  # <weights sha256>-fp32
+    assert folder.name == f"{first.info.sha256[:16]}-fp32"
+    made = (folder / ONNX_DIR / ONNX_FILE).stat().st_mtime_ns
+    again = _engine(small_model_dir, "onnxruntime", cache)
+    assert (folder / ONNX_DIR / ONNX_FILE).stat().st_mtime_ns == made  # reused, not redone
+    assert [p.name for p in cache.iterdir()] == [folder.name]  # no temporary left
+    torch.testing.assert_close(again.embed(batch), first.embed(batch))
+
+
+def test_a_repo_s_own_onnx_file_is_used_and_a_stale_one_refused(
+    small_model_dir: Path, tmp_path: Path, batch: torch.Tensor
+) -> None:
+    repo = tmp_path / "repo"
+    shutil.copytree(small_model_dir, repo)
+    export_onnx(load_model(repo, with_decoder=False), repo)  # repo/onnx/model.onnx
+    cache = tmp_path / "cache"
+    engine = _engine(repo, "onnxruntime", cache)
+    assert not cache.exists()  # nothing exported: the repo's own file serves
+    want = _engine(repo, "torch", cache).embed(batch)
+    torch.testing.assert_close(engine.embed(batch), want, rtol=1e-4, atol=1e-4)
+    # Weights changed after the export: the file no longer matches them and is refused.
+    torch.manual_seed(1)
+    create_model("mae_vit_tiny_patch8", **SMALL_MODEL).save_pretrained(repo)
+    with pytest.raises(ServiceError, match="does not match the served weights"):
+        _engine(repo, "onnxruntime", cache)
+
+
+def test_onnxruntime_on_cuda_is_refused_in_one_line(small_model_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="runs on the CPU here"):
+        Engine(str(small_model_dir), device="cuda", backend="onnxruntime", onnx_cache=tmp_path)
+
+
+def test_a_served_onnxruntime_backend_answers_like_torch(
+    small_model_dir: Path, cifar_folder: Path, onnx_cache: Path, tmp_path: Path
+) -> None:
+    photos = _photos(cifar_folder, 5)
+    answers = {}
+    for backend in ("torch", "onnxruntime"):
+        settings = model_settings(small_model_dir, tmp_path, backend=backend, onnx_cache=onnx_cache)
+        for url in serve(settings, ready=True):
+            answers[backend] = _embed(url, photos, pooling="mean")
+            (card,) = httpx.get(f"{url}/v1/models", timeout=10).json()["data"]
+            assert card["backend"] == backend
+    assert _cosine(answers["onnxruntime"], answers["torch"]) > 0.9999
+
+
+def test_a_repo_pushed_with_onnx_serves_without_exporting(
+    small_model_dir: Path, tmp_path: Path, batch: torch.Tensor
+) -> None:
+    from mae_core.publish import push
+
+    models = tmp_path / "models"
+    result = push(small_model_dir, "team/small", to_models_dir=models, with_onnx=True)
+    assert {"onnx/model.onnx", "onnx/model_quantized.onnx", "onnx/export.json"} <= set(result.files)
+    cache = tmp_path / "cache"
+    engine = Engine(
+        "local:team/small",
+        device="cpu",
+        with_decoder=False,
+        backend="onnxruntime-int8",
+        models_dir=models,
+        onnx_cache=cache,
+    )
+    assert not cache.exists() and engine.info.backend == "onnxruntime-int8"
+    card = (models / "team" / "small" / "snapshots" / result.commit / "README.md").read_text()
+    assert "## ONNX" in card and "--backend onnxruntime" in card
+    want = _engine(small_model_dir, "torch", cache).embed(batch).numpy()
+    assert _cosine(engine.embed(batch).numpy(), want) > 0.99
