@@ -11,8 +11,8 @@ then, in this one process with the same number of math threads for all three:
 2. quality (`--knn`): weighted k-NN top-1 on labelled images (default CIFAR-10, an evenly
    strided subset) from each runtime's features, mean pooling: what int8 costs in points.
 
-    .venv/bin/python bench/onnx.py
-    .venv/bin/python bench/onnx.py --model local:mae/vit-tiny-tinyimagenet --knn --limit 5000
+    .venv/bin/python bench/backends.py
+    .venv/bin/python bench/backends.py --model local:mae/vit-tiny-tinyimagenet --knn --limit 5000
 """
 
 from __future__ import annotations
