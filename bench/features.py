@@ -13,10 +13,12 @@ means we are faster).
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import timm
 import torch
@@ -44,20 +46,26 @@ def hf_config(cfg: mae_core.MAEConfig, mask_ratio: float) -> ViTMAEConfig:
     )
 
 
-def timed(fn: Callable[[], object], steps: int, warmup: int, device: str) -> float:
-    """Median seconds per call."""
+def timed(
+    fns: dict[str, Callable[[], object]], steps: int, warmup: int, device: str
+) -> dict[str, float]:
+    """Median seconds per call of each function, called in turn (a, b, c, a, b, c, ...):
+    drift on a shared machine then hits every implementation alike, and the order they
+    are listed in cannot decide a ratio."""
     for _ in range(warmup):
-        fn()
-    times = []
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(steps):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            if device == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            fn()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main() -> None:
@@ -67,6 +75,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     args = ap.parse_args()
     dev = args.device
 
@@ -85,35 +94,38 @@ def main() -> None:
     cfg = ours.config
     x = torch.randn(args.batch, 3, cfg.img_size, cfg.img_size, device=dev)
 
-    rows = []
     for m in (ours, vit, hf_feat):
         m.eval()
     with torch.inference_mode():
-        t_ours = timed(lambda: ours.forward_features(x), args.steps, args.warmup, dev)
-        rows.append(
-            (
-                "features, no masking",
-                "timm VisionTransformer (local-dir)",
-                t_ours,
-                timed(lambda: vit.forward_features(x), args.steps, args.warmup, dev),
-            )
+        t = timed(
+            {
+                "ours": lambda: ours.forward_features(x),
+                "timm": lambda: vit.forward_features(x),
+                "transformers": lambda: hf_feat(pixel_values=x),
+            },
+            args.steps,
+            args.warmup,
+            dev,
         )
-        rows.append(
-            (
-                "features, no masking",
-                "transformers ViTMAEModel (ratio 0)",
-                t_ours,
-                timed(lambda: hf_feat(pixel_values=x), args.steps, args.warmup, dev),
-            )
-        )
+    rows = [
+        ("features, no masking", "timm VisionTransformer (local-dir)", t["ours"], t["timm"]),
+        (
+            "features, no masking",
+            "transformers ViTMAEModel (ratio 0)",
+            t["ours"],
+            t["transformers"],
+        ),
+    ]
 
     name = (
         torch.cuda.get_device_name() if dev == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     )
-    print(
+    head = (
         f"{args.variant}, {cfg.img_size} px, batch {args.batch}, fp32, {name}, "
-        f"torch {torch.__version__}, median of {args.steps} after {args.warmup} warm-up"
+        f"torch {torch.__version__}, median of {args.steps} interleaved calls after "
+        f"{args.warmup} warm-up"
     )
+    print(head)
     print("| work | peer | mae_core img/s | peer img/s | peer time / ours |")
     print("| --- | --- | ---: | ---: | ---: |")
     for work, peer, ours_s, peer_s in rows:
@@ -121,6 +133,17 @@ def main() -> None:
             f"| {work} | {peer} | {args.batch / ours_s:.0f} | {args.batch / peer_s:.0f} | "
             f"{peer_s / ours_s:.2f} |"
         )
+
+    if args.json:
+        out = {
+            "setup": head,
+            "args": vars(args),
+            "rows": [
+                {"work": w, "peer": p, "ours_img_s": args.batch / o, "peer_img_s": args.batch / q}
+                for w, p, o, q in rows
+            ],
+        }
+        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
 
 
 if __name__ == "__main__":

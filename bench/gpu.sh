@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# The GPU check in one run: on a machine with one CUDA GPU and this checkout, run the
+# gpu-marked tests and every bench on CUDA, each step bounded in time, and write the
+# figures into bench/results/gpu-*.{json,md}. About 8 minutes on an H100/H200 (the longest
+# steps: the MAE-B/16 training bench with and without torch.compile, ~2 min each, and the
+# serving bench, ~1.5 min); seconds on a machine without a GPU, where every GPU step says
+# it is skipped and the script still ends with status 0.
+#
+#   bash bench/gpu.sh                       # with .venv/bin/python, or:
+#   PYTHON=python3 bash bench/gpu.sh        # an environment that already has torch & co.
+#
+# Nothing is downloaded: the benches build random-init models; the serving bench serves
+# one from a temporary folder. The machine needs the packages of '.[dev]' (pip install -e
+# '.[dev]' first when they are missing; the device machines have torch, timm and
+# transformers preinstalled).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-.venv/bin/python}
+OUT=bench/results
+mkdir -p "$OUT"
+status=0
+
+step() {  # step NAME SECONDS COMMAND... : run one bounded step, its output kept in $OUT
+  local name=$1 seconds=$2
+  shift 2
+  echo "== $name (at most ${seconds}s)"
+  local t0=$SECONDS
+  if timeout "$seconds" "$@" > "$OUT/gpu-$name.md" 2>&1; then
+    tail -n 12 "$OUT/gpu-$name.md"
+  else
+    echo "!! $name failed or ran out of time ($?); see $OUT/gpu-$name.md"
+    tail -n 20 "$OUT/gpu-$name.md"
+    status=1
+  fi
+  echo "   ($((SECONDS - t0)) s)"
+}
+
+if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+  echo "no CUDA device here (or no torch for $PY): GPU steps skipped"
+  "$PY" -c "import torch; print('torch', torch.__version__)" 2>/dev/null || echo "no torch for $PY"
+  exit 0
+fi
+"$PY" -c "import torch; p = torch.cuda.get_device_properties(0); print(p.name, round(p.total_memory / 2**30), 'GiB, torch', torch.__version__)"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>/dev/null || true
+
+step tests 120 "$PY" -m pytest -q -m gpu -p no:cacheprovider
+# Training: MAE-B/16 at 224, bf16 autocast, against transformers' ViTMAEForPreTraining,
+# interleaved; MFU against the measured bf16 matmul peak. Batch 256 fits an 80 GB card.
+step pretrain-b16 240 "$PY" bench/pretrain.py --variant mae_vit_base_patch16 --batch 256 \
+  --steps 10 --warmup 3 --device cuda --json "$OUT/gpu-pretrain-b16.json"
+step pretrain-b16-compile 300 "$PY" bench/pretrain.py --variant mae_vit_base_patch16 \
+  --batch 256 --steps 10 --warmup 3 --device cuda --compile --json "$OUT/gpu-pretrain-b16-compile.json"
+# Inference: ViT-B/16 features against timm and transformers at batch 1, 32 and 256.
+for b in 1 32 256; do
+  step "features-b16-batch$b" 120 "$PY" bench/features.py --variant mae_vit_base_patch16 \
+    --batch "$b" --steps 20 --warmup 5 --device cuda --json "$OUT/gpu-features-b16-batch$b.json"
+done
+# Serving: a real mae serve on the GPU against the bare encoder (img/s ratio is the figure
+# there); wrk when installed, else the httpx client.
+step serve-b16 300 "$PY" bench/serve.py --variant mae_vit_base_patch16 --img-size 224 \
+  --device cuda --concurrency 1,16,64 --rounds 3 --max-batch-images 128 \
+  --json "$OUT/gpu-serve-b16.json"
+exit $status
