@@ -39,9 +39,8 @@ from mae_core.export import (
     ONNX_FILE,
     OUTPUT,
     QUANTIZED_FILE,
-    check_images,
     export_onnx,
-    sample_photos,
+    photo_batch,
     session,
 )
 from mae_core.probe import knn_classify
@@ -110,8 +109,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     model = mae_core.load_model(args.model, with_decoder=False).eval()
     with tempfile.TemporaryDirectory() as tmp:
-        photos = sample_photos()
-        images = check_images(photos, model) if photos else None
+        images = photo_batch(model)
         result = export_onnx(model, tmp, images=images, quantize="int8", source=args.model)
         sessions = {
             "onnxruntime": session(result.folder / ONNX_FILE, args.threads),

@@ -234,6 +234,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def add_eval(sub: Any) -> None:
+    from .config import default_workers
+
     p = sub.add_parser(
         "eval",
         help="k-NN and linear-probe accuracy of a model's frozen features, beside random init",
@@ -261,7 +263,12 @@ def add_eval(sub: Any) -> None:
         "its decoder)",
     )
     p.add_argument("--batch-size", type=_positive_int, default=256, help="feature extraction batch")
-    p.add_argument("--num-workers", type=int, default=min(8, os.cpu_count() or 1))
+    p.add_argument(
+        "--num-workers",
+        type=int,
+        default=default_workers(),
+        help="data loader processes (default min(8, cores))",
+    )
     p.add_argument(
         "--device", default="auto", help="auto (default: CUDA when present), cpu, cuda, cuda:N"
     )

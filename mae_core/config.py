@@ -186,6 +186,13 @@ def heads_for_width(dim: int, *, decoder: bool = False) -> int:
 DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
 
 
+def default_workers() -> int:
+    """Data loader processes when none are asked for: min(8, cores)."""
+    import os
+
+    return min(8, os.cpu_count() or 1)
+
+
 def is_device_name(name: str) -> bool:
     """The device names a setting accepts (training, the service): "auto" (CUDA when
     present), "cpu", "cuda", "cuda:N". `distributed.resolve_device` turns one into a

@@ -21,7 +21,7 @@ import torchvision.transforms.v2.functional as TF
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .config import MAEConfig
+from .config import MAEConfig, default_workers
 from .sources import DataError, ImageIndex, open_rgb
 
 log = logging.getLogger(__name__)
@@ -259,13 +259,6 @@ class PretrainFeed:
             persistent_workers=False,
             worker_init_fn=_ignore_stop_signals,
         )
-
-
-def default_workers() -> int:
-    """Loader processes when none are asked for: min(8, cores)."""
-    import os
-
-    return min(8, os.cpu_count() or 1)
 
 
 def _ignore_stop_signals(worker_id: int) -> None:

@@ -56,6 +56,10 @@ class Check:
     max_abs: float  # over every element of last_hidden_state
     min_cosine: float  # per image, over its flattened last_hidden_state
 
+    def passes(self, quantized: bool) -> bool:
+        """fp32 within FP32_MAX_ABS of torch everywhere; int8 within INT8_MIN_COSINE."""
+        return self.min_cosine >= INT8_MIN_COSINE if quantized else self.max_abs <= FP32_MAX_ABS
+
     def line(self) -> str:
         return (
             f"{self.file}: {self.images} images, max |onnx - torch| {self.max_abs:.2e}, "
@@ -107,6 +111,13 @@ def session(path: str | os.PathLike[str], threads: int | None = None) -> Any:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
+def probe_images(model: MaskedAutoencoder, n: int = 4) -> torch.Tensor:
+    """`n` seeded random images (N, 3, S, S): the check when no photos are at hand."""
+    cfg = model.config
+    gen = torch.Generator().manual_seed(0)
+    return torch.randn(n, cfg.in_chans, cfg.img_size, cfg.img_size, generator=gen)
+
+
 def compare(path: Path, model: MaskedAutoencoder, images: torch.Tensor) -> Check:
     """Run `path` and the torch model on `images` (N, 3, S, S) and compare the outputs."""
     with torch.inference_mode():
@@ -138,8 +149,7 @@ def export_onnx(
         raise ExportError(f"unknown quantisation {quantize!r}; choose from {QUANTIZATIONS}")
     cfg = model.config
     if images is None:
-        gen = torch.Generator().manual_seed(0)
-        images = torch.randn(4, cfg.in_chans, cfg.img_size, cfg.img_size, generator=gen)
+        images = probe_images(model)
     folder = Path(output) / ONNX_DIR
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -149,7 +159,7 @@ def export_onnx(
     fp32 = folder / ONNX_FILE
     _export(model, fp32, cfg.img_size)
     checks = [compare(fp32, model, images)]
-    if checks[0].max_abs > FP32_MAX_ABS:
+    if not checks[0].passes(quantized=False):
         raise ExportError(
             f"the export does not match torch: {checks[0].line()} (at most {FP32_MAX_ABS} "
             "allowed); please report it with `mae info` of the model"
@@ -167,7 +177,7 @@ def export_onnx(
         finally:
             root.setLevel(level)
         checks.append(compare(quantized, model, images))
-        if checks[-1].min_cosine < INT8_MIN_COSINE:
+        if not checks[-1].passes(quantized=True):
             raise ExportError(
                 f"int8 quantisation loses too much: {checks[-1].line()} (at least "
                 f"{INT8_MIN_COSINE} needed); use the fp32 file"
@@ -237,6 +247,15 @@ def check_images(paths: list[str | os.PathLike[str]], model: MaskedAutoencoder) 
     return torch.stack(out)
 
 
+def photo_batch(
+    model: MaskedAutoencoder, paths: list[str | os.PathLike[str]] | None = None
+) -> torch.Tensor | None:
+    """The images to check an export on: `paths`, else the sample photos, preprocessed;
+    None when there are neither (export_onnx then uses `probe_images`)."""
+    paths = paths or sample_photos()
+    return check_images(paths, model) if paths else None
+
+
 def sample_photos() -> list[Path]:
     """The demo page's sample photos, when the service is installed beside the library
     (real photos make a better check than noise)."""
@@ -258,7 +277,6 @@ def export_model(
 
     require_onnxruntime()
     model = load_model(model_id, revision, with_decoder=False)
-    paths = images if images else sample_photos()
-    batch = check_images(paths, model) if paths else None
+    batch = photo_batch(model, images)
     source = model_id if revision is None else f"{model_id}@{revision}"
     return export_onnx(model, output, images=batch, quantize=quantize, source=source)

@@ -117,11 +117,10 @@ def stage_repo(
         params = load_model(dest).num_params()
     onnx = None
     if with_onnx:
-        from .export import check_images, export_onnx, sample_photos
+        from .export import export_onnx, photo_batch
 
         encoder = load_model(dest, with_decoder=False)
-        photos = sample_photos()
-        images = check_images(photos, encoder) if photos else None
+        images = photo_batch(encoder)
         result = export_onnx(encoder, dest, images=images, quantize="int8", source=repo_id)
         onnx = json.loads((result.folder / "export.json").read_text())
     card = render_card(

@@ -63,10 +63,12 @@ class Registry:
     ready: bool = False
     error: str | None = None  # why loading failed
     decoders: ThreadPoolExecutor | None = None
+    forward_threads: int | None = None  # chosen in load()
 
     async def load(self) -> None:
         """Load, warm up and start every model; `ready` turns true only at the end."""
         forward, decode = self.settings.threads()
+        self.forward_threads = forward
         torch.set_num_threads(forward)
         self.decoders = ThreadPoolExecutor(decode, thread_name_prefix="mae-decode")
         log.info("threads: %d for the forward, %d to decode images", forward, decode)
@@ -95,7 +97,7 @@ class Registry:
                 with_decoder=s.reconstruction,
                 models_dir=s.models_dir,
                 backend=s.backend,
-                threads=s.threads()[0],
+                threads=self.forward_threads,
                 onnx_cache=s.onnx_cache,
             )
         )

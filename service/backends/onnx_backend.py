@@ -16,24 +16,23 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from mae_core.export import (
-    FP32_MAX_ABS,
     INPUT,
-    INT8_MIN_COSINE,
     ONNX_DIR,
     ONNX_FILE,
     OUTPUT,
     QUANTIZED_FILE,
     compare,
     export_onnx,
+    probe_images,
     session,
 )
 from mae_core.model import MaskedAutoencoder
 
 from ..engine_errors import ServiceError
+from . import pool
 
 log = logging.getLogger("mae.service")
 
@@ -55,8 +54,7 @@ class OnnxBackend:
 
     def embed(self, batch: torch.Tensor) -> torch.Tensor:
         tokens = self.session.run([OUTPUT], {INPUT: batch.float().numpy()})[0]  # (N, 1+L, D)
-        pooled = np.stack([tokens[:, 0], tokens[:, 1:].mean(axis=1)], axis=1)
-        return torch.from_numpy(pooled)
+        return pool(torch.from_numpy(tokens))
 
     def _find(
         self,
@@ -69,11 +67,8 @@ class OnnxBackend:
         name = QUANTIZED_FILE if quantized else ONNX_FILE
         shipped = repo / ONNX_DIR / name if repo.is_dir() else None
         if shipped is not None and shipped.is_file():
-            check = compare(shipped, model, _probe(model))
-            good = (
-                check.min_cosine >= INT8_MIN_COSINE if quantized else check.max_abs <= FP32_MAX_ABS
-            )
-            if not good:
+            check = compare(shipped, model, probe_images(model, 2))
+            if not check.passes(quantized):
                 raise ServiceError(
                     f"{shipped} does not match the served weights ({check.line()}): export it "
                     "again with mae export"
@@ -100,12 +95,6 @@ class OnnxBackend:
                 os.replace(tmp, folder)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _probe(model: MaskedAutoencoder) -> torch.Tensor:
-    cfg = model.config
-    gen = torch.Generator().manual_seed(0)
-    return torch.randn(2, cfg.in_chans, cfg.img_size, cfg.img_size, generator=gen)
 
 
 def default_onnx_cache() -> Path:

@@ -235,10 +235,15 @@ def _dir_entry(path: str, commit: Commit) -> dict[str, Any]:
     return {"type": "directory", "oid": oid, "size": 0, "path": path}
 
 
+def _commit(request: Request, repo_id: str, revision: str) -> Commit:
+    repos = store(request)
+    return repos.commit_info(repo_id, repos.resolve_revision(repo_id, revision))
+
+
 def _commit_at(request: Request, ns: str, name: str, revision: str) -> tuple[str, Commit]:
-    repos, repo_id = store(request), repo_id_of(ns, name)
+    repo_id = repo_id_of(ns, name)
     check_read(request, repo_id)
-    return repo_id, repos.commit_info(repo_id, repos.resolve_revision(repo_id, revision))
+    return repo_id, _commit(request, repo_id, revision)
 
 
 def _tree(request: Request, ns: str, name: str, revision: str, path: str) -> list[dict[str, Any]]:
@@ -268,9 +273,9 @@ async def list_tree(
 
 
 def _paths_info(
-    request: Request, ns: str, name: str, revision: str, paths: list[Any]
+    request: Request, repo_id: str, revision: str, paths: list[Any]
 ) -> list[dict[str, Any]]:
-    _, commit = _commit_at(request, ns, name, revision)
+    commit = _commit(request, repo_id, revision)  # read access checked by the route
     files, dirs = _tree_entries(commit)
     by_path = {f["path"]: f for f in files}
     out = []
@@ -285,13 +290,14 @@ def _paths_info(
 
 @router.post("/api/models/{ns}/{name}/paths-info/{revision}")
 async def paths_info(ns: str, name: str, revision: str, request: Request) -> list[dict[str, Any]]:
-    await run_in_threadpool(check_read, request, repo_id_of(ns, name))  # before the body
+    repo_id = repo_id_of(ns, name)
+    await run_in_threadpool(check_read, request, repo_id)  # before the body: 401/404 first
     raw = (await request.body()).decode(errors="replace")
     if request.headers.get("content-type", "").startswith("application/json"):
         paths = (await json_body(request)).get("paths", [])
     else:
         paths = parse_qs(raw).get("paths", [])
-    return await run_in_threadpool(_paths_info, request, ns, name, revision, paths)
+    return await run_in_threadpool(_paths_info, request, repo_id, revision, paths)
 
 
 # -- downloads --------------------------------------------------------------------------
