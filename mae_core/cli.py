@@ -223,6 +223,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         num_workers=args.num_workers,
         device=args.device,
         seed=args.seed,
+        backend=args.backend,
     )
     print(format_table(result))
     if args.output:
@@ -235,6 +236,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def add_eval(sub: Any) -> None:
     from .config import default_workers
+    from .export import BACKENDS
 
     p = sub.add_parser(
         "eval",
@@ -267,12 +269,20 @@ def add_eval(sub: Any) -> None:
         "--num-workers",
         type=int,
         default=default_workers(),
-        help="data loader processes (default min(8, cores))",
+        help="data loader processes (default: half the cores, 1 to 8)",
     )
     p.add_argument(
         "--device", default="auto", help="auto (default: CUDA when present), cpu, cuda, cuda:N"
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the baseline and the probe")
+    p.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="torch",
+        help="who runs the encoder: torch (default), or its ONNX export by ONNX Runtime on the "
+        "CPU, in fp32 or int8, as `mae serve --backend` does (needs the onnx extra); the "
+        "reconstruction loss stays torch's",
+    )
     p.set_defaults(func=cmd_eval)
 
 

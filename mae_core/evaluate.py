@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .errors import DeviceMemoryError
+from .export import encoder_forward
 from .model import MaskedAutoencoder
 from .probe import (
     KNN_OPTIONS,
@@ -45,10 +46,15 @@ def evaluate_model(
     device: str | torch.device | None = None,
     progress: bool = True,
     num_workers: int = 0,
+    backend: str = "torch",
     **probe_kwargs: Any,
 ) -> dict[str, Any]:
     """k-NN and/or linear-probe accuracy of `model`'s frozen features, per pooling, and of
     the same architecture randomly initialised (seeded by `seed`) when `baseline`.
+
+    `backend` runs the encoders' forward (one of `export.BACKENDS`): torch, or their ONNX
+    export by ONNX Runtime on the CPU, in fp32 or int8, to measure what a serving backend
+    costs in accuracy. The baseline runs under the same backend.
 
     `probe_kwargs`: `k`, `temperature`, `chunk` go to `knn_classify`; `epochs`, `lr`,
     `weight_decay`, `probe_batch_size` to `linear_probe`. Features are extracted once per
@@ -87,6 +93,7 @@ def evaluate_model(
     kw = {"batch_size": batch_size, "num_workers": num_workers, "progress": progress}
     features = {}
     for prefix, net in models.items():
+        kw["forward"] = encoder_forward(net, backend)
         xtr, ytr = extract_pooled(net, train_dataset, poolings, **kw)
         xte, yte = extract_pooled(net, test_dataset, poolings, **kw)
         features[prefix] = (xtr, ytr, xte, yte)
@@ -132,7 +139,7 @@ def evaluate_model(
         },
         "source": str(model.source_info.get("model_id", "")),
     }
-    return {"model": summary, "results": rows, **sizes}
+    return {"model": summary, "backend": backend, "results": rows, **sizes}
 
 
 def random_twin(model: MaskedAutoencoder, seed: int, with_decoder: bool) -> MaskedAutoencoder:
@@ -211,8 +218,11 @@ def format_table(result: dict[str, Any]) -> str:
     def pct(v: float | None) -> str:
         return "-" if v is None else f"{v:.2f}"
 
+    backend = result.get("backend", "torch")
     lines = [
-        f"{result['train_size']} train / {result['test_size']} test images, {result['num_classes']} classes",
+        f"{result['train_size']} train / {result['test_size']} test images, "
+        f"{result['num_classes']} classes"
+        + ("" if backend == "torch" else f"; features by {backend}"),
         "",
         "| method | pooling | top-1 | top-5 | random-init top-1 | gain (points) |",
         "|---|---|--:|--:|--:|--:|",
@@ -255,17 +265,30 @@ def evaluate_sources(
     num_workers: int = 0,
     device: str | None = None,
     seed: int = 0,
+    backend: str = "torch",
 ) -> dict[str, Any]:
     """`mae eval`: load `model_id`, evaluate its frozen features on labelled images (train
     on `data`, test on `test_data`, by default the held-out split of a named source) and,
     when it has its decoder and `reconstruction`, its reconstruction loss on the test
     images. The result is `evaluate_model`'s plus "reconstruction", "model_id",
-    "revision", "train_data" and "test_data"; JSON-serialisable."""
+    "revision", "train_data" and "test_data"; JSON-serialisable.
+
+    With an ONNX Runtime `backend` the features are computed on the CPU (device "auto"
+    means the CPU then; a GPU is refused) and the reconstruction loss by torch."""
     from .data import EvalDataset
     from .distributed import resolve_device
+    from .errors import MAEValueError
+    from .export import BACKENDS, require_onnxruntime
     from .hub import load_model
     from .sources import DataError, held_out_source, index_source, train_split
 
+    if backend not in BACKENDS:
+        raise MAEValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    if backend != "torch":
+        if device not in (None, "auto", "cpu"):
+            raise MAEValueError(f"the {backend} backend runs on the CPU: use --device cpu")
+        device = "cpu"
+        require_onnxruntime()
     if device:
         resolve_device(device)  # a missing GPU fails before any data is read
     test_source = test_data or held_out_source(data)
@@ -306,6 +329,7 @@ def evaluate_sources(
             poolings=poolings,
             baseline=baseline,
             seed=seed,
+            backend=backend,
             **loader,
         )
         if model.has_decoder and reconstruction:

@@ -21,6 +21,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +43,8 @@ OPSET = 18
 FP32_MAX_ABS = 1e-4
 INT8_MIN_COSINE = 0.99
 QUANTIZATIONS = ("int8",)
+# Who runs the encoder's forward: torch itself, or its ONNX export by ONNX Runtime (CPU).
+BACKENDS = ("torch", "onnxruntime", "onnxruntime-int8")
 
 
 class ExportError(MAEError, RuntimeError):
@@ -109,6 +113,48 @@ def session(path: str | os.PathLike[str], threads: int | None = None) -> Any:
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+class OnnxEncoder:
+    """`model.forward_features` by ONNX Runtime: the encoder is exported (and checked, as
+    every export is) into a temporary folder that lives as long as this object.
+
+        forward = OnnxEncoder(model, quantize="int8")
+        tokens = forward(pixel_values)  # (N, 1+L, D) float32, CPU
+    """
+
+    def __init__(
+        self,
+        model: MaskedAutoencoder,
+        *,
+        quantize: str | None = None,
+        threads: int | None = None,
+        images: torch.Tensor | None = None,
+    ) -> None:
+        self._folder = tempfile.TemporaryDirectory(prefix="mae-onnx-")
+        result = export_onnx(model, self._folder.name, images=images, quantize=quantize)
+        self.checks = result.checks
+        self.session = session(result.folder / (QUANTIZED_FILE if quantize else ONNX_FILE), threads)
+
+    def __call__(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        tokens = self.session.run([OUTPUT], {INPUT: pixel_values.float().cpu().numpy()})[0]
+        return torch.from_numpy(tokens)
+
+
+def encoder_forward(
+    model: MaskedAutoencoder, backend: str = "torch", threads: int | None = None
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """pixel_values -> last_hidden_state, run by `backend` (one of BACKENDS): the model's
+    own `forward_features` for torch, an `OnnxEncoder` (CPU) for the others."""
+    if backend not in BACKENDS:
+        raise ExportError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    if backend == "torch":
+        return model.forward_features
+    if next(model.parameters()).device.type != "cpu":
+        raise ExportError(f"the {backend} backend runs on the CPU: use --device cpu")
+    return OnnxEncoder(
+        model, quantize="int8" if backend.endswith("-int8") else None, threads=threads
+    )
 
 
 def probe_images(model: MaskedAutoencoder, n: int = 4) -> torch.Tensor:
@@ -203,10 +249,12 @@ def _export(model: MaskedAutoencoder, path: Path, size: int) -> None:
 
     example = torch.zeros(2, model.config.in_chans, size, size)
     batch = torch.export.Dim("batch", min=1, max=65536)
-    # The exporter reports its progress on stdout and its internals as warnings.
-    quiet = logging.getLogger("torch.onnx")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)
+    # The exporter reports its progress on stdout, its internals as warnings, and its
+    # graph passes (onnx_ir, onnxscript) at INFO, which `mae eval`'s log would show.
+    quiet = [logging.getLogger(name) for name in ("torch.onnx", "onnx_ir", "onnxscript")]
+    levels = [q.level for q in quiet]
+    for q in quiet:
+        q.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -228,7 +276,8 @@ def _export(model: MaskedAutoencoder, path: Path, size: int) -> None:
     except OSError as e:
         raise ExportError(f"cannot write {path}: {e}") from None
     finally:
-        quiet.setLevel(level)
+        for q, level in zip(quiet, levels, strict=True):
+            q.setLevel(level)
 
 
 def check_images(paths: list[str | os.PathLike[str]], model: MaskedAutoencoder) -> torch.Tensor:

@@ -11,7 +11,7 @@ Datasets yield `(img (3, H, W) normalised float, label int)`, transformed as for
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -65,8 +65,11 @@ def extract_pooled(
     device: str | torch.device | None = None,
     num_workers: int = 0,
     progress: bool = True,
+    forward: Callable[[Tensor], Tensor] | None = None,
 ) -> tuple[dict[str, Tensor], Tensor]:
-    """As `extract_features`, for several poolings from one pass: -> ({pooling: (N, D)}, labels)."""
+    """As `extract_features`, for several poolings from one pass: -> ({pooling: (N, D)}, labels).
+    `forward` (pixel_values -> last_hidden_state) stands in for `model.forward_features`,
+    e.g. an `export.OnnxEncoder` of the model."""
     for p in poolings:
         check_pooling(p)
     if len(dataset) == 0:  # type: ignore[arg-type]
@@ -95,7 +98,7 @@ def extract_pooled(
     try:
         for imgs, ys in bar:
             with torch.inference_mode(), autocast:
-                tokens = model.forward_features(imgs.to(dev, non_blocking=True))
+                tokens = (forward or model.forward_features)(imgs.to(dev, non_blocking=True))
                 for p in poolings:
                     pooled = tokens[:, 0] if p == "cls" else tokens[:, 1:].mean(dim=1)
                     feats[p].append(pooled.float().cpu())

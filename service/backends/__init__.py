@@ -18,7 +18,9 @@ from typing import Protocol
 
 import torch
 
-BACKENDS = ("torch", "onnxruntime", "onnxruntime-int8")
+from mae_core.export import BACKENDS
+
+__all__ = ["BACKENDS", "Backend", "pool"]
 
 
 class Backend(Protocol):

@@ -75,6 +75,31 @@ def test_eval_reports_the_reconstruction_loss_of_a_full_model(
     assert skipped.returncode == 0 and "reconstruction loss" not in skipped.stdout
 
 
+def test_eval_by_onnxruntime_matches_torch(saved: Path, cifar_splits, tmp_path: Path) -> None:
+    """`--backend onnxruntime[-int8]`: the same evaluation with the encoder run by ONNX
+    Runtime. fp32 gives torch's features, so torch's accuracies to rounding; int8 stays
+    close (the tiny random model's k-NN on 100 test images moves by a few images at most)."""
+    pytest.importorskip("onnxruntime")
+    train, test = cifar_splits
+    results = {}
+    for backend in ("torch", "onnxruntime", "onnxruntime-int8"):
+        out = run(
+            "eval", str(saved / "encoder"), "--data", str(train), "--test-data", str(test),
+            "--method", "knn", "--pooling", "both", "--backend", backend, "--num-workers", "0",
+            "--output", str(tmp_path / f"{backend}.json"),
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        assert (f"; features by {backend}" in out.stdout) == (backend != "torch")
+        results[backend] = json.loads((tmp_path / f"{backend}.json").read_text())
+        assert results[backend]["backend"] == backend
+    rows = {b: r["results"] for b, r in results.items()}
+    for torch_row, fp32_row, int8_row in zip(*rows.values(), strict=True):
+        for key in ("top1", "top5", "baseline_top1"):
+            assert abs(fp32_row[key] - torch_row[key]) <= 1.0  # one test image in 100
+            assert abs(int8_row[key] - torch_row[key]) <= 5.0
+    assert len(list(tmp_path.iterdir())) == 3  # the exports lived in temporary folders
+
+
 def test_eval_help() -> None:
     out = run("eval", "--help")
     assert out.returncode == 0 and "--test-data" in out.stdout and "random" in out.stdout
@@ -92,6 +117,20 @@ def test_eval_help() -> None:
         (["--data", "{train}", "--test-data", "{tmp}/missing"], "missing"),
         (["--data", "{train}", "--method", "svm"], "invalid choice: 'svm'"),
         (["--data", "cifar10:test"], "is the held-out split itself"),
+        (["--data", "{train}", "--backend", "tensorrt"], "invalid choice: 'tensorrt'"),
+        (
+            [
+                "--data",
+                "{train}",
+                "--test-data",
+                "{test}",
+                "--backend",
+                "onnxruntime",
+                "--device",
+                "cuda",
+            ],
+            "the onnxruntime backend runs on the CPU: use --device cpu",
+        ),
     ],
 )
 def test_eval_bad_inputs(
