@@ -219,7 +219,7 @@ class Wrk:
         ]
         self.script.write_text("\n".join(lines) + "\n")
 
-    def run(self, concurrency: int, seconds: float) -> tuple[int, float, float, float]:
+    def run(self, concurrency: int, seconds: int) -> tuple[int, float, float, float]:
         """-> (requests answered, seconds, p50 ms, p99 ms)."""
         cmd = [
             "wrk",
@@ -457,7 +457,9 @@ def parse_args() -> argparse.Namespace:
         default="auto",
         help="the load: wrk when installed (apt install wrk), else an httpx client",
     )
-    ap.add_argument("--seconds", type=float, default=5, help="wrk: seconds per round (default 5)")
+    ap.add_argument(
+        "--seconds", type=int, default=5, help="wrk: whole seconds per round (default 5)"
+    )
     ap.add_argument(
         "--warmup-requests",
         type=int,

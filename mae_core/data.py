@@ -257,13 +257,16 @@ class PretrainFeed:
             pin_memory=self.device.type == "cuda",
             drop_last=True,
             persistent_workers=False,
-            worker_init_fn=_ignore_stop_signals,
+            worker_init_fn=_init_worker,
         )
 
 
-def _ignore_stop_signals(worker_id: int) -> None:
-    """Loader workers leave SIGINT/SIGTERM to the main process: a signal sent to the whole
-    process group (Ctrl-C, `timeout`, Slurm, systemd) must not kill a worker mid-batch
-    before the main process has checkpointed."""
+def _init_worker(worker_id: int) -> None:
+    """A loader worker decodes and augments one image at a time: one math thread (torch's
+    loader sets this too; said here so it does not depend on that). It leaves SIGINT and
+    SIGTERM to the main process: a signal sent to the whole process group (Ctrl-C,
+    `timeout`, Slurm, systemd) must not kill a worker mid-batch before the main process
+    has checkpointed."""
+    torch.set_num_threads(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)

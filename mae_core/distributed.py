@@ -114,6 +114,25 @@ def shared_store_warning(env: Mapping[str, str]) -> str | None:
     )
 
 
+def math_threads(setting: int | None = None) -> tuple[int, str]:
+    """-> (math threads for this training process, where the count comes from).
+
+    `setting` (--threads) first, then OMP_NUM_THREADS (torchrun sets it to 1 when it starts
+    several processes and it is unset), else this process's share of the cores it may run
+    on: the cores over the processes torchrun started on this machine (LOCAL_WORLD_SIZE).
+    Data loader processes take one math thread each (`data.PretrainFeed`)."""
+    from .config import available_cores
+
+    if setting:
+        return setting, "--threads"
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env), "OMP_NUM_THREADS"
+    cores = available_cores()
+    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE") or 1))
+    return max(1, cores // local), f"{cores} cores / {local} process(es) on this machine"
+
+
 def elastic_restarts() -> int:
     """How often torchrun has restarted this job's workers (0: first attempt, or no torchrun)."""
     return int(os.environ.get("TORCHELASTIC_RESTART_COUNT") or 0)

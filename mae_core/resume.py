@@ -46,6 +46,7 @@ RESUMABLE_CHANGES = {
     "panel_every",
     "device",
     "num_workers",
+    "threads",
     "data_on_device",  # same crops and masks; pixels differ by resampling rounding only
     "compile",
     "resume",

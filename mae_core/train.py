@@ -37,7 +37,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .config import TrainConfig
 from .data import PretrainFeed
-from .distributed import close_distributed, init_distributed, resolve_device
+from .distributed import close_distributed, init_distributed, math_threads, resolve_device
 from .errors import DeviceMemoryError, MAEValueError, TrainingError
 from .model import MaskedAutoencoder
 from .resume import (
@@ -110,6 +110,7 @@ class Trainer:
         resumed = agree_on_resume(d, self.device, output, given.get("resume"))
         self.cfg = cfg = resume_settings(resumed, given, d.world, d.main)
         self.model_cfg = cfg.model_config()
+        self.threads = math_threads(cfg.threads)
         self.index = index_source(cfg.data, cfg.limit)
         self.schedule = s = Schedule.from_settings(cfg, len(self.index), d.world, self.index.name)
         if d.main:
@@ -150,6 +151,17 @@ class Trainer:
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self) -> Path | None:
+        """Train to the end of the schedule (or --max-steps) -> the final model's folder, or
+        None when a signal stopped the run. The math threads are set for the run and given
+        back after it (the caller's process may be a notebook or a test run)."""
+        before = torch.get_num_threads()
+        torch.set_num_threads(self.threads[0])
+        try:
+            return self._run()
+        finally:
+            torch.set_num_threads(before)
+
+    def _run(self) -> Path | None:
         cfg, s, d = self.cfg, self.schedule, self.dist
         end = s.total_steps if cfg.max_steps is None else min(cfg.max_steps, s.total_steps)
         self.log.start(self._described(), self.step, end)
@@ -160,6 +172,7 @@ class Trainer:
                 *(self.model_cfg.variant, self.index.name, len(self.index), s.steps_per_epoch),
                 *(cfg.epochs, s.effective_batch, s.base_lr, self.device, d.world),
             )
+            log.info("threads: %s", self._threads_line())
         autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
         self.model.train()
         stopped_by = None
@@ -174,6 +187,18 @@ class Trainer:
                 )
             return None
         return self._finish()
+
+    def _threads_line(self) -> str:
+        threads, source = self.threads
+        workers = self.feed.num_workers
+        feed = (
+            f"{workers} data loader process(es) with 1 math thread each"
+            if workers and self.feed.device_images is None
+            else "the data on the device"
+            if self.feed.device_images is not None
+            else "the data loaded in the training process (--num-workers 0)"
+        )
+        return f"{threads} math thread(s) per training process ({source}), {feed}"
 
     def _epoch(self, end: int, autocast: Any, stop: StopFlag) -> int | None:
         """Steps to the end of the current epoch (or to step `end`), logging and

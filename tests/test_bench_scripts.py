@@ -13,7 +13,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("script", ["serve", "backends"])  # the two with the most imports
+@pytest.mark.parametrize("script", ["serve", "backends", "train_threads"])
 def test_help(script: str) -> None:
     out = subprocess.run(
         [sys.executable, f"bench/{script}.py", "--help"],
@@ -24,6 +24,41 @@ def test_help(script: str) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert "usage:" in out.stdout
+
+
+def test_train_threads_runs_real_training_per_layout(cifar_folder: Path, tmp_path: Path) -> None:
+    out = subprocess.run(
+        [
+            sys.executable,
+            "bench/train_threads.py",
+            "--data",
+            str(cifar_folder),
+            "--limit",
+            "128",
+            "--variant",
+            "mae_vit_tiny_patch8",
+            "--batch",
+            "16",
+            "--steps",
+            "10",
+            "--layouts",
+            "1:0,1:1:passive",
+            "--rounds",
+            "1",
+            "--json",
+            str(tmp_path / "t.json"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "| 1:0 |" in out.stdout and "| 1:1:passive |" in out.stdout
+    import json
+
+    rates = json.loads((tmp_path / "t.json").read_text())["rates"]
+    assert set(rates) == {"1:0", "1:1:passive"} and all(r[0] > 0 for r in rates.values())
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU this runs the whole check")

@@ -105,6 +105,36 @@ def test_corrupt_newest_checkpoint_is_skipped(cifar_folder: Path, tmp_path: Path
     assert "skipping unreadable checkpoint" in caplog.text and "ckpt-00000006.pt" in caplog.text
 
 
+def test_thread_counts_are_chosen_and_said(
+    cifar_folder: Path, tmp_path: Path, caplog, monkeypatch
+) -> None:
+    from mae_core.config import available_cores
+    from mae_core.distributed import math_threads
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    cores = available_cores()
+    assert math_threads() == (cores, f"{cores} cores / 1 process(es) on this machine")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(2 * cores))  # more processes than cores
+    assert math_threads()[0] == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert math_threads() == (3, "OMP_NUM_THREADS")
+    assert math_threads(5) == (5, "--threads")
+
+    caplog.set_level("INFO", logger="mae_core.train")
+    before = torch.get_num_threads()
+    seen = []
+    trainer = Trainer(run_cfg(cifar_folder, tmp_path / "run", max_steps=1, threads=1))
+    step = trainer._step
+    trainer._step = lambda *a: (seen.append(torch.get_num_threads()), step(*a))[1]
+    trainer.run()
+    assert seen == [1] and torch.get_num_threads() == before  # set for the run, given back
+    said = "threads: 1 math thread(s) per training process (--threads), the data loaded in"
+    assert said in caplog.text
+    with pytest.raises(ValueError, match="threads must be a positive integer, got 0"):
+        run_cfg(cifar_folder, tmp_path / "bad", threads=0)
+
+
 def test_resume_with_changed_settings_is_refused(cifar_folder: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     train(run_cfg(cifar_folder, out, max_steps=2))
