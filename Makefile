@@ -4,13 +4,27 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEFAULT_MODEL ?= local:mae/vit-tiny-tinyimagenet
 PYTEST_ARGS ?=
+# `make serve PORT=8013 HOST=0.0.0.0`: from the command line only, since shells and CI set
+# HOST (and PaaS set PORT) for other ends; otherwise mae serve reads MAE_HOST / MAE_PORT,
+# else 127.0.0.1:8000.
+SERVE_FLAGS := $(if $(filter command line,$(origin HOST)),--host $(HOST)) \
+  $(if $(filter command line,$(origin PORT)),--port $(PORT))
 
-.PHONY: venv serve test lint format clean
+.PHONY: venv dev serve test lint format clean
 
+# One .venv, two stamps: `make serve` installs what serving needs (the runtime dependencies
+# and the onnx extra, whose ONNX Runtime is a serving backend); `make test` adds the dev
+# extra on top. torch, the large part, is installed once and shared: a second venv for the
+# tests would download it again. scripts/install.sh is the one install path (exact torch
+# pins), shared with the Dockerfile; TORCH_INDEX_URL picks torch's CPU-only build.
 venv: $(VENV)/.installed
+dev: $(VENV)/.installed-dev
 
-# scripts/install.sh is the one install path (exact torch pins), shared with the Dockerfile.
 $(VENV)/.installed: pyproject.toml Makefile scripts/install.sh
+	PYTHON=$(PYTHON) scripts/install.sh $(VENV) -e '.[onnx]'
+	@touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
 	PYTHON=$(PYTHON) scripts/install.sh $(VENV) -e '.[dev]'
 	@touch $@
 
@@ -20,16 +34,16 @@ serve: venv
 	  $(BIN)/mae info --no-hash $(DEFAULT_MODEL) 2>&1 | tail -1 | sed 's/^/  /'; \
 	  echo "  serve another one with: make serve DEFAULT_MODEL=<folder, .pth or local:ns/name>"; \
 	  exit 1; }
-	$(BIN)/mae serve $(DEFAULT_MODEL)
+	$(strip $(BIN)/mae serve $(DEFAULT_MODEL) $(SERVE_FLAGS))
 
-test: venv lint
+test: dev lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-lint: venv
+lint: dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-format: venv
+format: dev
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 

@@ -309,14 +309,20 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 def add_reconstruct(sub: Any) -> None:
     p = sub.add_parser(
         "reconstruct",
-        help="hide patches of an image and write the model's reconstruction as a PNG",
+        help="hide patches of an image and write the model's reconstruction as a picture",
         description="Mask IMAGE at random (reproducible with --seed), run the full MAE, and "
         "write one picture: original | masked | reconstruction | reconstruction with the "
         "visible patches pasted back.",
     )
     p.add_argument("image", metavar="IMAGE", help="a JPEG, PNG, WebP, ... file")
     p.add_argument("--model", required=True, help="a model id with its decoder")
-    p.add_argument("--output", required=True, metavar="PNG", help="where to write the picture")
+    p.add_argument(
+        "--output",
+        required=True,
+        metavar="FILE",
+        help="where to write the picture: .png, .jpg/.jpeg or .webp (the format follows the "
+        "extension)",
+    )
     p.add_argument("--mask-ratio", type=float, default=0.75)
     p.add_argument("--seed", type=int, default=0, help="masking seed")
     p.add_argument("--revision", help="branch or commit for local:/hf-hub: ids")
@@ -506,13 +512,15 @@ def _serve_env(args: argparse.Namespace) -> dict[str, str]:
     if models:
         env["MAE_MODEL"] = ",".join(models)
     for flag, var in (
+        ("host", "HOST"),
+        ("port", "PORT"),
         ("device", "DEVICE"),
         ("dtype", "DTYPE"),
         ("models_dir", "MODELS_DIR"),
         ("backend", "BACKEND"),
     ):
         value = getattr(args, flag)
-        if value:
+        if value is not None and value != "":
             env[f"MAE_{var}"] = str(value)
     if args.hub_only:
         env["MAE_HUB_ONLY"] = "true"
@@ -534,7 +542,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         settings = Settings()
     except ValidationError as e:
         raise CLIError(f"bad setting: {settings_error_message(e)}") from None
-    serve(settings, host=args.host, port=args.port, workers=args.workers, log_level=args.log_level)
+    serve(settings, workers=args.workers, log_level=args.log_level)
     return 0
 
 
@@ -560,8 +568,10 @@ def add_serve(sub: Any) -> None:
         metavar="ID",
         help="another model to serve (repeatable; the first served is the default)",
     )
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000, help="default 8000")
+    p.add_argument(
+        "--host", help="address to bind (default MAE_HOST, else 127.0.0.1; 0.0.0.0: every one)"
+    )
+    p.add_argument("--port", type=int, help="port to listen on (default MAE_PORT, else 8000)")
     p.add_argument("--device", help="auto (default: CUDA when present), cpu, cuda, cuda:N")
     p.add_argument("--dtype", help="auto (default), float32, bfloat16, float16")
     p.add_argument(

@@ -8,7 +8,9 @@ widths, the patch size fixes the default image size (patch 4 -> 32 px, 8 -> 64 p
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -121,10 +123,21 @@ class MAEConfig:
         return cls(**kwargs, extra=extra)
 
 
+def did_you_mean(word: str, choices: Iterable[str], prefix: str = "") -> str:
+    """' (did you mean X?)' naming the choices closest to `word` (difflib), each written
+    with `prefix` (e.g. 'local:'), or '' when none is close: a typo gets its fix in the
+    error that reports it."""
+    close = difflib.get_close_matches(word, list(choices), n=3, cutoff=0.75)
+    return f" (did you mean {' or '.join(prefix + c for c in close)}?)" if close else ""
+
+
 def _variant_config(name: str) -> MAEConfig:
     m = _VARIANT_RE.fullmatch(name)
     if m is None:
-        raise MAEValueError(f"unknown MAE variant {name!r}; known variants: {', '.join(VARIANTS)}")
+        raise MAEValueError(
+            f"unknown MAE variant {name!r}{did_you_mean(name, VARIANTS)}; "
+            f"known variants: {', '.join(VARIANTS)}"
+        )
     size, patch = m.group(1), int(m.group(2))
     (dim, depth, heads), (ddim, ddepth, dheads) = _SIZES[size]
     return MAEConfig(
@@ -289,6 +302,15 @@ class TrainConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        # A run that resumes holds only the settings given again until the checkpoint's are
+        # merged in (`resume.merge_settings`), so the checks that relate two settings (the
+        # warmup within the epochs) wait for that: the defaults are not the run's values.
+        self.check(relations=not self.resume)
+
+    def check(self, relations: bool = True) -> None:
+        """Raise `MAEValueError` naming every setting out of range; with `relations`, also
+        those that contradict another setting."""
+
         def positive(name: str, allow_none: bool = False) -> tuple[bool, str]:
             value = getattr(self, name)
             ok = (allow_none and value is None) or (
@@ -297,6 +319,8 @@ class TrainConfig:
             flag = name.replace("_", "-")
             return ok, f"{flag} must be a positive integer, got {value!r}"
 
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        warmup_is_default = self.warmup_epochs == defaults["warmup_epochs"]
         checks = [
             positive("epochs"),
             positive("batch_size"),
@@ -312,8 +336,9 @@ class TrainConfig:
             (self.blr > 0, f"blr (base learning rate) must be positive, got {self.blr}"),
             (self.min_lr >= 0, f"min-lr must be >= 0, got {self.min_lr}"),
             (
-                0 <= self.warmup_epochs <= self.epochs,
-                f"warmup-epochs must be in [0, epochs={self.epochs}], got {self.warmup_epochs}",
+                self.warmup_epochs >= 0 and (not relations or self.warmup_epochs <= self.epochs),
+                f"warmup-epochs must be in [0, epochs={self.epochs}], got {self.warmup_epochs}"
+                + (" (the default: give --warmup-epochs)" if warmup_is_default else ""),
             ),
             (self.weight_decay >= 0, f"weight-decay must be >= 0, got {self.weight_decay}"),
             (0 <= self.mask_ratio < 1, f"mask-ratio must be in [0, 1), got {self.mask_ratio}"),
@@ -328,7 +353,8 @@ class TrainConfig:
             ),
             (
                 self.variant in VARIANTS,
-                f"unknown variant {self.variant!r}; choose one of: {', '.join(VARIANTS)}",
+                f"unknown variant {self.variant!r}{did_you_mean(self.variant, VARIANTS)}; "
+                f"choose one of: {', '.join(VARIANTS)}",
             ),
             (
                 is_device_name(self.device),

@@ -6,7 +6,11 @@ A model id is one of
   stored like the `huggingface_hub` cache: `refs/<branch>` holds a commit sha,
   `snapshots/<sha>/` holds the files;
 - `hf-hub:<ns>/<name>[@revision]`: a repo on a Hugging Face-compatible hub (`HF_ENDPOINT`),
-  downloaded and verified by `pull.py`.
+  downloaded and verified by `pull.py`;
+- a bare `<ns>/<name>[@revision]` that is no file or folder but a repo of the embedded hub:
+  `local:<ns>/<name>`, as the service's model aliases already read it.
+
+An id that names nothing fails with the nearest names there are ("did you mean ...?").
 
 Publishing a model (staging its repo, the card, the push) is `publish.py`'s.
 """
@@ -19,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint import CheckpointError, load_weights
+from .config import VARIANTS, did_you_mean
 from .errors import MAEValueError
 from .model import MaskedAutoencoder
 from .repo_store import REPO_ID_RULE, is_repo_id
@@ -41,9 +46,19 @@ class ModelId:
         return f"{self.scheme}:{self.name}{rev}"
 
 
-def parse_model_id(source: str | os.PathLike[str], revision: str | None = None) -> ModelId:
-    """Split a model id into scheme, name and revision (`@rev` or the `revision` argument)."""
+def parse_model_id(
+    source: str | os.PathLike[str], revision: str | None = None, models_root: Path | None = None
+) -> ModelId:
+    """Split a model id into scheme, name and revision (`@rev` or the `revision` argument).
+
+    A bare `<ns>/<name>[@rev]` that is no file or folder but a repo of the embedded hub
+    (`models_root`, default `models_dir()`) is read as `local:<ns>/<name>[@rev]`. This is
+    the one place that decides it, so every command and the service agree; a folder of
+    that name wins, as it always did."""
     text = os.fspath(source)
+    bare = _embedded_repo(text, models_root)
+    if bare is not None:
+        text = "local:" + bare
     for scheme in ("local", "hf-hub"):
         if text.startswith(scheme + ":"):
             rest = text[len(scheme) + 1 :]
@@ -60,6 +75,17 @@ def parse_model_id(source: str | os.PathLike[str], revision: str | None = None) 
     if revision:
         raise MAEValueError(f"a revision applies only to local: and hf-hub: ids, not to {text!r}")
     return ModelId("path", text)
+
+
+def _embedded_repo(text: str, models_root: Path | None) -> str | None:
+    """`text` ("<ns>/<name>[@rev]") when it names a repo of the embedded hub and no file
+    or folder; else None."""
+    from .repo_store import RepoStore
+
+    name = text.partition("@")[0]
+    if not is_repo_id(name) or Path(text).expanduser().exists():
+        return None
+    return text if RepoStore(models_root or models_dir()).exists(name) else None
 
 
 def models_dir() -> Path:
@@ -83,8 +109,9 @@ def resolve_local(repo_id: str, revision: str | None = None, root: Path | None =
         oid = store.resolve_revision(repo_id, revision)
     except RepoNotFound:
         known = store.repos()
+        near = did_you_mean(repo_id, known, prefix="local:")
         raise ModelNotFoundError(
-            f"no repo {repo_id!r} in the models folder {store.root}"
+            f"no repo {repo_id!r} in the models folder {store.root}{near}"
             + (f"; it has: {', '.join(known)}" if known else " (it holds no repos)")
         ) from None
     except HubError as e:
@@ -103,11 +130,38 @@ def resolve(model_id: ModelId, models_root: Path | None = None) -> Path:
         return pull(model_id.name, model_id.revision)
     path = Path(model_id.name).expanduser()
     if not path.exists():
-        raise ModelNotFoundError(
-            f"model {model_id.name!r} not found: not a file or folder, and not a "
-            "'local:<ns>/<name>' or 'hf-hub:<ns>/<name>' id"
-        )
+        raise ModelNotFoundError(_not_found(model_id.name, models_root))
     return path
+
+
+def _not_found(name: str, models_root: Path | None) -> str:
+    """Why `name` (a path that does not exist) is no model, with the nearest ids there are:
+    a variant name (those have no weights), a repo of the embedded hub, or a hub repo."""
+    from .repo_store import RepoStore
+
+    if name in VARIANTS:
+        return (
+            f"{name!r} is a variant name: it has no weights (mae_core.create_model({name!r}) "
+            "builds it at random; mae info describes it); give a model folder, a weights "
+            "file, local:<ns>/<name> or hf-hub:<ns>/<name>"
+        )
+    text = f"model {name!r} not found: not a file or folder"
+    looks_like_variant = name.startswith("mae_") and "/" not in name and "." not in name
+    if looks_like_variant or did_you_mean(name, VARIANTS):
+        return (
+            f"{text}, nor a variant{did_you_mean(name, VARIANTS)}; variants: {', '.join(VARIANTS)}"
+        )
+    root = models_root or models_dir()
+    repos = RepoStore(root).repos()
+    near = did_you_mean(name.removeprefix("./").partition("@")[0], repos, prefix="local:")
+    if near:
+        return f"{text}, nor a repo of the models folder {root}{near}"
+    if is_repo_id(name.partition("@")[0]):
+        return (
+            f"{text}, nor a repo of the models folder {root}; for a repo on a hub, write "
+            f"hf-hub:{name}"
+        )
+    return f"{text}, and not a 'local:<ns>/<name>' or 'hf-hub:<ns>/<name>' id"
 
 
 def load_model(

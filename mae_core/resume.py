@@ -31,7 +31,7 @@ import torch
 from .checkpoint import CheckpointError, safe_torch_load
 from .config import TrainConfig
 from .distributed import Dist, elastic_restarts, elastic_run_id
-from .errors import TrainingError
+from .errors import MAEValueError, TrainingError
 from .files import atomic_write
 from .schedule import Schedule
 
@@ -256,8 +256,11 @@ def merge_settings(
     resumable: set[str] = RESUMABLE_CHANGES,
 ) -> Any:
     """The checkpoint's settings with those `given` again, as a `config` (a dataclass with
-    `fields()`); refused when one of them would change what a resumed run may not (any
-    setting outside `resumable`)."""
+    `fields()` and `check()`); refused when one of them would change what a resumed run
+    may not (any setting outside `resumable`), each conflict named with the checkpoint's
+    value and the one given. The settings are checked once merged, not before: a setting
+    given again with its run's value (`--epochs 3`) is checked beside the run's other
+    values, never beside defaults the run did not use."""
     conflicts = [
         f"{k}: checkpoint {saved.get(k)!r} vs now {given[k]!r}"
         for k in sorted(set(given) - resumable)
@@ -269,7 +272,9 @@ def merge_settings(
             "new run in another --output folder, or drop those flags"
         )
     merged = {**saved, **PER_INVOCATION, **given}
-    return config(**{k: v for k, v in merged.items() if k in config.fields()})
+    cfg = config(**{k: v for k, v in merged.items() if k in config.fields()})
+    cfg.check()
+    return cfg
 
 
 # -- choosing ---------------------------------------------------------------------------------
@@ -356,7 +361,17 @@ def resume_settings(
     resumed one, the checkpoint's with `given` applied (checked by `merge_settings`) and a
     global batch that must equal the checkpoint's."""
     if resumed is None:
-        return config(**given)
+        cfg = config(**given)
+        try:
+            cfg.check()
+        except MAEValueError as e:
+            if not given.get("resume"):
+                raise
+            raise MAEValueError(
+                f"{e} (no checkpoint to resume from in {given.get('output')}: this starts a "
+                "new run, whose settings not given are the defaults)"
+            ) from None
+        return cfg
     cfg = merge_settings(resumed.settings, given, config, resumable)
     saved_global = resumed.global_batch
     check_global_batch(saved_global, cfg, world)

@@ -194,11 +194,32 @@ def panels_figure(panels: Panels, labels: bool = True, min_width: int = 256) -> 
     return fig
 
 
+# The picture's format follows its file name, so that `recon.jpg` holds JPEG bytes. JPEG
+# at quality 95 keeps the panels' patch edges and caption legible; WebP is lossless, the
+# PNG's very pixels.
+IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
+_SAVE_OPTIONS = {"PNG": {}, "JPEG": {"quality": 95}, "WEBP": {"lossless": True}}
+
+
+def image_format(path: str | Path) -> str:
+    """The Pillow format a picture named `path` is written in (from its extension, any
+    case); `MAEValueError` naming the accepted extensions otherwise."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in IMAGE_FORMATS:
+        raise MAEValueError(
+            f"cannot write a picture as {str(path)!r}: name it .png, .jpg, .jpeg or .webp "
+            "(the format follows the extension)"
+        )
+    return IMAGE_FORMATS[suffix]
+
+
 def save_panels(panels: Panels, path: str | Path, labels: bool = True) -> Path:
-    """Write `panels_figure(panels)` as a PNG (parent folders created); returns the path."""
+    """Write `panels_figure(panels)` in the format of `path`'s extension (`image_format`),
+    parent folders created; returns the path."""
     path = Path(path)
+    fmt = image_format(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    panels_figure(panels, labels=labels).save(path, format="PNG")
+    panels_figure(panels, labels=labels).save(path, format=fmt, **_SAVE_OPTIONS[fmt])
     return path
 
 
@@ -213,11 +234,13 @@ def reconstruct_file(
     device: str | None = None,
 ) -> tuple[Path, Panels]:
     """`mae reconstruct`: the panels of the image file `image` by `model_id` (loaded with its
-    decoder), written to `output` as a PNG. -> (the PNG's path, the panels)."""
+    decoder), written to `output` in the format its extension names (.png, .jpg/.jpeg,
+    .webp). -> (the picture's path, the panels)."""
     from PIL import UnidentifiedImageError
 
     from .hub import load_model
 
+    image_format(output)  # a bad name fails before the model loads
     try:
         with Image.open(image) as img:
             img.load()

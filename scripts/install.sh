@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The one install path of mae-hub, shared by every place that installs it:
-#   make venv / make test / CI (.ci/run):  scripts/install.sh .venv -e '.[dev]'
+#   make serve / make venv:                scripts/install.sh .venv -e '.[onnx]'
+#   make test / CI (.ci/run), on top:      scripts/install.sh .venv -e '.[dev]'
 #   the Dockerfile (from the built wheel): scripts/install.sh /opt/mae /wheels/mae_hub-*.whl
 #
 # It creates VENV when missing, then installs the exact torch pins first and the package
-# with the same pins, so pip never swaps torch for another build while resolving.
+# with the same pins, so pip never swaps torch for another build while resolving. pip's own
+# output stays on (the torch wheels are large: a silent minute or more looks like a hang).
 #
 # Environment:
 #   PYTHON           interpreter that creates VENV (default: python3.11, else python3)
@@ -32,14 +34,18 @@ fi
 pip=("$venv/bin/python" -m pip)
 "${pip[@]}" install --quiet --upgrade pip
 if [[ -n "${TORCH_INDEX_URL:-}" ]]; then
-  "${pip[@]}" install --quiet --index-url "$TORCH_INDEX_URL" "${TORCH_PINS[@]}"
+  echo "install.sh: ${TORCH_PINS[*]} from $TORCH_INDEX_URL into $venv"
+  "${pip[@]}" install --index-url "$TORCH_INDEX_URL" "${TORCH_PINS[@]}"
 else
-  "${pip[@]}" install --quiet "${TORCH_PINS[@]}"
+  echo "install.sh: ${TORCH_PINS[*]} into $venv (on x86_64 Linux the CUDA build, several GB;"
+  echo "  TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu installs the CPU-only build)"
+  "${pip[@]}" install "${TORCH_PINS[@]}"
 fi
 specs=()
 for spec in "$@"; do
   [[ -n "${EXTRAS:-}" && "$spec" == *.whl ]] && spec="$spec[$EXTRAS]"
   specs+=("$spec")
 done
-"${pip[@]}" install --quiet "${specs[@]}" "${TORCH_PINS[@]}"
+echo "install.sh: ${specs[*]} into $venv"
+"${pip[@]}" install "${specs[@]}" "${TORCH_PINS[@]}"
 echo "installed into $venv: $("$venv/bin/python" -c 'import importlib.metadata as m, torch; print("mae-hub", m.version("mae-hub"), "torch", torch.__version__)')"

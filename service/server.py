@@ -1,19 +1,64 @@
-"""Running the service as `mae serve` does: check every model id before listening (a typo
-fails in one line, not in a log later), say where the server answers, then run uvicorn in
-one process or several, with a grace period for the requests in flight on SIGTERM."""
+"""Running the service as `mae serve` does: check that the port is free and every model id
+resolves before listening (a busy port or a typo fails in one line, not in a log later),
+say where the server answers, then run uvicorn in one process or several, with a grace
+period for the requests in flight on SIGTERM."""
 
 from __future__ import annotations
 
 import copy
+import errno
+import socket
+
+from mae_core.errors import MAEError
 
 from .settings import Settings
 
 
-def preflight(settings: Settings, host: str, port: int) -> list[str]:
-    """Check that what `settings` serves exists; -> the lines that say what will run."""
+class ListenError(MAEError, OSError):
+    """The server cannot listen where it was asked to (port in use, no such address)."""
+
+
+def check_listen(host: str, port: int) -> None:
+    """Bind `host`:`port` the way uvicorn will (same address family, SO_REUSEADDR) and
+    release it at once: a port another process listens on fails here, before any URL is
+    printed or any model loaded. uvicorn binds again a moment later; a process taking the
+    port in between still gets uvicorn's own error."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    where = f"port {port} on {host}"
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+    except socket.gaierror as e:
+        raise ListenError(f"cannot listen on {host!r}: not a host name or address ({e})") from None
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            raise ListenError(
+                f"{where} is in use (another server?): stop it, or pick another port with "
+                "--port or MAE_PORT"
+            ) from None
+        if e.errno == errno.EACCES:
+            raise ListenError(
+                f"{where}: permission denied (ports below 1024 need privileges); pick another "
+                "with --port or MAE_PORT"
+            ) from None
+        if e.errno == errno.EADDRNOTAVAIL:
+            raise ListenError(
+                f"cannot listen on {host}: not an address of this machine (127.0.0.1: this "
+                "machine only, 0.0.0.0: every interface); set --host or MAE_HOST"
+            ) from None
+        raise ListenError(f"cannot listen on {where}: {e.strerror or e}") from None
+
+
+def preflight(settings: Settings) -> list[str]:
+    """Check that the port is free and what `settings` serves exists; -> the lines that
+    say what will run."""
     from mae_core.hub import parse_model_id, resolve
     from mae_core.repo_store import RepoStore
 
+    host, port = settings.host, settings.port
+    check_listen(host, port)
+    address = f"[{host}]" if ":" in host else host
     if settings.hub_only:
         store = RepoStore(settings.resolved_models_dir())
         writes = (
@@ -23,32 +68,33 @@ def preflight(settings: Settings, host: str, port: int) -> list[str]:
         )
         return [
             f"mae hub over {store.root} ({len(store.repos())} repos), {writes}",
-            f"  HF_ENDPOINT=http://{host}:{port}",
+            f"  HF_ENDPOINT=http://{address}:{port}",
         ]
     for model_id in settings.model:
-        resolve(parse_model_id(model_id), settings.models_dir)
+        resolve(parse_model_id(model_id, models_root=settings.models_dir), settings.models_dir)
     forward, decode = settings.threads()
     return [
-        f"mae serve: {', '.join(settings.model)} on http://{host}:{port}",
+        f"mae serve: {', '.join(settings.model)} on http://{address}:{port}",
         "  demo page /, API docs /docs, readiness /ready, metrics /metrics",
         f"  threads: {forward} for the forward, {decode} to decode images "
         "(MAE_TORCH_THREADS, MAE_DECODE_THREADS)",
     ]
 
 
-def serve(
-    settings: Settings, *, host: str, port: int, workers: int = 1, log_level: str = "info"
-) -> None:
-    """Check, announce and run the server until it is stopped. With `workers` > 1 each
-    process builds its own app (and model) from the MAE_* environment."""
+def serve(settings: Settings, *, workers: int = 1, log_level: str = "info") -> None:
+    """Check, announce and run the server on `settings.host`:`settings.port` until it is
+    stopped. With `workers` > 1 each process builds its own app (and model) from the MAE_*
+    environment."""
     import uvicorn
 
-    for line in preflight(settings, host, port):
+    for line in preflight(settings):
         print(line, flush=True)
     grace = settings.request_timeout_s + 5  # SIGTERM: finish the requests in flight first
     log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)  # our "mae.*" lines beside uvicorn's
     log_config["loggers"]["mae"] = {"handlers": ["default"], "level": log_level.upper()}
-    options = dict(host=host, port=port, log_level=log_level, log_config=log_config)
+    options = dict(
+        host=settings.host, port=settings.port, log_level=log_level, log_config=log_config
+    )
     if workers > 1:
         uvicorn.run(
             "service.app:create_app",

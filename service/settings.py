@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from .fetch import UrlPolicy
 
 ENV_PREFIX = "MAE_"
 CommaList = Annotated[list[str], NoDecode]
@@ -22,6 +25,15 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX, env_file=".env", extra="ignore", protected_namespaces=()
     )
+
+    # -- where it listens -----------------------------------------------------------------
+    host: str = Field(
+        default="127.0.0.1",
+        min_length=1,
+        description="address to bind: 127.0.0.1 (this machine only), 0.0.0.0 (every IPv4 "
+        "interface), :: (IPv6), or one address of this machine",
+    )
+    port: int = Field(default=8000, ge=1, le=65535, description="TCP port to listen on")
 
     # -- models ---------------------------------------------------------------------------
     model: CommaList = Field(
@@ -82,6 +94,21 @@ class Settings(BaseSettings):
         default=64 * 1024**2, ge=1, description="bytes of one request body on the /v1 routes"
     )
 
+    # -- image URLs as input --------------------------------------------------------------
+    allow_urls: bool = Field(
+        default=False,
+        description="accept http(s) image URLs in /v1/embeddings' input and fetch them (off: "
+        "a URL is refused with 403)",
+    )
+    url_allow_networks: CommaList = Field(
+        default_factory=list,
+        description="private networks URLs may point into, comma-separated CIDRs (e.g. an "
+        "internal object store's 10.1.0.0/16; empty: public addresses only)",
+    )
+    url_timeout_s: float = Field(
+        default=10.0, gt=0, le=300, description="time for one URL's fetch, redirects included"
+    )
+
     # -- access ---------------------------------------------------------------------------
     api_keys: CommaList = Field(
         default_factory=list,
@@ -103,12 +130,47 @@ class Settings(BaseSettings):
         default=2 * 1024**3, ge=1, description="largest commit body (inline files, base64) accepted"
     )
 
-    @field_validator("model", "api_keys", "cors_origins", "hub_tokens", mode="before")
+    @field_validator(
+        "model", "api_keys", "cors_origins", "hub_tokens", "url_allow_networks", mode="before"
+    )
     @classmethod
     def _split(cls, value: object) -> object:
         if isinstance(value, str):
             return [t.strip() for t in value.split(",") if t.strip()]
         return value
+
+    @field_validator("port", mode="before")
+    @classmethod
+    def _port(cls, value: object) -> object:
+        # Kubernetes gives every pod <SERVICE>_PORT=tcp://<ip>:<port> for each Service in
+        # its namespace: a Service named "mae" would hand the server such a MAE_PORT.
+        if isinstance(value, str) and value.startswith("tcp://"):
+            raise ValueError(
+                f"must be a port number, got {value!r}: Kubernetes sets that for a Service "
+                "named mae; set MAE_PORT in the pod, pass --port, or rename the Service"
+            )
+        return value
+
+    @field_validator("url_allow_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for text in value:
+            try:
+                ipaddress.ip_network(text, strict=False)
+            except ValueError:
+                raise ValueError(f"{text!r} is not a network (e.g. 10.1.0.0/16)") from None
+        return value
+
+    def url_policy(self) -> UrlPolicy:
+        """How image URLs are fetched under these settings (`fetch.py`)."""
+        import ipaddress
+
+        from .fetch import UrlPolicy
+
+        nets = tuple(ipaddress.ip_network(t, strict=False) for t in self.url_allow_networks)
+        return UrlPolicy(self.max_image_bytes, self.url_timeout_s, allow_networks=nets)
 
     @field_validator("device")
     @classmethod

@@ -217,3 +217,39 @@ def test_reconstruct_bad_inputs(
     assert out.returncode == 2, out.stdout
     assert out.stderr.startswith("mae: error: ") and message in out.stderr, out.stderr
     assert "Traceback" not in out.stderr and not (tmp_path / "x.png").exists()
+
+
+def test_reconstruct_writes_the_format_its_extension_names(
+    saved: Path, photo: Path, tmp_path: Path
+) -> None:
+    """`--output x.jpg` holds JPEG bytes, `.webp` WebP (lossless: the PNG's pixels), in
+    any case of the extension."""
+    outputs = {"a.png": "PNG", "b.jpg": "JPEG", "c.JPEG": "JPEG", "d.webp": "WEBP"}
+    pixels = {}
+    for name, fmt in outputs.items():
+        out = run(
+            "reconstruct", str(photo), "--model", str(saved / "full"),
+            "--output", str(tmp_path / name),
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        assert f"wrote {tmp_path / name}" in out.stdout
+        with Image.open(tmp_path / name) as img:
+            assert img.format == fmt, name
+            pixels[name] = np.asarray(img.convert("RGB")).astype(np.int16)
+    assert np.array_equal(pixels["d.webp"], pixels["a.png"])
+    assert pixels["b.jpg"].shape == pixels["a.png"].shape
+    assert np.abs(pixels["b.jpg"] - pixels["a.png"]).mean() < 3  # quality 95
+
+
+@pytest.mark.parametrize("name", ["x.gif", "x.tiff", "x"])
+def test_reconstruct_refuses_an_output_it_cannot_name(tmp_path: Path, photo: Path, name) -> None:
+    """Another extension is one line naming the accepted ones, before the model is even
+    looked up (the model given here does not exist)."""
+    out = run(
+        "reconstruct", str(photo), "--model", str(tmp_path / "no-model"),
+        "--output", str(tmp_path / name),
+    )  # fmt: skip
+    assert out.returncode == 2
+    assert out.stderr.startswith("mae: error: ") and out.stderr.count("\n") == 1
+    assert ".png, .jpg, .jpeg or .webp" in out.stderr and "no-model" not in out.stderr
+    assert not (tmp_path / name).exists()

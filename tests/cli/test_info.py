@@ -14,6 +14,7 @@ import pytest
 from mae_core import MaskedAutoencoder
 
 MAE = shutil.which("mae", path=str(Path(sys.executable).parent)) or "mae"
+DEFAULT = "mae/vit-tiny-tinyimagenet"  # the embedded hub's default model (models/)
 
 
 def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -65,6 +66,32 @@ def test_info_errors_are_one_clear_line(args: tuple[str, ...], message: str, tmp
     assert out.returncode == 2
     assert out.stderr.startswith("mae: error: ") and message in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_info_on_a_bare_id_of_the_embedded_hub(tmp_path: Path) -> None:
+    """`mae info ns/name` reads the embedded hub's repo, as the service's alias does: the
+    same weights as `local:ns/name`, from any working folder."""
+    outs = [run("info", "--json", mid, cwd=tmp_path) for mid in (f"local:{DEFAULT}", DEFAULT)]
+    assert [o.returncode for o in outs] == [0, 0], outs[1].stderr
+    local, bare = (json.loads(o.stdout) for o in outs)
+    assert bare["weights"] == local["weights"] and bare["variant"] == "mae_vit_tiny_patch8"
+    pinned = run("info", "--no-hash", DEFAULT, "--revision", "main", cwd=tmp_path)
+    assert pinned.returncode == 0, pinned.stderr
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        (DEFAULT + "x", f"(did you mean local:{DEFAULT}?)"),
+        ("local:" + DEFAULT.replace("tiny", "tyni"), f"(did you mean local:{DEFAULT}?)"),
+        ("mae_vit_small_patch15", "nor a variant (did you mean mae_vit_small_patch16"),
+        ("mae_vit_base", "variants: mae_vit_tiny_patch4, mae_vit_tiny_patch8,"),
+    ],
+)
+def test_info_near_misses_get_did_you_mean(model: str, message: str, tmp_path: Path) -> None:
+    out = run("info", model, cwd=tmp_path)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1
+    assert out.stderr.startswith("mae: error: ") and message in out.stderr, out.stderr
 
 
 def test_info_on_a_bad_checkpoint(tmp_path: Path) -> None:

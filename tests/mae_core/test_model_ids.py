@@ -125,3 +125,61 @@ def test_public_names_resolve_and_import_is_light() -> None:
     code = "import sys, mae_core; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_bare_repo_id_is_the_embedded_hubs(
+    tiny_model: MaskedAutoencoder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`ns/name[@rev]` that is no folder but a repo of the embedded hub is `local:ns/name`,
+    decided once in `parse_model_id`, so every loader (and the service) agrees; a folder of
+    that name still wins, and the hub given as `models_root` is the one consulted."""
+    root = tmp_path / "hub"
+    tiny_model.save_pretrained(tmp_path / "v1")
+    commit = write_revision(root, "mae/tiny", tmp_path / "v1")
+    monkeypatch.setenv("MAE_MODELS_DIR", str(root))
+    monkeypatch.chdir(tmp_path)
+    assert parse_model_id("mae/tiny") == parse_model_id("local:mae/tiny")
+    assert str(parse_model_id("mae/tiny@main")) == "local:mae/tiny@main"
+    assert str(parse_model_id("mae/tiny", revision=commit[:8])) == f"local:mae/tiny@{commit[:8]}"
+    assert parse_model_id("mae/other").scheme == "path"  # not in the hub: a path, as before
+    x = torch.randn(1, 3, 32, 32)
+    model = load_model("mae/tiny")
+    assert model.source_info["model_id"] == "local:mae/tiny"
+    assert torch.equal(model.embed(x), tiny_model.embed(x))
+
+    elsewhere = tmp_path / "elsewhere"
+    write_revision(elsewhere, "team/enc", tmp_path / "v1")
+    assert parse_model_id("team/enc").scheme == "path"
+    assert str(parse_model_id("team/enc", models_root=elsewhere)) == "local:team/enc"
+
+    (tmp_path / "mae" / "tiny").mkdir(parents=True)  # a folder of the same name wins
+    assert parse_model_id("mae/tiny") == parse_model_id(str(Path("mae") / "tiny"))
+    assert parse_model_id("mae/tiny").scheme == "path"
+
+
+def test_a_near_miss_gets_did_you_mean(
+    tiny_model: MaskedAutoencoder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "hub"
+    tiny_model.save_pretrained(tmp_path / "v1")
+    write_revision(root, "mae/vit-tiny-cifar", tmp_path / "v1")
+    monkeypatch.setenv("MAE_MODELS_DIR", str(root))
+    monkeypatch.chdir(tmp_path)
+    hint = r"\(did you mean local:mae/vit-tiny-cifar\?\)"
+    with pytest.raises(ModelNotFoundError, match=rf"not a file or folder, nor a repo .*{hint}"):
+        load_model("mae/vit-tiny-cifra")
+    with pytest.raises(ModelNotFoundError, match=rf"no repo 'mae/vit-tiny-cfar' .*{hint}"):
+        load_model("local:mae/vit-tiny-cfar")
+    # A repo id far from every repo here: perhaps one on a hub.
+    with pytest.raises(ModelNotFoundError, match=r"write hf-hub:facebook/vit-mae-base$"):
+        load_model("facebook/vit-mae-base")
+    # A misspelt variant: the nearest ones, then every variant.
+    with pytest.raises(ModelNotFoundError) as err:
+        load_model("mae_vit_tiny_patch7")
+    message = str(err.value)
+    assert "nor a variant (did you mean mae_vit_tiny_patch8 or " in message
+    assert "variants: mae_vit_tiny_patch4, mae_vit_tiny_patch8," in message
+    assert message.endswith("mae_vit_huge_patch16")
+    # A real variant has no weights to load; the message says what to do instead.
+    with pytest.raises(ModelNotFoundError, match="'mae_vit_base_patch16' is a variant name"):
+        load_model("mae_vit_base_patch16")

@@ -148,6 +148,34 @@ def test_resume_with_changed_settings_is_refused(cifar_folder: Path, tmp_path: P
         Trainer({**given, "blrr": 0.5})
 
 
+def test_resume_repeating_the_original_settings(cifar_folder: Path, tmp_path: Path) -> None:
+    """A resume that repeats what the run was started with (`--epochs 3`, not the 400 of
+    the default) is checked against the checkpoint's other settings (warmup 1), never
+    against defaults the run did not use (warmup 40 > 3); a real conflict names the
+    setting with both values; with no checkpoint yet the message says why the defaults
+    apply."""
+    out = tmp_path / "run"
+    first = _cli(*_fast_flags(cifar_folder, out), "--epochs", "3", "--max-steps", "2")
+    assert first.returncode == 0, first.stderr
+    base = ["train", "--data", str(cifar_folder), "--output", str(out), "--resume", "auto"]
+    again = _cli(*base, "--epochs", "3", "--max-steps", "3")
+    assert again.returncode == 0, again.stderr
+    assert "resumed from" in again.stderr and "ckpt-00000002.pt" in again.stderr
+    # The same from Python, with a TrainConfig that holds only what is given again.
+    trainer = Trainer(TrainConfig(data=str(cifar_folder), output=str(out), resume="auto", epochs=3))
+    assert trainer.step == 3 and trainer.cfg.warmup_epochs == 1 and trainer.cfg.epochs == 3
+
+    conflict = _cli(*base, "--epochs", "4")
+    assert conflict.returncode == 2 and "Traceback" not in conflict.stderr
+    assert "cannot resume with different settings (epochs: checkpoint 3 vs now 4)" in (
+        conflict.stderr
+    )
+    fresh = _cli(*base[:4], str(tmp_path / "new"), *base[5:], "--epochs", "3")
+    assert fresh.returncode == 2, fresh.stderr
+    assert "warmup-epochs must be in [0, epochs=3], got 40 (the default" in fresh.stderr
+    assert f"no checkpoint to resume from in {tmp_path / 'new'}" in fresh.stderr
+
+
 def test_non_finite_steps_are_skipped_then_stop(cifar_folder: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     trainer = Trainer(run_cfg(cifar_folder, out, max_bad_steps=3))
@@ -234,6 +262,7 @@ def test_sigterm_leaves_a_resumable_checkpoint(cifar_folder: Path, tmp_path: Pat
     [
         (["--data", "/no/such/folder"], "data source '/no/such/folder' not found"),
         (["--variant", "mae_vit_giant_patch16"], "unknown variant 'mae_vit_giant_patch16'"),
+        (["--variant", "mae_vit_tiny_patch9"], "(did you mean mae_vit_tiny_patch8 or "),
         (["--blr=-1e-3"], "blr (base learning rate) must be positive"),
         (["--batch-size", "512"], "batch larger than the data: 300 images"),
         (["--batch-size", "0"], "must be a positive integer"),
