@@ -21,6 +21,7 @@ from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 
 from mae_core import __version__
 from mae_core.repo_store import HubError, RepoStore
@@ -43,6 +44,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loading = None if settings.hub_only else asyncio.create_task(registry.load())
+        if settings.hub_only:
+            metrics.ready.set(1)  # as /ready says: a hub has nothing to load
         try:
             yield
         finally:
@@ -52,7 +55,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     await loading
                 await registry.close()
 
-    app = FastAPI(
+    # FastAPIOffline: FastAPI whose /docs and /redoc load Swagger UI and ReDoc from files
+    # inside the installed package, so the pages work with no internet (FastAPI's own
+    # fetch them from a CDN and are blank offline).
+    app = FastAPIOffline(
+        favicon_url="/static/favicon.svg",
         title="mae-hub",
         version=__version__,
         description="Masked Autoencoder service: batched embeddings, masked reconstructions, "

@@ -68,6 +68,9 @@ class ModelInfo:
     parameters: dict[str, int]
     norm_pix_loss: bool
     backend: str
+    created: int
+    owned_by: str
+    tokens_per_image: int  # 1 + patches: what an image counts as in `usage`
     aliases: list[str] = field(default_factory=list)
 
 
@@ -138,6 +141,9 @@ class Engine:
             parameters=model.num_params(),
             norm_pix_loss=cfg.norm_pix_loss,
             backend=self.backend.name,
+            created=int(time.time()),
+            owned_by=parsed.name.split("/")[0] if parsed.scheme != "path" else "mae-hub",
+            tokens_per_image=1 + cfg.num_patches,
             aliases=[parsed.name] if parsed.scheme != "path" else [],
         )
 

@@ -84,3 +84,17 @@ class DeviceFailure(ServiceError):
     """Device work failed for a reason that is not the client's (a bug, a driver error)."""
 
     code = "internal_error"
+
+
+class UrlRefused(ServiceError):
+    """An image URL this server will not fetch: URLs are off, a scheme other than http(s),
+    or an address inside a private, loopback, link-local or otherwise non-public network."""
+
+    code = "url_refused"
+
+
+class UrlFetchFailed(ServiceError):
+    """An image URL that could not be fetched: no such host, no connection, an error
+    status, too many redirects, or no answer within the time allowed."""
+
+    code = "url_fetch_failed"

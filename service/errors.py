@@ -16,7 +16,9 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from .engine_errors import (
     DeadlineExceeded,
@@ -31,9 +33,49 @@ from .engine_errors import (
     TooLarge,
     UnknownModel,
     UnsupportedImage,
+    UrlFetchFailed,
+    UrlRefused,
 )
 
 HUB_PREFIXES = ("/api/", "/lfs/")
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="machine-readable, e.g. invalid_image, too_large, not_ready")
+    message: str = Field(description="what is wrong, for people")
+
+
+class ErrorBody(BaseModel):
+    """Every error of the service's own routes has this body (the hub routes answer as the
+    Hugging Face Hub does, which huggingface_hub parses)."""
+
+    error: ErrorDetail
+
+
+# What each status means on our routes, for the OpenAPI document.
+MEANING = {
+    400: "bad input: an image that is not valid, a malformed body or parameter",
+    401: "no API key, or a wrong one (when MAE_API_KEYS is set)",
+    403: "an image URL this server will not fetch (MAE_ALLOW_URLS, a non-public address)",
+    404: "no such model (or route)",
+    405: "method not allowed (the Allow header lists the allowed ones)",
+    406: "none of the media types in Accept can be given",
+    409: "the model cannot do this (e.g. no decoder)",
+    413: "too large: body, image bytes, pixels or images per request",
+    415: "unsupported media type (Content-Type, or an image format)",
+    422: "a well-formed body whose values are not valid",
+    429: "the queue is full: retry after Retry-After seconds",
+    500: "internal error",
+    502: "an image URL could not be fetched (no such host, an error status, too slow)",
+    503: "not ready: the models are loading (or failed to load)",
+    504: "the request timed out in the queue (MAE_REQUEST_TIMEOUT_S)",
+    507: "out of device memory for this batch",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The `responses=` of a route or router: each status with the one error body."""
+    return {s: {"model": ErrorBody, "description": MEANING[s]} for s in statuses}
 
 
 class APIError(Exception):
@@ -78,6 +120,8 @@ STATUS: dict[type[ServiceError], int] = {
     DeadlineExceeded: 504,
     OutOfMemory: 507,
     DeviceFailure: 500,
+    UrlRefused: 403,
+    UrlFetchFailed: 502,
 }
 
 
@@ -114,10 +158,6 @@ def _validation_message(errors: list[dict[str, Any]]) -> str:
 
 
 def install_handlers(app: FastAPI) -> None:
-    from fastapi.exception_handlers import (
-        http_exception_handler,
-        request_validation_exception_handler,
-    )
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> JSONResponse:
@@ -129,13 +169,56 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        message = _validation_message(list(exc.errors()))
         if _is_hub(request):
-            return await request_validation_exception_handler(request, exc)
-        return error_response(422, "invalid_request", _validation_message(list(exc.errors())))
+            return _hub_error(422, message, request)
+        return error_response(422, "invalid_request", message)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Any:
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            # Starlette names the methods of the first route whose path matched; several
+            # routes can share a path (GET in one, HEAD in another), so ask them all.
+            given = [m.strip() for m in headers.get("Allow", "").split(",") if m.strip()]
+            headers["Allow"] = ", ".join(allowed_methods(request) or given)
+            exc = StarletteHTTPException(405, exc.detail, headers)
         if _is_hub(request):
-            return await http_exception_handler(request, exc)
+            return _hub_error(exc.status_code, str(exc.detail), request, headers)
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return error_response(exc.status_code, code, str(exc.detail), dict(exc.headers or {}))
+        message = str(exc.detail)
+        if exc.status_code == 405:
+            use = " or ".join(headers["Allow"].split(", "))
+            message = f"method {request.method} is not allowed on {request.url.path}: use {use}"
+        elif exc.status_code == 404 and message == "Not Found":
+            message = f"not found: no route {request.url.path} (the API is described at /docs)"
+        return error_response(exc.status_code, code, message, headers)
+
+
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def _hub_error(
+    status: int, message: str, request: Request, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    """The framework's own errors (no route, a wrong method, a bad parameter) on the hub's
+    paths, in the Hub's shape, as `routes/hub.py` answers its own: `{"error": message}`
+    with X-Error-Message, which huggingface_hub reads."""
+    if status == 404 and message == "Not Found":
+        message = f"not found: the hub has no route {request.url.path}"
+    safe = message.encode("ascii", "replace").decode()[:500]
+    return JSONResponse(
+        {"error": message}, status, headers={**(headers or {}), "X-Error-Message": safe}
+    )
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route of the app fully matches on this request's path. Starlette's
+    own Allow names the methods of the first route whose path matched only, so a path
+    served by two routes (GET in one, HEAD in another) was said to allow one of them."""
+    allowed = []
+    for method in _METHODS:
+        scope = dict(request.scope, method=method)
+        if any(r.matches(scope)[0] == Match.FULL for r in request.app.router.routes):
+            allowed.append(method)
+    return allowed

@@ -83,7 +83,9 @@ class Metrics:
             ["model"],
             registry=r,
         )
-        self.ready = Gauge("mae_ready", "1 when every model is loaded and warmed", registry=r)
+        self.ready = Gauge(
+            "mae_ready", "1 when /ready answers 200: every model loaded and warm", registry=r
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
 
 class _Request(BaseModel):
@@ -15,8 +15,11 @@ class _Request(BaseModel):
 
 class EmbeddingOptions(_Request):
     model: str | None = Field(default=None, description="a served model id (default: the first)")
-    pooling: Literal["cls", "mean"] = Field(
-        default="cls", description="class token, or the mean of the patch tokens"
+    pooling: Literal["mean", "cls"] = Field(
+        default="mean",
+        description="the mean of the patch tokens (default), or the class token. MAE puts no "
+        "loss on the class token, so it carries little: on the sample photos, cls gave a cat "
+        "and a rocket cosine 0.90, mean 0.23",
     )
     normalize: bool = Field(default=True, description="scale each embedding to unit L2 norm")
     encoding_format: Literal["float", "base64"] = Field(
@@ -24,11 +27,32 @@ class EmbeddingOptions(_Request):
     )
 
 
+def _one_or_many(value: object) -> object:
+    return [value] if isinstance(value, str) else value
+
+
 class EmbeddingRequest(EmbeddingOptions):
-    input: list[str] = Field(
-        min_length=1,
-        description="images as base64 strings or data URLs (data:image/png;base64,...)",
+    # A string is one image (as OpenAI takes one text); it becomes a list of one before
+    # validation, so every error names its item as input.N.
+    input: Annotated[
+        list[str],
+        BeforeValidator(_one_or_many),
+        WithJsonSchema(
+            {
+                "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}],
+                "title": "Input",
+            }
+        ),
+    ] = Field(
+        description="one image, or a list of them, as base64 strings, data URLs "
+        "(data:image/png;base64,...) or, where MAE_ALLOW_URLS is on, http(s) URLs",
     )
+    dimensions: int | None = Field(
+        default=None,
+        description="OpenAI's: accepted when it is the model's width (see /v1/models, "
+        "embed_dim), refused with a 400 otherwise; MAE embeddings are not trained to be cut short",
+    )
+    user: str | None = Field(default=None, description="OpenAI's end-user id: accepted, unused")
 
 
 class Embedding(BaseModel):
@@ -39,6 +63,11 @@ class Embedding(BaseModel):
 
 class Usage(BaseModel):
     images: int
+    prompt_tokens: int = Field(
+        description="the encoder's tokens over all images: 1 + patches per image (65 for a "
+        "64 px image in 8 px patches), as OpenAI counts an input's tokens"
+    )
+    total_tokens: int = Field(description="the same as prompt_tokens (nothing is generated)")
 
 
 class EmbeddingResponse(BaseModel):
@@ -85,6 +114,8 @@ class ReconstructionResponse(BaseModel):
 class ModelCard(BaseModel):
     id: str
     object: Literal["model"] = "model"
+    created: int = Field(description="when the model was loaded (Unix seconds), as OpenAI's")
+    owned_by: str = Field(description="the hub namespace of the id, else mae-hub")
     aliases: list[str]
     revision: str | None
     sha256: str | None
@@ -97,6 +128,7 @@ class ModelCard(BaseModel):
     parameters: dict[str, int]
     norm_pix_loss: bool
     backend: str = Field(description="what runs the forward: torch, onnxruntime, onnxruntime-int8")
+    tokens_per_image: int = Field(description="what one image counts as in usage.prompt_tokens")
 
 
 class ModelList(BaseModel):

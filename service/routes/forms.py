@@ -4,6 +4,7 @@ of our JSON errors rather than FastAPI's generic 400."""
 
 from __future__ import annotations
 
+import difflib
 from typing import TypeVar
 
 from fastapi import Request
@@ -104,7 +105,13 @@ async def files(form: FormData, name: str) -> list[tuple[str, bytes]]:
     return out
 
 
-def fields(form: FormData, names: tuple[str, ...]) -> dict[str, str]:
+def fields(
+    form: FormData, names: tuple[str, ...], file_parts: tuple[str, ...] = ("file",)
+) -> dict[str, str]:
+    """The text fields `names` of the form, as given. Any part that is neither one of them
+    nor one of `file_parts` is a 422 naming it: a misspelt option (`maskratio`) must not
+    fall back to its default without a word."""
+    unknown(form, (*file_parts, *names))
     out = {}
     for key in names:
         value = form.get(key)
@@ -113,3 +120,24 @@ def fields(form: FormData, names: tuple[str, ...]) -> dict[str, str]:
         if value is not None:
             out[key] = value
     return out
+
+
+def unknown(form: FormData, known: tuple[str, ...]) -> None:
+    """Refuse a form holding a part not in `known`, naming each such part and the known ones
+    (with the closest known name when one is near: `maskratio` -> `mask_ratio`)."""
+    extra = list(dict.fromkeys(key for key in form if key not in known))
+    if not extra:
+        return
+    hints = []
+    for key in extra:
+        near = difflib.get_close_matches(key.lower(), known, n=1, cutoff=0.75)
+        if near:
+            hints.append(repr(near[0]) if len(extra) == 1 else f"{near[0]!r} for {key!r}")
+    hint = f" (did you mean {', '.join(hints)}?)" if hints else ""
+    what = "field" if len(extra) == 1 else "fields"
+    raise APIError(
+        f"unknown form {what} {', '.join(map(repr, extra))}{hint}; the known fields are "
+        + ", ".join(map(repr, known)),
+        status=422,
+        code="invalid_request",
+    )

@@ -7,12 +7,12 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from ..errors import error_response
+from ..errors import error_response, error_responses
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/health")
+@router.get("/health", responses=error_responses(503))
 async def health(request: Request) -> Any:
     """200 while the process can serve; 503 when loading the model failed (restart it)."""
     registry = request.app.state.registry
@@ -21,7 +21,7 @@ async def health(request: Request) -> Any:
     return {"status": "ok"}
 
 
-@router.get("/ready")
+@router.get("/ready", responses=error_responses(503))
 async def ready(request: Request) -> Any:
     """200 once every model is loaded and warmed up (always, for a hub-only server)."""
     registry, store = request.app.state.registry, request.app.state.store

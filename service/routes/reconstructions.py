@@ -2,14 +2,16 @@
 
 The image comes as multipart (`file`, with `mask_ratio`, `seed`, `model` fields) or as
 JSON (`image` base64 or data URL). The answer is JSON with base64 PNG panels, the mask
-and per-patch error on the patch grid and the loss; with `Accept: image/png`, one PNG of
-the four panels side by side (the seed in the `X-MAE-Seed` header).
+and per-patch error on the patch grid and the loss; when the `Accept` header prefers an
+image type we make (`image/png`, `image/*`), one PNG of the four panels side by side (the
+seed in the `X-MAE-Seed` header). An `Accept` that allows neither is a 406.
 """
 
 from __future__ import annotations
 
 import base64
 import io
+import math
 import secrets
 
 import numpy as np
@@ -22,6 +24,7 @@ from pydantic import ValidationError
 from mae_core.visualize import Panels, panels_figure
 
 from ..engine_errors import NoDecoder, TooLarge
+from ..errors import APIError, error_responses
 from ..imaging import decode_base64
 from ..schemas import (
     ReconstructionOptions,
@@ -32,7 +35,17 @@ from ..schemas import (
 from ..web import RegistryDep, deadline, require_key, until_disconnect
 from . import forms
 
-router = APIRouter(prefix="/v1", tags=["reconstructions"], dependencies=[Depends(require_key)])
+# Every status a reconstruction can answer besides 200, in the one error body: 406 for an
+# Accept we cannot meet, 409 for a model without its decoder, the batcher's 429/504/507.
+router = APIRouter(
+    prefix="/v1",
+    tags=["reconstructions"],
+    dependencies=[Depends(require_key)],
+    responses=error_responses(400, 401, 404, 406, 409, 413, 415, 422, 429, 500, 503, 504, 507),
+)
+
+JSON, PNG = "application/json", "image/png"
+OFFERS = (JSON, PNG)  # what this route can answer; JSON first, our choice on a tie
 
 _BODY = {
     "requestBody": {
@@ -53,7 +66,17 @@ _BODY = {
             "application/json": {"schema": ReconstructionRequest.model_json_schema()},
         },
     },
-    "responses": {"200": {"content": {"image/png": {}}}},
+    "responses": {
+        "200": {
+            "description": "JSON (the default), or one PNG of the four panels when the "
+            "`Accept` header prefers `image/png` or `image/*`",
+            "content": {"image/png": {}},
+            "headers": {
+                "X-MAE-Seed": {"description": "the seed used (PNG answer)"},
+                "X-MAE-Loss": {"description": "the loss on this image (PNG answer)"},
+            },
+        },
+    },
 }
 
 
@@ -61,6 +84,7 @@ _BODY = {
 async def reconstructions(request: Request, registry: RegistryDep) -> Response:
     """Mask one image at `mask_ratio` with `seed`, reconstruct it with the MAE decoder."""
     until = deadline(request)
+    answer_type = negotiate(request.headers.get("accept", ""))  # before any work is done
     if forms.media_type(request) == "multipart/form-data":
         form = await forms.read_form(request, max_files=1)
         files = await forms.files(form, "file")
@@ -93,20 +117,64 @@ async def reconstructions(request: Request, registry: RegistryDep) -> Response:
     work = served.batcher.run(lambda: engine.reconstruct(x, options.mask_ratio, seed), until)
     panels: Panels = await until_disconnect(request, work)
 
-    if _wants_png(request):
+    vary = {"Vary": "Accept"}  # the same request answers JSON or PNG by this header
+    if answer_type == PNG:
         png = await to_thread.run_sync(lambda: _png(panels_figure(panels)))
-        headers = {"X-MAE-Seed": str(seed), "X-MAE-Loss": f"{panels.loss:.6f}"}
-        return Response(png, media_type="image/png", headers=headers)
+        headers = {"X-MAE-Seed": str(seed), "X-MAE-Loss": f"{panels.loss:.6f}", **vary}
+        return Response(png, media_type=PNG, headers=headers)
     answer = await to_thread.run_sync(_answer, panels, engine.id, engine.info.patch_size)
-    return Response(answer.model_dump_json(), media_type="application/json")
+    return Response(answer.model_dump_json(), media_type=JSON, headers=vary)
 
 
-def _wants_png(request: Request) -> bool:
-    accept = request.headers.get("accept", "").lower()
-    ranked = [part.split(";")[0].strip() for part in accept.split(",")]
-    return "image/png" in ranked and (
-        "application/json" not in ranked
-        or ranked.index("image/png") < ranked.index("application/json")
+def negotiate(accept: str) -> str:
+    """The type of `OFFERS` that an `Accept` header prefers (RFC 9110, section 12.5.1).
+
+    Each offer takes the q-value of the most specific range that matches it (`image/png`
+    over `image/*` over `*/*`); the highest q wins, then the offer matched more
+    specifically (`image/*, */*` is PNG), then the one the client lists first (`image/png,
+    application/json` is PNG, as before q-values were read), then JSON. No header, or one
+    with no usable range, is JSON. A header that gives every offer q=0 is a 406 naming
+    what we offer. A range with a malformed q-value is skipped (like a missing header)."""
+    ranges = []  # (type, subtype, q, position)
+    for position, item in enumerate(accept.lower().split(",")):
+        kind, *params = (part.strip() for part in item.split(";"))
+        main, slash, sub = kind.partition("/")
+        if not slash or not main or not sub or (main == "*" and sub != "*"):
+            continue
+        q = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip() == "q":
+                try:
+                    q = float(value.strip())
+                except ValueError:
+                    q = math.nan
+        if 0.0 <= q <= 1.0:
+            ranges.append((main, sub, q, position))
+    if not ranges:
+        return JSON
+
+    def score(offer: str) -> tuple[float, int, int]:
+        """(q, specificity, -position) of the most specific range matching `offer`."""
+        main, sub = offer.split("/")
+        best = (0, 0.0, 0)  # (specificity, q, -position); no match: q 0
+        for r_main, r_sub, q, position in ranges:
+            if r_main in (main, "*") and r_sub in (sub, "*"):
+                specificity = 3 if r_sub == sub else 2 if r_main == main else 1
+                if specificity > best[0]:  # equally specific ranges: the first listed counts
+                    best = (specificity, q, -position)
+        return best[1], best[0], best[2]
+
+    scores = {offer: score(offer) for offer in OFFERS}
+    chosen = max(OFFERS, key=scores.__getitem__)  # the first of equals: JSON
+    if scores[chosen][0] > 0.0:
+        return chosen
+    shown = accept if len(accept) <= 200 else accept[:200] + "..."
+    raise APIError(
+        f"the Accept header {shown!r} allows none of the types this route answers: "
+        f"{JSON} (the default) or {PNG} (also as image/*)",
+        status=406,
+        code="not_acceptable",
     )
 
 

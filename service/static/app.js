@@ -1,7 +1,7 @@
 // The demo page: pick or drop an image (or a sample photo), mask it, show what the MAE
-// makes of it. Talks to this server only: GET ready, GET v1/models and POST
-// v1/reconstructions (multipart). Paths are relative so the page also works behind a
-// path prefix.
+// makes of it and the image's embedding. Talks to this server only: GET ready, GET
+// v1/models, POST v1/reconstructions (multipart) and POST v1/embeddings (JSON). Paths are
+// relative so the page also works behind a path prefix.
 "use strict";
 
 (() => {
@@ -11,6 +11,9 @@
   const HEAT_SIZE = 256; // canvas pixels on the longer side of the patch grid
   // viridis at 0, .25, .5, .75, 1: dark = low error, yellow = high.
   const VIRIDIS = [[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]];
+  const STRIP_WIDTH = 768; // canvas pixels of the embedding strip (at least one per number)
+  const STRIP_UP = "rgb(37, 99, 235)"; // positive numbers
+  const STRIP_DOWN = "rgb(234, 88, 12)"; // negative numbers
 
   const $ = (id) => document.getElementById(id);
   const el = {
@@ -28,6 +31,11 @@
     heatmap: $("heatmap"), heatMin: $("heat-min"), heatMax: $("heat-max"),
     loss: $("loss"), hidden: $("hidden-count"), answerRatio: $("answer-ratio"),
     answerSeed: $("answer-seed"), answerModel: $("answer-model"), caption: $("caption"),
+    embedding: $("embedding"), embeddingOf: $("embedding-of"), pooling: $("pooling"),
+    embeddingError: $("embedding-error"), strip: $("embedding-strip"),
+    embeddingDim: $("embedding-dim"), embeddingNorm: $("embedding-norm"),
+    embeddingPooling: $("embedding-pooling"), embeddingRange: $("embedding-range"),
+    copy: $("embedding-copy"), copied: $("embedding-copied"),
   };
 
   const state = {
@@ -39,6 +47,17 @@
     controller: null, // AbortController of the request in flight
     seq: 0, // number of the latest request; older answers are dropped
     timer: 0,
+    images: 0, // images chosen so far: each gets a number, its `id`
+  };
+
+  // The embedding is fetched once per image, model and pooling (not per mask ratio or
+  // seed, which do not change it), with its own request, sequence and failure.
+  const embedding = {
+    key: "", // image id, model and pooling of the last request (the shown vector's, when done)
+    controller: null,
+    seq: 0,
+    image: null, // the image of the last request
+    vector: null, // the numbers shown, for the copy button
   };
 
   // -- messages ---------------------------------------------------------------------------
@@ -195,6 +214,7 @@
       showError(SEED_HELP);
       return;
     }
+    ensureEmbedding(image);
     const form = new FormData();
     form.append("file", image.blob, image.name);
     form.append("mask_ratio", el.ratio.value);
@@ -261,8 +281,10 @@
     const alts = {
       original: `Original image, centre square at ${size} px`,
       masked: `Masked input: ${hidden} of ${total} patches hidden in grey`,
-      reconstruction: "Reconstruction: every patch as the decoder predicts it",
-      reconstruction_visible: "Reconstruction with the visible patches' original pixels pasted back",
+      reconstruction: "The model's prediction of every patch; the visible patches, which "
+        + "are not trained, look like noise",
+      reconstruction_visible: "The prediction in the hidden patches with the original pixels "
+        + "pasted back into the visible ones",
     };
     const loads = [];
     for (const [key, img] of Object.entries(el.panels)) {
@@ -345,12 +367,192 @@
     );
   }
 
+  // -- the embedding ---------------------------------------------------------------------
+  function embeddingKey(image) {
+    const model = state.models.length > 1 ? el.model.value : "";
+    return `${image.id}|${model}|${el.pooling.value}`;
+  }
+
+  // Called whenever an image is sent for reconstruction: fetches its embedding unless the
+  // last request was for this very image, model and pooling (a failure is not retried
+  // until one of them changes).
+  function ensureEmbedding(image) {
+    if (embedding.key !== embeddingKey(image)) embed(image);
+  }
+
+  function setEmbeddingState(result) {
+    el.embedding.dataset.state = result;
+    el.embedding.setAttribute("aria-busy", String(result === "loading"));
+  }
+
+  function embeddingFailed(text) {
+    embedding.vector = null;
+    el.copy.disabled = true;
+    el.copied.textContent = "";
+    el.embeddingError.textContent = `No embedding: ${text}`;
+    el.embeddingError.hidden = false;
+    setEmbeddingState("error");
+  }
+
+  // The image's bytes as plain base64 (not a data URL: a file the browser has no type for
+  // would be labelled application/octet-stream, which the server refuses as not an image).
+  function base64Of(blob) {
+    return new Promise((resolve, reject) => {
+      const reader = new FileReader();
+      reader.onload = () => resolve(reader.result.slice(reader.result.indexOf(",") + 1));
+      reader.onerror = () => reject(reader.error || new Error("the file could not be read"));
+      reader.readAsDataURL(blob);
+    });
+  }
+
+  async function embed(image) {
+    embedding.image = image;
+    embedding.key = embeddingKey(image);
+    if (embedding.controller) embedding.controller.abort();
+    const controller = new AbortController();
+    embedding.controller = controller;
+    const seq = ++embedding.seq;
+    // Sent, not left to the server's default: the page says which pooling it shows.
+    const pooling = el.pooling.value;
+    const body = { input: [], pooling, encoding_format: "float" };
+    if (state.models.length > 1) body.model = el.model.value;
+    el.embeddingOf.textContent = `of ${image.name}`;
+    setEmbeddingState("loading");
+
+    let resp;
+    try {
+      body.input.push(await base64Of(image.blob));
+      if (seq !== embedding.seq) return;
+      resp = await api("v1/embeddings", {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify(body),
+        signal: controller.signal,
+      });
+    } catch (err) {
+      if (err.name === "AbortError" || seq !== embedding.seq) return;
+      embeddingFailed(`cannot reach the server: ${err.message}`);
+      return;
+    }
+    if (seq !== embedding.seq) return;
+    if (resp.status === 401) {
+      // The reconstruction's own 401 brings up the key prompt; ask again once it is given.
+      embedding.key = "";
+      embedding.vector = null;
+      el.copy.disabled = true;
+      el.embeddingOf.textContent = "";
+      setEmbeddingState("empty");
+      return;
+    }
+    let answer = null;
+    const text = resp.ok ? "" : await errorText(resp);
+    if (resp.ok) {
+      try {
+        answer = await resp.json();
+      } catch (err) {
+        answer = null;
+      }
+    }
+    if (seq !== embedding.seq) return;
+    embedding.controller = null;
+    const vector = answer && answer.data && answer.data[0] && answer.data[0].embedding;
+    if (!resp.ok || !Array.isArray(vector) || vector.length === 0) {
+      embeddingFailed(text || "the server's answer holds no vector");
+      return;
+    }
+    el.embeddingError.hidden = true;
+    el.embeddingError.textContent = "";
+    // The answer's own pooling when it states one, else the one this page asked for.
+    showEmbedding(vector, answer.pooling || pooling, image.name);
+    setEmbeddingState("done");
+  }
+
+  function showEmbedding(vector, pooling, name) {
+    embedding.vector = vector;
+    let sum = 0;
+    let min = Infinity;
+    let max = -Infinity;
+    for (const v of vector) {
+      sum += v * v;
+      min = Math.min(min, v);
+      max = Math.max(max, v);
+    }
+    const norm = Math.sqrt(sum);
+    el.embeddingDim.textContent = String(vector.length);
+    el.embeddingNorm.textContent = norm.toFixed(4);
+    el.embeddingPooling.textContent = pooling;
+    el.embeddingRange.textContent = `${min.toPrecision(3)} to ${max.toPrecision(3)}`;
+    el.copy.disabled = false;
+    el.copied.textContent = "";
+    drawStrip(vector);
+    el.strip.setAttribute(
+      "aria-label",
+      `Embedding of ${name}: ${vector.length} numbers, ${pooling} pooling, from `
+        + `${min.toPrecision(3)} to ${max.toPrecision(3)}, L2 norm ${norm.toFixed(4)}`,
+    );
+  }
+
+  // One bar per number, from a middle line: up for positive, down for negative, the
+  // largest magnitude reaching the edge. A non-zero number gets at least one pixel, so
+  // every sign shows.
+  function drawStrip(vector) {
+    const n = vector.length;
+    const bar = Math.max(1, Math.floor(STRIP_WIDTH / n));
+    const canvas = el.strip;
+    canvas.width = n * bar;
+    const ctx = canvas.getContext("2d");
+    ctx.clearRect(0, 0, canvas.width, canvas.height);
+    const mid = Math.floor(canvas.height / 2);
+    const reach = mid - 1;
+    let peak = 0;
+    for (const v of vector) peak = Math.max(peak, Math.abs(v));
+    const width = bar >= 3 ? bar - 1 : bar; // a gap between wide bars
+    for (let i = 0; i < n; i++) {
+      const v = vector[i];
+      if (v === 0 || peak === 0) continue;
+      const h = Math.max(1, Math.round((Math.abs(v) / peak) * reach));
+      ctx.fillStyle = v > 0 ? STRIP_UP : STRIP_DOWN;
+      ctx.fillRect(i * bar, v > 0 ? mid - h : mid, width, h);
+    }
+  }
+
+  // The clipboard API needs a secure context (https, or this machine); elsewhere (a plain
+  // http address on the network) a selected text area and the copy command do it.
+  async function copyVector() {
+    const vector = embedding.vector;
+    if (!vector) return;
+    const text = JSON.stringify(vector);
+    try {
+      if (navigator.clipboard && window.isSecureContext) {
+        await navigator.clipboard.writeText(text);
+      } else {
+        copyBySelection(text);
+      }
+      el.copied.textContent = `Copied ${vector.length} numbers as a JSON array.`;
+    } catch (err) {
+      el.copied.textContent = `Could not copy: ${err.message || err}`;
+    }
+  }
+
+  function copyBySelection(text) {
+    const area = document.createElement("textarea");
+    area.value = text;
+    area.readOnly = true;
+    area.className = "visually-hidden";
+    document.body.append(area);
+    area.select();
+    const ok = document.execCommand("copy");
+    area.remove();
+    el.copy.focus();
+    if (!ok) throw new Error("the browser refused to copy");
+  }
+
   // -- choosing an image -----------------------------------------------------------------
   // `sample`: the sample photo's file name, when the image is one.
   function choose(blob, name, sample = null) {
     // While the key prompt is up its message stays: the image waits for the key.
     if (el.keyForm.hidden) clearError();
-    reconstruct({ blob, name, sample });
+    reconstruct({ blob, name, sample, id: ++state.images });
   }
 
   async function loadSamples() {
@@ -426,6 +628,13 @@
     showModel(currentModel());
     schedule(0);
   });
+  el.pooling.addEventListener("change", () => {
+    // The image the panels show; else (no reconstruction yet, or a model without its
+    // decoder) the one last embedded.
+    const image = state.image || embedding.image;
+    if (state.ready && image) embed(image);
+  });
+  el.copy.addEventListener("click", copyVector);
   el.keyForm.addEventListener("submit", (ev) => {
     ev.preventDefault();
     state.apiKey = el.key.value.trim();

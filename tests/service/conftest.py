@@ -3,12 +3,14 @@ and model servers over a small random MAE saved in our repo layout."""
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -33,11 +35,51 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+class StatusRecorder:
+    """ASGI wrapper: every (method, route path, status) the app answers while the tests use
+    it, so that the server's fixture can check each against the OpenAPI document."""
+
+    def __init__(self, app: Any) -> None:
+        self.app, self.seen = app, set()
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def recording(message: dict) -> None:
+            if message["type"] == "http.response.start" and scope.get("route") is not None:
+                self.seen.add((scope["method"], scope["route"].path, message["status"]))
+            await send(message)
+
+        await self.app(scope, receive, recording)
+
+
+def undocumented(app: Any, seen: set[tuple[str, str, int]]) -> list[str]:
+    """The answers in `seen` whose status the OpenAPI document does not list for that
+    operation. Routes left out of the document (the page, static files, /metrics) and a
+    405 to a method the path does not have (there is no operation to document it on) are
+    not checked."""
+    paths = app.openapi()["paths"]
+    missing = []
+    for method, route_path, status in sorted(seen):
+        path = re.sub(r"\{(\w+):\w+\}", r"{\1}", route_path)  # {name:path} -> {name}
+        operation = paths.get(path, {}).get(method.lower())
+        if operation is None:
+            continue
+        if str(status) not in operation["responses"]:
+            missing.append(f"{method} {path} answered {status}")
+    return missing
+
+
 def serve(settings: Settings, ready: bool = False) -> Iterator[str]:
     """Run `create_app(settings)` on a free port; yields its URL once it answers HTTP (with
-    `ready`: once /ready answers 200)."""
+    `ready`: once /ready answers 200). At the end, every status the server answered must be
+    one the OpenAPI document lists for that route: the document is the contract."""
     port = _free_port()
-    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
+    app = create_app(settings)
+    recorder = StatusRecorder(app)
+    config = uvicorn.Config(recorder, host="127.0.0.1", port=port, log_level="warning")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -57,6 +99,8 @@ def serve(settings: Settings, ready: bool = False) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+    missing = undocumented(app, recorder.seen)
+    assert not missing, "statuses missing from /openapi.json: " + "; ".join(missing)
 
 
 @pytest.fixture

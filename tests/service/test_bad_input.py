@@ -120,6 +120,8 @@ _DIGITS = b64(GOOD_PNG).rstrip("=")
 # 4k + 1 data characters then "=": no padding makes that whole
 WRONG_PADDING = _DIGITS[: len(_DIGITS) - (len(_DIGITS) - 1) % 4] + "="
 RANDOM_BYTES = np.random.default_rng(0).bytes(4096)
+RECON_FIELDS = ("file", "mask_ratio", "seed", "model")
+UPLOAD_FIELDS = ("file", "model", "pooling", "normalize", "encoding_format")
 J, F = "application/json", f"multipart/form-data; boundary={BOUNDARY}"
 GOOD = images(GOOD_PNG)
 
@@ -141,7 +143,7 @@ CASES = [
     # the `input` field
     Bad("input-empty-list", post_json(EMB, {"input": []}), 422, "invalid_request", "input"),
     Bad("input-missing", post_json(EMB, {"model": None}), 422, "invalid_request", "input"),
-    Bad("input-a-string", post_json(EMB, {"input": b64(GOOD_PNG)}), 422, "invalid_request", "input"),
+    Bad("input-a-number", post_json(EMB, {"input": 5}), 422, "invalid_request", "input"),
     Bad("input-a-number", post_json(EMB, {"input": 42}), 422, "invalid_request", "input"),
     Bad("input-numbers", post_json(EMB, {"input": [1, 2.5]}), 422, "invalid_request", "string"),
     Bad("input-null-item", post_json(EMB, {"input": [b64(GOOD_PNG), None]}), 422, "invalid_request", "input.1"),
@@ -197,6 +199,9 @@ CASES = [
     Bad("multipart-huge-text-field", post_form(UPLOAD, ("file", GOOD_PNG, "a.png"), ("model", "m" * (2 << 20), None)), 413, "too_large", "text field"),
     Bad("reconstruction-without-file", post_form(RECON, ("seed", "1", None)), 400, "missing_file", "file"),
     Bad("reconstruction-two-files", post_form(RECON, ("file", GOOD_PNG, "a.png"), ("file", GOOD_PNG, "b.png")), 413, "too_large", "one image"),
+    Bad("reconstruction-unknown-field", post_form(RECON, ("file", GOOD_PNG, "a.png"), ("maskratio", "0.5", None)), 422, "invalid_request", "maskratio"),
+    Bad("upload-unknown-field", post_form(UPLOAD, ("file", GOOD_PNG, "a.png"), ("dimensions", "8", None)), 422, "invalid_request", "dimensions"),
+    Bad("upload-unknown-file-part", post_form(UPLOAD, ("file", GOOD_PNG, "a.png"), ("image", GOOD_PNG, "b.png")), 422, "invalid_request", "image"),
     Bad("reconstruction-text-plain", post_raw(RECON, b"hello", "text/plain"), 415, "unsupported_media_type", "application/json"),
     Bad("reconstruction-bad-image", post_json(RECON, {"image": b64(b"not an image at all")}), 415, "unsupported_image", "not an image"),
     Bad("reconstruction-truncated", post_form(RECON, ("file", CHELSEA_PNG[:3000], "cut.png")), 400, "invalid_image", "truncated"),
@@ -262,6 +267,49 @@ def test_bad_seed(client: httpx.Client, form_value: str, json_value: object) -> 
     assert_error(r, 422, "invalid_request", "seed")
     r = client.post(RECON, json={"image": b64(GOOD_PNG), "seed": json_value})
     assert_error(r, 422, "invalid_request", "seed")
+    assert_alive(client)
+
+
+@pytest.mark.parametrize(
+    ("path", "parts", "unknown", "known", "hint"),
+    [
+        (RECON, [("maskratio", "0.5", None)], ["maskratio"], RECON_FIELDS, "mask_ratio"),
+        (
+            RECON,
+            [("Seed", "1", None), ("size", "64", None)],
+            ["Seed", "size"],
+            RECON_FIELDS,
+            "seed",
+        ),
+        (RECON, [("image", GOOD_PNG, "b.png")], ["image"], RECON_FIELDS, None),
+        (UPLOAD, [("pooling", "mean", None), ("user", "me", None)], ["user"], UPLOAD_FIELDS, None),
+        (UPLOAD, [("normalise", "false", None)], ["normalise"], UPLOAD_FIELDS, "normalize"),
+    ],
+    ids=["recon-typo", "recon-two", "recon-file-part", "upload-openai-field", "upload-spelling"],
+)
+def test_unknown_form_field_is_named_with_the_known_ones(
+    client: httpx.Client,
+    path: str,
+    parts: list[tuple[str, bytes | str, str | None]],
+    unknown: list[str],
+    known: tuple[str, ...],
+    hint: str | None,
+) -> None:
+    """A misspelt option is refused, not silently replaced by its default: the message
+    names every unknown part, every known field, and the near miss when there is one."""
+    r = client.post(path, **multipart(("file", GOOD_PNG, "a.png"), *parts))
+    message = assert_error(r, 422, "invalid_request", "unknown form field")["message"]
+    for name in unknown:
+        assert f"'{name}'" in message, message
+    listed = message.split("known fields are", 1)[1]
+    assert all(f"'{name}'" in listed for name in known), message
+    if hint:
+        assert f"did you mean '{hint}'" in message, message
+    else:
+        assert "did you mean" not in message, message
+    # The same form without the unknown parts is answered.
+    good = [p for p in parts if p[0] not in unknown]
+    assert client.post(path, **multipart(("file", GOOD_PNG, "a.png"), *good)).status_code == 200
     assert_alive(client)
 
 

@@ -200,7 +200,8 @@ def _routes(routes: list[Any], prefix: str = "") -> Iterator[tuple[str, set[str]
         if inner is not None:
             yield from _routes(inner.routes, prefix + route.include_context.prefix)
         elif getattr(route, "methods", None):
-            yield prefix + route.path, set(route.methods)
+            # {name:path} is the router's converter; the docs write {name}, as OpenAPI does
+            yield re.sub(r"\{(\w+):\w+\}", r"{\1}", prefix + route.path), set(route.methods)
 
 
 def _served_routes(tmp_path: Path) -> dict[str, set[str]]:

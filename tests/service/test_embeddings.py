@@ -94,7 +94,9 @@ def test_answer_shape_is_openai_style(model_server, cifar_folder) -> None:
         timeout=30,
     )
     answer = r.json()
-    assert answer["object"] == "list" and answer["usage"] == {"images": 1}
+    # One 32 px image in 8 px patches: 16 patch tokens and the class token.
+    usage = {"images": 1, "prompt_tokens": 17, "total_tokens": 17}
+    assert answer["object"] == "list" and answer["usage"] == usage
     item = answer["data"][0]
     assert item["object"] == "embedding" and item["index"] == 0
     vector = np.frombuffer(base64.b64decode(item["embedding"]), dtype="<f4")
@@ -186,3 +188,22 @@ def test_decoder_is_loaded_only_for_reconstructions(
             assert card["heads"] == ["encoder", "decoder"]
         else:
             assert card["heads"] == ["encoder"] and card["parameters"]["decoder"] == 0
+
+
+def test_a_hub_only_server_says_it_serves_no_models(hub) -> None:
+    """`mae serve --hub-only`: every /v1 route answers our JSON 404 (never a 5xx), and
+    /ready and /metrics agree that the server is ready."""
+    calls = [
+        ("GET", "/v1/models", {}),
+        ("GET", "/v1/models/mae/vit", {}),
+        ("POST", "/v1/embeddings", {"json": {"input": "aGVsbG8="}}),
+        ("POST", "/v1/embeddings/upload", {"files": {"file": ("a.png", b"x")}}),
+        ("POST", "/v1/reconstructions", {"json": {"image": "aGVsbG8="}}),
+    ]
+    for method, path, kw in calls:
+        r = httpx.request(method, hub.url + path, timeout=10, **kw)
+        assert r.status_code == 404, (path, r.text)
+        error = r.json()["error"]
+        assert error["code"] == "model_not_found" and "serves no models" in error["message"]
+    assert httpx.get(hub.url + "/ready").status_code == 200
+    assert metric(hub.url, "mae_ready") == 1

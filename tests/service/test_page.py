@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import socket
 import threading
 import time
@@ -51,6 +52,9 @@ PANELS = {  # element id -> key in the answer's "panels"
     "panel-visible": "reconstruction_visible",
 }
 VIRIDIS_LOW, VIRIDIS_HIGH = (68, 1, 84), (253, 231, 37)
+STRIP_UP, STRIP_DOWN = (37, 99, 235), (234, 88, 12)  # the embedding strip's bar colours
+EMBED_DIM = 192  # mae_vit_tiny_patch8
+SAMPLES = Path(__file__).resolve().parents[2] / "service" / "static" / "samples"
 API_KEY = "page-test-key"
 
 
@@ -97,11 +101,14 @@ class Tab:
 
 @pytest.fixture
 def open_page(browser: Any) -> Iterator[Any]:
-    """open_page(url) -> a Tab on a fresh browser context, loaded and recording."""
+    """open_page(url, permissions=()) -> a Tab on a fresh browser context (granted
+    `permissions`, e.g. the clipboard's), loaded and recording."""
     contexts = []
 
-    def _open(url: str) -> Tab:
-        context = browser.new_context(viewport={"width": 1280, "height": 900})
+    def _open(url: str, permissions: tuple[str, ...] = ()) -> Tab:
+        context = browser.new_context(
+            viewport={"width": 1280, "height": 900}, permissions=list(permissions)
+        )
         context.set_default_timeout(WAIT_MS)
         contexts.append(context)
         page = context.new_page()
@@ -145,6 +152,37 @@ def wait_status(page: Any, prefix: str) -> None:
     page.wait_for_function(
         "(prefix) => document.getElementById('status').textContent.startsWith(prefix)", arg=prefix
     )
+
+
+def wait_embedding(page: Any, name: str, pooling: str | None = None) -> None:
+    """Wait until the embedding card shows a finished vector of the image `name` (and, when
+    given, of `pooling`)."""
+    page.wait_for_function(
+        """([name, pooling]) => {
+            const card = document.getElementById("embedding");
+            return card.dataset.state === "done"
+                && document.getElementById("embedding-of").textContent === `of ${name}`
+                && (pooling === null
+                    || document.getElementById("embedding-pooling").textContent === pooling);
+        }""",
+        arg=[name, pooling],
+        timeout=WAIT_MS,
+    )
+
+
+def api_embedding(url: str, data: bytes, pooling: str) -> list[float]:
+    """The server's embedding of `data` over its JSON route (default normalisation)."""
+    body = {"input": [base64.b64encode(data).decode()], "pooling": pooling}
+    r = httpx.post(f"{url}/v1/embeddings", json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    return r.json()["data"][0]["embedding"]
+
+
+def embedding_posts(tab: Tab) -> list[dict[str, Any]]:
+    """The JSON bodies the page sent to /v1/embeddings, in order."""
+    return [
+        json.loads(r.post_data) for r in tab.posts() if urlsplit(r.url).path == "/v1/embeddings"
+    ]
 
 
 def png_pixels(b64: str) -> np.ndarray:
@@ -486,4 +524,163 @@ def test_not_ready_server(failed_server, open_page) -> None:
     page.wait_for_selector(f"#results[data-waiting='{first.get_attribute('data-file')}']")
     assert tab.posts() == []
     assert page.get_attribute("#results", "data-state") == "empty"
+    assert tab.page_errors == [] and tab.dialogs == []
+
+
+def test_panels_are_captioned_with_what_they_show(model_server, open_page) -> None:
+    tab = open_page(model_server.url)
+    page = tab.page
+    click_sample(tab)
+
+    def caption(element_id: str) -> str:
+        return page.eval_on_selector(
+            f"#{element_id}", "e => e.closest('figure').querySelector('figcaption').textContent"
+        )
+
+    wanted = {  # element -> words its caption must hold
+        "panel-original": ["Original"],
+        "panel-masked": ["Masked input", "grey", "visible"],
+        "panel-reconstruction": ["prediction", "hidden patches are trained", "noise"],
+        "panel-visible": ["prediction in the hidden patches", "original pixels", "visible"],
+        "heatmap": ["Error map", "hidden patch"],
+    }
+    for element_id, words in wanted.items():
+        text = " ".join(caption(element_id).split())
+        for word in words:
+            assert word in text, (element_id, text)
+    # The alt texts say the same to a screen reader, once an image is shown.
+    assert "noise" in page.get_attribute("#panel-reconstruction", "alt")
+    assert "pasted" in page.get_attribute("#panel-visible", "alt")
+    assert tab.console_errors == [] and tab.page_errors == []
+
+
+def test_embedding_strip_numbers_and_copy(model_server, open_page) -> None:
+    tab = open_page(model_server.url, permissions=("clipboard-read", "clipboard-write"))
+    page = tab.page
+    assert page.locator("label[for='pooling']").count() == 1
+    assert page.is_disabled("#embedding-copy")
+    click_sample(tab)  # cat.jpg
+    wait_embedding(page, "cat.jpg", "mean")
+
+    # The page sent the sample's bytes and named its pooling: it does not lean on the
+    # server's default.
+    (sent,) = embedding_posts(tab)
+    assert sent["pooling"] == page.input_value("#pooling") == "mean"
+    photo = (SAMPLES / "cat.jpg").read_bytes()
+    assert base64.b64decode(sent["input"][0]) == photo
+
+    vector = np.array(api_embedding(model_server.url, photo, "mean"))
+    assert vector.shape == (EMBED_DIM,)
+    assert page.text_content("#embedding-dim") == str(EMBED_DIM)
+    norm = float(page.text_content("#embedding-norm"))
+    assert norm == pytest.approx(np.linalg.norm(vector), abs=1e-4)
+    assert norm == pytest.approx(1.0, abs=1e-3)  # the default: unit length
+    assert page.text_content("#embedding-pooling") == "mean"
+    assert page.is_hidden("#embedding-error")
+    assert f"{EMBED_DIM} numbers" in page.get_attribute("#embedding-strip", "aria-label")
+
+    # The strip draws this vector: one bar per number, up for positive and down for
+    # negative (every sign shows), the largest magnitude reaching the edge.
+    url = page.eval_on_selector("#embedding-strip", "c => c.toDataURL('image/png')")
+    strip = png_pixels(url.split(",", 1)[1]).astype(int)
+    height, width = strip.shape[:2]
+    bar = width // EMBED_DIM
+    assert bar >= 1 and width == bar * EMBED_DIM, (width, bar)
+    mid = height // 2
+
+    def colour(x: int, y: int) -> tuple[int, int, int] | None:
+        for name in (STRIP_UP, STRIP_DOWN):
+            if np.abs(strip[y, x] - name).max() <= 2:
+                return name
+        return None
+
+    for i, v in enumerate(vector):
+        x = i * bar
+        if v > 0:
+            assert colour(x, mid - 1) == STRIP_UP and colour(x, mid) is None, (i, v)
+        elif v < 0:
+            assert colour(x, mid) == STRIP_DOWN and colour(x, mid - 1) is None, (i, v)
+    peak = int(np.argmax(np.abs(vector)))
+    edge = 1 if vector[peak] > 0 else height - 2
+    assert colour(peak * bar, edge) == (STRIP_UP if vector[peak] > 0 else STRIP_DOWN)
+
+    # Copy, from the keyboard: a JSON array of the vector lands on the clipboard.
+    page.focus("#embedding-copy")
+    page.keyboard.press("Enter")
+    page.wait_for_function(
+        "() => document.getElementById('embedding-copied').textContent.startsWith('Copied')"
+    )
+    copied = json.loads(page.evaluate("() => navigator.clipboard.readText()"))
+    assert isinstance(copied, list) and len(copied) == EMBED_DIM
+    assert np.allclose(copied, vector, atol=1e-6)
+
+    # Another pooling: a new embedding request (and no new reconstruction).
+    reconstructions = len(tab.posts()) - len(embedding_posts(tab))
+    page.select_option("#pooling", "cls")
+    wait_embedding(page, "cat.jpg", "cls")
+    assert [b["pooling"] for b in embedding_posts(tab)] == ["mean", "cls"]
+    assert len(tab.posts()) - len(embedding_posts(tab)) == reconstructions
+    cls = np.array(api_embedding(model_server.url, photo, "cls"))
+    assert float(page.text_content("#embedding-norm")) == pytest.approx(
+        np.linalg.norm(cls), abs=1e-4
+    )
+    assert not np.allclose(cls, vector, atol=1e-3)
+    page.click("#embedding-copy")
+    page.wait_for_function(
+        "() => document.getElementById('embedding-copied').textContent.startsWith('Copied')"
+    )
+    assert np.allclose(json.loads(page.evaluate("() => navigator.clipboard.readText()")), cls)
+
+    # The slider changes the mask, not the image: no new embedding request.
+    page.focus("#mask-ratio")
+    page.keyboard.press("ArrowLeft")
+    wait_result(page, answer_ratio="0.7")
+    assert len(embedding_posts(tab)) == 2
+    assert tab.console_errors == [] and tab.page_errors == []
+
+
+@pytest.fixture
+def tight_server(small_model_dir: Path, tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A server whose body limit lets a PNG through as a multipart upload but not as the
+    base64 JSON of /v1/embeddings (4/3 its size): the embedding fails, the
+    reconstruction works. Yields (url, the PNG)."""
+    from skimage import data
+
+    photo = tmp_path / "big.png"
+    Image.fromarray(data.coffee()).resize((300, 200)).save(photo)
+    size = photo.stat().st_size
+    limit = size + 4096  # the multipart framing is a few hundred bytes
+    samples_json = max(p.stat().st_size for p in SAMPLES.glob("*.jpg")) * 4 // 3 + 1024
+    assert samples_json < limit < size * 4 // 3, (size, limit, samples_json)
+    settings = model_settings(small_model_dir, tmp_path / "models", max_body_bytes=limit)
+    for url in serve(settings, ready=True):
+        yield url, photo
+
+
+def test_embedding_failure_is_shown_and_the_page_goes_on(tight_server, open_page) -> None:
+    url, photo = tight_server
+    tab = open_page(url)
+    page = tab.page
+    wait_status(page, "Ready")
+    page.set_input_files("#file", str(photo))
+    wait_result(page, file_name=photo.name)  # the reconstruction went through
+    page.wait_for_selector("#embedding[data-state='error']")
+    message = page.text_content("#embedding-error")
+    assert page.is_visible("#embedding-error")
+    assert "limit" in message and "MAE_MAX_BODY_BYTES" in message, message
+    assert page.get_attribute("#embedding-error", "role") == "alert"
+    assert page.is_disabled("#embedding-copy")
+    assert page.is_hidden("#embedding-strip")
+    assert page.is_hidden("#error")  # the reconstruction's own error line stays clear
+    for element_id, key in PANELS.items():
+        assert panel(page, element_id).shape == (SIZE, SIZE, 3), (element_id, key)
+
+    # The page goes on: the slider still reconstructs, and a smaller image embeds.
+    page.focus("#mask-ratio")
+    page.keyboard.press("ArrowRight")
+    wait_result(page, answer_ratio="0.8")
+    click_sample(tab, index=1)
+    wait_embedding(page, "coffee.jpg")
+    assert page.is_hidden("#embedding-error")
+    assert page.text_content("#embedding-dim") == str(EMBED_DIM)
     assert tab.page_errors == [] and tab.dialogs == []

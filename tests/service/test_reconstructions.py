@@ -108,3 +108,112 @@ def test_encoder_only_model_answers_409(tmp_path: Path, photo) -> None:
         assert "encoder only" in r.json()["error"]["message"]
         ok = httpx.post(f"{url}/v1/embeddings/upload", files={"file": photo}, timeout=30)
         assert ok.status_code == 200
+
+
+# -- content negotiation: Accept with q-values ----------------------------------------------
+BROWSER_PAGE = "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,*/*;q=0.8"
+BROWSER_IMG = "image/avif,image/webp,image/apng,image/svg+xml,image/*,*/*;q=0.8"
+PNG, JSON = "image/png", "application/json"
+
+
+@pytest.mark.parametrize(
+    ("accept", "expected"),
+    [
+        (None, JSON),  # no header at all
+        ("*/*", JSON),
+        ("application/json", JSON),
+        ("application/*", JSON),
+        ("image/png", PNG),
+        ("image/*", PNG),
+        ("IMAGE/PNG", PNG),  # media types are case-insensitive
+        ("image/png, application/json", PNG),  # equal q: the one listed first
+        ("application/json, image/png", JSON),
+        ("application/json;q=0.5, image/*", PNG),  # q-values are read
+        ("image/png;q=0.2, application/json;q=0.9", JSON),
+        ("image/png;q=0, */*", JSON),  # q=0: "not this one"
+        ("image/*, */*", PNG),  # the more specific range wins a tie
+        (BROWSER_PAGE, JSON),  # a browser tab: only */* matches either
+        (BROWSER_IMG, PNG),  # an <img> tag: image/* beats */*;q=0.8
+    ],
+)
+def test_accept_is_negotiated_with_q_values(
+    model_server, photo, accept: str | None, expected: str
+) -> None:
+    with httpx.Client(base_url=model_server.url, timeout=60) as client:
+        del client.headers["accept"]  # httpx sends */* unless told otherwise
+        headers = {} if accept is None else {"Accept": accept}
+        r = client.post(
+            "/v1/reconstructions",
+            files={"file": ("cat.jpg", photo, "image/jpeg")},
+            data={"seed": "5"},
+            headers=headers,
+        )
+    assert r.request.headers.get("accept") == accept
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == expected
+    assert r.headers["vary"] == "Accept"
+    if expected == PNG:
+        assert Image.open(io.BytesIO(r.content)).format == "PNG"
+        assert r.headers["x-mae-seed"] == "5"
+    else:
+        assert r.json()["seed"] == 5
+
+
+@pytest.mark.parametrize(
+    "accept", ["image/gif", "text/html", "image/png;q=0", "image/*;q=0.8, image/png;q=0", "*/*;q=0"]
+)
+def test_accept_with_nothing_we_make_is_406(model_server, photo, accept: str) -> None:
+    r = _reconstruct_with(model_server.url, photo, {"Accept": accept})
+    assert r.status_code == 406, r.text
+    assert r.headers["content-type"] == JSON
+    error = r.json()["error"]
+    assert error["code"] == "not_acceptable"
+    assert accept in error["message"]
+    assert JSON in error["message"] and PNG in error["message"]
+
+
+def test_406_comes_before_any_work_on_the_body(model_server, photo) -> None:
+    """A refused Accept is answered before the image is read: a broken image, or a JSON
+    body, still gets the 406 (the client learns the one thing it must change first)."""
+    r = _reconstruct_with(model_server.url, photo[:100], {"Accept": "image/gif"})
+    assert r.status_code == 406 and r.json()["error"]["code"] == "not_acceptable", r.text
+    r = httpx.post(
+        f"{model_server.url}/v1/reconstructions",
+        json={"image": "not base64 at all!"},
+        headers={"Accept": "text/html"},
+        timeout=60,
+    )
+    assert r.status_code == 406 and r.json()["error"]["code"] == "not_acceptable", r.text
+    # The server lives on: the same photo with an Accept we serve works.
+    assert _reconstruct_with(model_server.url, photo, {"Accept": "image/*"}).status_code == 200
+
+
+def _reconstruct_with(url: str, photo: bytes, headers: dict[str, str]) -> httpx.Response:
+    return httpx.post(
+        f"{url}/v1/reconstructions",
+        files={"file": ("cat.jpg", photo, "image/jpeg")},
+        headers=headers,
+        timeout=60,
+    )
+
+
+def test_openapi_lists_every_status_in_the_error_shape(model_server) -> None:
+    spec = httpx.get(f"{model_server.url}/openapi.json", timeout=30).json()
+    responses = spec["paths"]["/v1/reconstructions"]["post"]["responses"]
+    assert set(responses["200"]["content"]) == {JSON, PNG}
+    expected = {"400", "401", "404", "406", "409", "413", "415", "422", "429", "503", "504"}
+    assert expected <= set(responses), sorted(responses)
+
+    def resolve(schema: dict) -> dict:
+        ref = schema.get("$ref")
+        return resolve(spec["components"]["schemas"][ref.rsplit("/", 1)[1]]) if ref else schema
+
+    for status, entry in responses.items():
+        if status == "200":
+            continue
+        assert entry["description"], status
+        body = resolve(entry["content"][JSON]["schema"])
+        assert body["required"] == ["error"], status
+        detail = resolve(body["properties"]["error"])
+        assert set(detail["required"]) == {"code", "message"}, status
+    assert "Accept" in responses["406"]["description"]
