@@ -47,7 +47,7 @@ step tests 120 "$PY" -m pytest -q -m gpu -p no:cacheprovider
 # Training: MAE-B/16 at 224, bf16 autocast, against transformers' ViTMAEForPreTraining,
 # interleaved; MFU against the measured bf16 matmul peak. Batch 256 fits an 80 GB card.
 step pretrain-b16 240 "$PY" bench/pretrain.py --variant mae_vit_base_patch16 --batch 256 \
-  --steps 10 --warmup 3 --device cuda --json "$OUT/gpu-pretrain-b16.json"
+  --steps 10 --warmup 3 --device cuda --adamw default,fused --json "$OUT/gpu-pretrain-b16.json"
 step pretrain-b16-compile 300 "$PY" bench/pretrain.py --variant mae_vit_base_patch16 \
   --batch 256 --steps 10 --warmup 3 --device cuda --compile --json "$OUT/gpu-pretrain-b16-compile.json"
 # Inference: ViT-B/16 features against timm and transformers at batch 1, 32 and 256.

@@ -76,6 +76,12 @@ def main() -> None:
         action="store_true",
         help="torch.compile our model (the forward and backward of the step)",
     )
+    ap.add_argument(
+        "--adamw",
+        default="default",
+        help="AdamW implementation(s) for ours, comma-separated: default, for-loop, foreach, "
+        "fused; several are timed side by side, interleaved (the peer keeps the default)",
+    )
     ap.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     args = ap.parse_args()
     dev = args.device
@@ -94,8 +100,19 @@ def main() -> None:
     noise = torch.rand(args.batch, cfg.num_patches, device=dev)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev == "cuda")
 
-    def stepper(model: torch.nn.Module, loss_of: Callable[[], torch.Tensor]) -> Callable[[], None]:
-        opt = torch.optim.AdamW(param_groups(model, 0.05), lr=1e-4, betas=(0.9, 0.95))
+    impls = {
+        "default": {},
+        "for-loop": {"foreach": False},
+        "foreach": {"foreach": True},
+        "fused": {"fused": True},
+    }
+
+    def stepper(
+        model: torch.nn.Module, loss_of: Callable[[], torch.Tensor], adamw: str = "default"
+    ) -> Callable[[], None]:
+        opt = torch.optim.AdamW(
+            param_groups(model, 0.05), lr=1e-4, betas=(0.9, 0.95), **impls[adamw]
+        )
 
         def step() -> None:
             opt.zero_grad(set_to_none=True)
@@ -107,17 +124,26 @@ def main() -> None:
         return step
 
     net = torch.compile(ours) if args.compile else ours  # the optimiser keeps ours' params
-    ours_step = stepper(ours, lambda: net(x, mask_ratio=0.75, noise=noise).loss)
+    adamws = args.adamw.split(",")
+    unknown = [a for a in adamws if a not in impls]
+    if unknown:
+        ap.error(f"--adamw: unknown {unknown}; choose from {', '.join(impls)}")
+    ours_steps = {
+        "ours" if len(adamws) == 1 else f"ours, AdamW {a}": stepper(
+            ours, lambda: net(x, mask_ratio=0.75, noise=noise).loss, a
+        )
+        for a in adamws
+    }
     t = timed(
         {
-            "ours": ours_step,
+            **ours_steps,
             "transformers": stepper(hf, lambda: hf(pixel_values=x, noise=noise).loss),
         },
         args.steps,
         args.warmup,
         dev,
     )
-    t_ours, t_hf = t["ours"], t["transformers"]
+    t_ours, t_hf = t[next(iter(ours_steps))], t["transformers"]
 
     flops = step_flops(cfg, args.batch)
     if dev == "cuda":
@@ -133,10 +159,14 @@ def main() -> None:
     print(head)
     print("| implementation | img/s | TFLOP/s | MFU | transformers time / ours |")
     print("| --- | ---: | ---: | ---: | ---: |")
-    for label, t in (("mae_core", t_ours), ("transformers ViTMAEForPreTraining", t_hf)):
-        mfu = f"{flops / t / peak:.1%}" if peak else "-"
+    rows = [(name.replace("ours", "mae_core"), t[name]) for name in ours_steps] + [
+        ("transformers ViTMAEForPreTraining", t_hf)
+    ]
+    for label, secs in rows:
+        mfu = f"{flops / secs / peak:.1%}" if peak else "-"
         print(
-            f"| {label} | {args.batch / t:.0f} | {flops / t / 1e12:.2f} | {mfu} | {t_hf / t:.2f} |"
+            f"| {label} | {args.batch / secs:.0f} | {flops / secs / 1e12:.2f} | {mfu} "
+            f"| {t_hf / secs:.2f} |"
         )
 
     if args.json:
@@ -144,6 +174,7 @@ def main() -> None:
             "setup": head,
             "args": vars(args),
             "img_s": {"ours": args.batch / t_ours, "transformers": args.batch / t_hf},
+            "img_s_by_adamw": {name: args.batch / t[name] for name in ours_steps},
             "tflops": {"ours": flops / t_ours / 1e12, "transformers": flops / t_hf / 1e12},
             "mfu": None if not peak else {"ours": flops / t_ours / peak},
             "transformers_over_ours": t_hf / t_ours,
