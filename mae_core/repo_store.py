@@ -6,20 +6,24 @@
         refs/<branch>                  the branch's head commit (moved last, atomically)
         commits/<commit>.json          parent, message, date, and every file's size and hashes
         repo.json                      created_at, private
+    root/.trash/                       repos being deleted (renamed here first, then removed)
 
 This is the embedded hub (`models/`): `local:ns/name@rev` reads it, `mae push
 --to-models-dir` and the service's hub endpoints write it. A commit writes and verifies its
 blobs first, then the snapshot folder, then its record, and moves the branch ref last, so
 a crash at any point leaves the previous revision intact, and a revision never changes
-once written. Names and paths are checked before they touch the file system: nothing can
-resolve outside the root.
+once written. Deleting a repo renames its folder into `.trash/` (one atomic step: the repo
+is there whole or gone) and only then removes the files; deleting a branch removes its ref
+and keeps its commits, still reachable by sha. Names and paths are checked before they touch
+the file system: nothing can resolve outside the root.
 
-One concept, kept whole (a little over 450 lines): the records, the naming rules and the
-commit protocol are read together when the store's guarantees are checked.
+One concept, kept whole (a little over 500 lines): the records, the naming rules and the
+commit and delete protocols are read together when the store's guarantees are checked.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -59,6 +63,8 @@ LFS_SUFFIXES = (
 )
 LFS_MIN_SIZE = 10 * 1024 * 1024
 MAX_PATH = 1000
+DEFAULT_BRANCH = "main"
+TRASH = ".trash"  # not a valid namespace (ids start with a letter or digit): never a repo
 GITATTRIBUTES = "".join(
     f"*{suffix} filter=lfs diff=lfs merge=lfs -text\n" for suffix in LFS_SUFFIXES
 ).encode()
@@ -260,7 +266,7 @@ class RepoStore:
     def resolve_revision(self, repo_id: str, revision: str | None = None) -> str:
         """A branch name, or a commit sha or unique prefix -> the full commit sha."""
         repo = self._existing(repo_id)
-        rev = revision or "main"
+        rev = revision or DEFAULT_BRANCH
         branches = self.branches(repo_id)
         if rev in branches:
             return branches[rev]
@@ -311,12 +317,14 @@ class RepoStore:
         return entry, blob
 
     def has_blob(self, repo_id: str, sha256: str, size: int) -> bool:
+        return self.blob_size(repo_id, sha256) == size
+
+    def blob_size(self, repo_id: str, sha256: str) -> int | None:
+        """The size of the object `sha256` stored in this repo; None when it holds none."""
+        if SHA256_RE.fullmatch(sha256) is None:  # checked before it becomes part of a path
+            return None
         blob = self._existing(repo_id) / "blobs" / sha256
-        return (
-            SHA256_RE.fullmatch(sha256) is not None
-            and blob.is_file()
-            and blob.stat().st_size == size
-        )
+        return blob.stat().st_size if blob.is_file() else None
 
     # -- writing ------------------------------------------------------------------------
     def put_blob(
@@ -367,14 +375,15 @@ class RepoStore:
         branch: str,
         *,
         add: Iterable[tuple[str, bytes]] = (),
-        add_lfs: Iterable[tuple[str, str, int]] = (),
+        add_lfs: Iterable[tuple[str, str, int | None]] = (),
         delete: Iterable[str] = (),
         summary: str = "",
         description: str = "",
         parent_commit: str | None = None,
     ) -> str:
         """One atomic commit on `branch` (created when the repo has no commit yet):
-        `add` (path, bytes), `add_lfs` (path, sha256, size) of objects already uploaded,
+        `add` (path, bytes), `add_lfs` (path, sha256, size) of objects already uploaded (a
+        size of None takes the stored object's: a copy names the object by its sha256 only),
         `delete` paths (a folder path deletes what is under it). Refused with StaleParent
         when `parent_commit` is not the branch head. Returns the new commit sha."""
         repo = self._existing(repo_id)
@@ -404,11 +413,11 @@ class RepoStore:
                 entry = _entry(path, data, lfs=None)
                 _store_blob(repo / "blobs" / entry.sha256, data)
                 files[path] = entry
-            for path, sha256, size in add_lfs:
-                if not self.has_blob(repo_id, sha256, size):
-                    raise HubError(
-                        f"{path}: LFS object {sha256[:12]} ({size} bytes) was not uploaded"
-                    )
+            for path, sha256, declared in add_lfs:
+                size = self.blob_size(repo_id, sha256)
+                if size is None or declared not in (None, size):
+                    said = "" if declared is None else f" ({declared} bytes)"
+                    raise HubError(f"{path}: LFS object {sha256[:12]}{said} was not uploaded")
                 pointer = FileEntry(path, size, sha256, "", True).pointer().encode()
                 files[path] = FileEntry(path, size, sha256, git_blob_sha1(pointer), True)
             self._check_no_file_dir_clash(files)
@@ -440,6 +449,60 @@ class RepoStore:
             os.replace(tmp, final)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+    def history(self, repo_id: str, oid: str, limit: int) -> tuple[list[Commit], str | None]:
+        """Up to `limit` commits from `oid` back along the parents (newest first), and the
+        parent of the last one, where the next page starts (None at the first commit)."""
+        out: list[Commit] = []
+        next_oid: str | None = oid
+        while next_oid and len(out) < limit:
+            commit = self.commit_info(repo_id, next_oid)
+            out.append(commit)
+            next_oid = commit.parent
+        return out, next_oid
+
+    # -- deleting -----------------------------------------------------------------------
+    def delete_branch(self, repo_id: str, branch: str) -> str:
+        """Remove `branch`'s ref; its commits stay, reachable by sha. The default branch and
+        a repo's last branch are refused. Returns the commit the branch pointed at."""
+        repo = self._existing(repo_id)
+        check_branch(branch)
+        with self._lock(repo):
+            branches = self.branches(repo_id)
+            if branch not in branches:
+                raise RevisionNotFound(
+                    f"{repo_id} has no branch {branch!r}"
+                    + (f" (branches: {', '.join(branches)})" if branches else "")
+                )
+            if branch == DEFAULT_BRANCH:
+                raise Conflict(f"{branch} is the default branch of {repo_id}: it cannot be deleted")
+            if len(branches) == 1:
+                raise Conflict(f"{branch} is the last branch of {repo_id}: it cannot be deleted")
+            (repo / "refs" / branch).unlink()
+        return branches[branch]
+
+    def delete_repo(self, repo_id: str) -> None:
+        """Delete a repo whole: under its lock (no commit in flight), its folder is renamed
+        into `.trash/` in one step, so a crash leaves it either complete or gone from every
+        listing; the files are removed after. Leftovers of an interrupted delete go too."""
+        repo = self._existing(repo_id)
+        trash = self.root / TRASH
+        trash.mkdir(exist_ok=True)
+        with self._lock(repo):
+            self._existing(repo_id)  # deleted meanwhile: RepoNotFound
+            grave = Path(tempfile.mkdtemp(dir=trash, prefix="repo-"))
+            os.rename(repo, grave / "repo")  # the delete happens here
+        self.empty_trash()
+        with contextlib.suppress(OSError):
+            repo.parent.rmdir()  # the namespace folder, when that was its last repo
+
+    def empty_trash(self) -> None:
+        """Remove what deletes left in `.trash/`. Safe at any time: only repos already gone
+        from every listing are there, so two deletes may well clear each other's."""
+        trash = self.root / TRASH
+        if trash.is_dir():
+            for grave in trash.iterdir():
+                shutil.rmtree(grave, ignore_errors=True)
 
     def blob_paths(self, repo_id: str) -> Iterator[Path]:
         yield from (self._existing(repo_id) / "blobs").glob("[0-9a-f]" * 8 + "*")

@@ -1,5 +1,6 @@
-"""The writing side of the Hub protocol: create a repo or a branch, commit files, and
-the Git LFS upload of large files. Every route but the signed LFS upload needs a write
+"""The writing side of the Hub protocol: create a repo or a branch, commit files (a
+commit may delete files: `delete_file`, `delete_folder`), delete a branch or a whole repo,
+and the Git LFS upload of large files. Every route but the signed LFS upload needs a write
 token (`require_write`); every store call runs in a worker thread.
 
 Uploads: files travel inline (base64 in the commit body) unless the client says it speaks
@@ -27,7 +28,6 @@ from starlette.concurrency import run_in_threadpool
 from mae_core.repo_store import (
     LFS_MIN_SIZE,
     LFS_SUFFIXES,
-    SHA256_RE,
     HubError,
     RepoNotFound,
     RepoStore,
@@ -35,11 +35,37 @@ from mae_core.repo_store import (
     check_repo_id,
 )
 
-from .hub import TokenRefused, base_url, json_body, repo_id_of, require_write, store
+from ..hub_schemas import (
+    BINARY,
+    COMMIT_DESCRIPTION,
+    CommitLine,
+    CreateBranch,
+    CreateRepo,
+    DeleteRepo,
+    FileLine,
+    HeaderLine,
+    LfsBatch,
+    LfsFileLine,
+    LfsObject,
+    Preupload,
+    parse,
+    request_body,
+)
+from .hub import (
+    TokenRefused,
+    base_url,
+    hub_errors,
+    json_body,
+    repo_id_of,
+    require_write,
+    store,
+)
 
 router = APIRouter(tags=["hub"])
 WRITE = [Depends(require_write)]
 LFS_URL_TTL_S = 3600
+JSON = "application/json"
+MODELS_ONLY = "this hub stores model repos only"
 
 
 class CommitTooLarge(HubError):
@@ -51,43 +77,90 @@ def _must_exist(repos: RepoStore, repo_id: str) -> None:
         raise RepoNotFound(f"repository {repo_id} not found: create it first")
 
 
-@router.post("/api/repos/create", dependencies=WRITE)
+@router.post(
+    "/api/repos/create",
+    dependencies=WRITE,
+    responses=hub_errors(400, 401, 403, 409),
+    openapi_extra=request_body({JSON: CreateRepo}),
+)
 async def create_repo(request: Request) -> JSONResponse:
-    body = await json_body(request)
-    if body.get("type") not in (None, "model"):
-        raise HubError(f"this hub stores model repos only, not {body.get('type')!r}")
-    name, org = body.get("name"), body.get("organization")
-    repo_id = check_repo_id(f"{org}/{name}" if org else str(name))
+    hints = {"type": MODELS_ONLY, "name": "creating a repo needs its 'name'"}
+    body: CreateRepo = parse(CreateRepo, await json_body(request), "the create body", hints)
+    org = body.organization
+    repo_id = check_repo_id(f"{org}/{body.name}" if org else body.name)
     url = f"{base_url(request)}/{repo_id}"
     # huggingface_hub 1.x sends "visibility"; older clients "private"
-    private = body.get("visibility") == "private" or bool(body.get("private"))
+    private = body.visibility == "private" or bool(body.private)
     created = await run_in_threadpool(store(request).create_repo, repo_id, private)
     if not created:
         return JSONResponse({"error": f"repository {repo_id} already exists", "url": url}, 409)
     return JSONResponse({"url": url, "name": repo_id, "id": repo_id})
 
 
-@router.post("/api/models/{ns}/{name}/branch/{branch:path}", dependencies=WRITE)
+@router.post(
+    "/api/models/{ns}/{name}/branch/{branch:path}",
+    dependencies=WRITE,
+    responses=hub_errors(400, 401, 403, 404, 409),
+    openapi_extra=request_body({JSON: CreateBranch}, required=False),
+)
 async def create_branch(ns: str, name: str, branch: str, request: Request) -> dict[str, Any]:
     repo_id = repo_id_of(ns, name)
-    body = await json_body(request) if await request.body() else {}
-    start = body.get("startingPoint")
+    raw = await json_body(request) if await request.body() else {}
+    body: CreateBranch = parse(CreateBranch, raw, "the branch body")
+    start = body.startingPoint
     oid = await run_in_threadpool(store(request).create_branch, repo_id, branch, start)
     return {"name": branch, "targetCommit": oid}
 
 
-@router.post("/api/models/{ns}/{name}/preupload/{revision}", dependencies=WRITE)
+@router.delete(
+    "/api/models/{ns}/{name}/branch/{branch:path}",
+    dependencies=WRITE,
+    responses=hub_errors(400, 401, 403, 404, 409),
+)
+async def delete_branch(ns: str, name: str, branch: str, request: Request) -> dict[str, Any]:
+    """Remove a branch (its commits stay, reachable by sha); never the default branch
+    (main) nor a repo's last one."""
+    repo_id = repo_id_of(ns, name)
+    oid = await run_in_threadpool(store(request).delete_branch, repo_id, branch)
+    return {"name": branch, "targetCommit": oid, "deleted": True}
+
+
+@router.delete(
+    "/api/repos/delete",
+    dependencies=WRITE,
+    responses=hub_errors(400, 401, 403, 404),
+    openapi_extra=request_body({JSON: DeleteRepo}),
+)
+async def delete_repo(request: Request) -> dict[str, Any]:
+    """Delete a repo whole: every branch, commit and file. Atomic: the repo is renamed out
+    of the way in one step (under its lock, so no commit is half-written), then removed."""
+    hints = {
+        "type": MODELS_ONLY,
+        "name": "deleting a repo needs its 'name' (and 'organization': its namespace)",
+    }
+    body: DeleteRepo = parse(DeleteRepo, await json_body(request), "the delete body", hints)
+    org = body.organization
+    repo_id = check_repo_id(f"{org}/{body.name}" if org else body.name)
+    await run_in_threadpool(store(request).delete_repo, repo_id)
+    return {"id": repo_id, "deleted": True}
+
+
+@router.post(
+    "/api/models/{ns}/{name}/preupload/{revision}",
+    dependencies=WRITE,
+    responses=hub_errors(400, 401, 403, 404),
+    openapi_extra=request_body({JSON: Preupload}),
+)
 async def preupload(ns: str, name: str, revision: str, request: Request) -> dict[str, Any]:
     repo_id = repo_id_of(ns, name)
     await run_in_threadpool(_must_exist, store(request), repo_id)
-    files = (await json_body(request)).get("files")
-    if not isinstance(files, list):
-        raise HubError("preupload needs a 'files' list")
+    hints = {"files": "preupload needs a 'files' list"}
+    body: Preupload = parse(Preupload, await json_body(request), "the preupload body", hints)
     lfs_ok = request.headers.get("x-mae-lfs", "").lower() == "basic"
     out = []
-    for f in files:
-        path = check_path(str(f.get("path", "")))
-        big = path.endswith(LFS_SUFFIXES) or int(f.get("size") or 0) >= LFS_MIN_SIZE
+    for f in body.files:
+        path = check_path(f.path)
+        big = path.endswith(LFS_SUFFIXES) or f.size >= LFS_MIN_SIZE
         out.append(
             {
                 "path": path,
@@ -98,8 +171,9 @@ async def preupload(ns: str, name: str, revision: str, request: Request) -> dict
     return {"files": out}
 
 
-async def _ndjson(request: Request, limit: int) -> list[dict[str, Any]]:
-    """The commit body's lines, parsed; refused past `limit` bytes."""
+async def _ndjson(request: Request, limit: int) -> list[Any]:
+    """The commit body's lines, each validated as a `CommitLine`: the header first, then
+    the operations. Refused past `limit` bytes."""
     buf, total, lines = b"", 0, []
     async for chunk in request.stream():
         total += len(chunk)
@@ -109,57 +183,67 @@ async def _ndjson(request: Request, limit: int) -> list[dict[str, Any]]:
         *complete, buf = buf.split(b"\n")
         lines.extend(complete)
     lines.append(buf)
-    out = []
+    out: list[Any] = []
     for n, line in enumerate(lines, 1):
-        if line.strip():
-            try:
-                item = json.loads(line)
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                raise HubError(f"commit body line {n} is not JSON") from None
-            if (
-                not isinstance(item, dict)
-                or "key" not in item
-                or not isinstance(item.get("value"), dict)
-            ):
-                raise HubError(f"commit body line {n} is not a {{key, value}} object")
-            out.append(item)
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise HubError(f"commit body line {n} is not JSON") from None
+        if not isinstance(item, dict):
+            raise HubError(f"commit body line {n} is not a {{key, value}} object")
+        # the header says what the commit is: it comes first, so it is never left out
+        if not out and item.get("key") != "header":
+            raise HubError(
+                f"commit body line {n} is a {_shown_key(item)} line, but the first line must "
+                'be the header: {"key": "header", "value": {"summary": ..., "description": ...}}'
+            )
+        if out and item.get("key") == "header":
+            raise HubError(f"commit body line {n} is a second header: only the first line is")
+        out.append(parse(CommitLine, item, f"commit body line {n} ({_shown_key(item)})"))
+    if not out:
+        raise HubError("the commit body is empty: its first line must be the header")
     return out
 
 
+def _shown_key(item: dict[str, Any]) -> str:
+    """A line's key as a message names the line: `'file'`, or what stands in its place."""
+    key = item.get("key")
+    return repr(key) if isinstance(key, str) else "keyless" if key is None else "malformed"
+
+
 def _operations(
-    items: list[dict[str, Any]],
-) -> tuple[dict[str, Any], list[tuple[str, bytes]], list[tuple[str, str, int]], list[str]]:
-    """A commit body's lines -> (header, files added inline, LFS files added, deletions)."""
-    header: dict[str, Any] = {}
+    lines: list[Any],
+) -> tuple[HeaderLine, list[tuple[str, bytes]], list[tuple[str, str, int | None]], list[str]]:
+    """A commit body's validated lines -> (header, files added inline, LFS files added,
+    deletions)."""
+    header, *operations = lines
     add, add_lfs, delete = [], [], []
-    for item in items:
-        key, value = item["key"], item["value"]
-        if key == "header":
-            header = value
-        elif key == "file":
-            if value.get("encoding", "base64") != "base64":
-                raise HubError(f"{value.get('path')}: only base64 file contents are accepted")
+    for line in operations:
+        value = line.value
+        if isinstance(line, FileLine):
             try:
-                data = base64.b64decode(value.get("content", ""), validate=True)
+                data = base64.b64decode(value.content, validate=True)
             except (binascii.Error, ValueError):
-                raise HubError(f"{value.get('path')}: content is not valid base64") from None
-            add.append((check_path(str(value.get("path", ""))), data))
-        elif key == "lfsFile":
-            if value.get("algo", "sha256") != "sha256" or not SHA256_RE.fullmatch(
-                str(value.get("oid", ""))
-            ):
-                raise HubError(f"{value.get('path')}: an LFS file needs a sha256 oid")
-            add_lfs.append(
-                (check_path(str(value.get("path", ""))), value["oid"], int(value.get("size", -1)))
-            )
-        elif key in ("deletedFile", "deletedFolder"):
-            delete.append(str(value.get("path", "")))
-        else:
-            raise HubError(f"unknown commit operation {key!r}")
+                raise HubError(f"{value.path}: content is not valid base64") from None
+            add.append((check_path(value.path), data))
+        elif isinstance(line, LfsFileLine):
+            # no size: a copy of an object already in the repo (the store looks it up)
+            add_lfs.append((check_path(value.path), value.oid, value.size))
+        else:  # deletedFile, deletedFolder: the only keys left
+            delete.append(value.path)
     return header, add, add_lfs, delete
 
 
-@router.post("/api/models/{ns}/{name}/commit/{revision}", dependencies=WRITE)
+@router.post(
+    "/api/models/{ns}/{name}/commit/{revision}",
+    dependencies=WRITE,
+    responses=hub_errors(400, 401, 403, 404, 412, 413),
+    openapi_extra=request_body(
+        {"application/x-ndjson": CommitLine}, description=COMMIT_DESCRIPTION
+    ),
+)
 async def commit(ns: str, name: str, revision: str, request: Request) -> dict[str, Any]:
     repo_id = repo_id_of(ns, name)
     repos = store(request)
@@ -175,9 +259,9 @@ async def commit(ns: str, name: str, revision: str, request: Request) -> dict[st
             add=add,
             add_lfs=add_lfs,
             delete=delete,
-            summary=str(header.get("summary", "")),
-            description=str(header.get("description", "")),
-            parent_commit=header.get("parentCommit"),
+            summary=header.value.summary,
+            description=header.value.description,
+            parent_commit=header.value.parentCommit,
         )
     )
     return {
@@ -193,17 +277,12 @@ def _signature(request: Request, repo_id: str, oid: str, size: int, expires: int
     return hmac.new(key, f"{repo_id}:{oid}:{size}:{expires}".encode(), hashlib.sha256).hexdigest()
 
 
-def _lfs_objects(request: Request, repo_id: str, objects: list[Any]) -> list[dict[str, Any]]:
+def _lfs_objects(request: Request, repo_id: str, objects: list[LfsObject]) -> list[dict[str, Any]]:
     """The batch API's answer per object: an upload URL for each one not stored yet."""
     repos = store(request)
     out = []
     for obj in objects:
-        oid, size = str(obj.get("oid", "")), obj.get("size")
-        if not SHA256_RE.fullmatch(oid) or not isinstance(size, int) or size < 0:
-            out.append(
-                {"oid": oid, "size": size, "error": {"code": 422, "message": "invalid oid or size"}}
-            )
-            continue
+        oid, size = obj.oid, obj.size
         item: dict[str, Any] = {"oid": oid, "size": size}
         if not repos.has_blob(repo_id, oid, size):
             expires = int(time.time()) + LFS_URL_TTL_S
@@ -219,20 +298,32 @@ def _lfs_objects(request: Request, repo_id: str, objects: list[Any]) -> list[dic
     return out
 
 
-@router.post("/{ns}/{name}.git/info/lfs/objects/batch", dependencies=WRITE)
+@router.post(
+    "/{ns}/{name}.git/info/lfs/objects/batch",
+    dependencies=WRITE,
+    responses=hub_errors(400, 401, 403, 404),
+    # the Git LFS media type is what clients send; the body is read as JSON either way
+    openapi_extra=request_body({"application/vnd.git-lfs+json": LfsBatch, JSON: LfsBatch}),
+)
 async def lfs_batch(ns: str, name: str, request: Request) -> Response:
     repo_id = repo_id_of(ns, name)
     await run_in_threadpool(_must_exist, store(request), repo_id)
-    body = await json_body(request)
-    if body.get("operation") != "upload":
-        raise HubError("this hub's LFS batch API takes uploads only; download with /resolve/")
-    objects = await run_in_threadpool(_lfs_objects, request, repo_id, body.get("objects") or [])
+    hints = {"operation": "this hub's LFS batch API takes uploads only; download with /resolve/"}
+    body: LfsBatch = parse(LfsBatch, await json_body(request), "the LFS batch body", hints)
+    objects = await run_in_threadpool(_lfs_objects, request, repo_id, body.objects)
     payload = {"transfer": "basic", "objects": objects, "hash_algo": "sha256"}
     return Response(json.dumps(payload), media_type="application/vnd.git-lfs+json")
 
 
 # No token here: the URL itself is the permission (signed by lfs_batch, short-lived).
-@router.put("/{ns}/{name}.git/info/lfs/objects/{oid}")
+@router.put(
+    "/{ns}/{name}.git/info/lfs/objects/{oid}",
+    responses=hub_errors(400, 403, 404),
+    openapi_extra=request_body(
+        {"application/octet-stream": BINARY},
+        description="the object's bytes: exactly `size` of them, their sha256 `oid`",
+    ),
+)
 async def lfs_upload(ns: str, name: str, oid: str, request: Request) -> Response:
     repo_id = repo_id_of(ns, name)
     q = request.query_params

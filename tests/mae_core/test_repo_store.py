@@ -1,6 +1,7 @@
 """The embedded hub's RepoStore on real files: concurrent commits from threads and
-processes, stale parents, crashes part-way through a commit or an upload, the repo-id and
-path rules, and revision lookup. The HTTP view of the same store is tests/service/test_hub.py.
+processes, stale parents, crashes part-way through a commit, an upload or a delete, the
+repo-id and path rules, revision lookup, history, and deleting branches and repos. The HTTP
+view of the same store is tests/service/test_hub.py (and test_hub_manage.py).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -22,8 +24,11 @@ import pytest
 import mae_core.repo_store as repo_store
 from mae_core.hub import parse_model_id
 from mae_core.repo_store import (
+    Conflict,
     EntryNotFound,
+    FileEntry,
     HubError,
+    RepoNotFound,
     RepoStore,
     RevisionNotFound,
     StaleParent,
@@ -333,6 +338,33 @@ def test_put_blob_with_a_wrong_declaration_stores_nothing(
     assert (blobs / PAYLOAD_SHA).read_bytes() == PAYLOAD
 
 
+def test_an_lfs_file_without_a_size_takes_the_stored_objects(store: RepoStore) -> None:
+    """A copy names the object by its sha256 only: it must be in the repo already."""
+    store.put_blob(REPO, PAYLOAD_SHA, len(PAYLOAD), [PAYLOAD])
+    first = store.commit(REPO, "main", add_lfs=[("w.bin", PAYLOAD_SHA, len(PAYLOAD))])
+    copy = store.commit(REPO, "main", add_lfs=[("copy/w.bin", PAYLOAD_SHA, None)])
+    files = store.commit_info(REPO, copy).files
+    assert files["copy/w.bin"] == FileEntry(
+        "copy/w.bin", len(PAYLOAD), PAYLOAD_SHA, files["w.bin"].blob_id, True
+    )
+    entry, blob = store.open_file(REPO, copy, "copy/w.bin")
+    assert blob.read_bytes() == PAYLOAD and entry.size == len(PAYLOAD)
+    check_snapshot_loadable(store, copy)
+    # an object the repo does not hold, with or without a size, or a size that is not the
+    # stored one: refused, and main stays where it was
+    other = hashlib.sha256(b"never uploaded").hexdigest()
+    for sha256, size, said in (
+        (other, None, f"LFS object {other[:12]} was not uploaded"),
+        (other, 14, f"LFS object {other[:12]} (14 bytes) was not uploaded"),
+        (PAYLOAD_SHA, len(PAYLOAD) + 1, f"({len(PAYLOAD) + 1} bytes) was not uploaded"),
+        ("../../x", None, "was not uploaded"),
+    ):
+        with pytest.raises(HubError, match=re.escape(said)):
+            store.commit(REPO, "main", add_lfs=[("x.bin", sha256, size)])
+    assert store.resolve_revision(REPO, "main") == copy
+    assert store.commit_info(REPO, copy).parent == first
+
+
 # -- names -----------------------------------------------------------------------------------
 REFUSED_IDS = ["a..b/c", "a/b..c", "../x", "a/b.git", "a", "a/b/c", "a/b\n", "a/" + "b" * 199]
 ACCEPTED_IDS = ["a.b/c-d_e", "ns/name.v2", "a/" + "b" * 198]
@@ -420,3 +452,124 @@ def test_commit_info_refuses_an_oid_that_climbs_out_of_the_root(
     (tmp_path / "outside.json").write_text(json.dumps({**record, "files": []}))
     with pytest.raises(RevisionNotFound):
         store.commit_info(REPO, "../../../../outside")  # root is tmp_path/models
+
+
+# -- history and deleting ---------------------------------------------------------------------
+def test_history_pages_back_to_the_first_commit(store: RepoStore) -> None:
+    shas = [store.commit(REPO, "main", add=[(f"{i}.txt", b"%d" % i)]) for i in range(3)]
+    page, after = store.history(REPO, shas[-1], 2)
+    assert [c.oid for c in page] == shas[:0:-1] and after == shas[0]
+    rest, end = store.history(REPO, after, 10)
+    assert [c.oid for c in rest] == history(store, shas[0]) and end is None
+    assert rest[-1].summary == "initial commit"
+
+
+def test_delete_branch_keeps_its_commits_and_refuses_main_and_the_last(
+    store: RepoStore,
+) -> None:
+    store.create_branch(REPO, "dev")
+    dev = store.commit(REPO, "dev", add=[("dev.txt", b"dev")])
+    assert store.delete_branch(REPO, "dev") == dev
+    assert store.branches(REPO).keys() == {"main"}
+    assert store.resolve_revision(REPO, dev[:10]) == dev  # still there by sha
+    assert "dev.txt" in store.commit_info(REPO, dev).files
+    with pytest.raises(RevisionNotFound, match="has no branch 'dev'"):
+        store.delete_branch(REPO, "dev")
+    with pytest.raises(Conflict, match="default branch"):
+        store.delete_branch(REPO, "main")
+    with pytest.raises(HubError, match="invalid branch name"):
+        store.delete_branch(REPO, "../main")
+    # a repo copied in by hand with one branch, not main: that branch is its last
+    store.create_branch(REPO, "only")
+    (store.repo_dir(REPO) / "refs" / "main").unlink()
+    with pytest.raises(Conflict, match="last branch"):
+        store.delete_branch(REPO, "only")
+    assert store.branches(REPO).keys() == {"only"}
+
+
+def test_delete_repo_removes_it_and_frees_the_name(store: RepoStore) -> None:
+    store.commit(REPO, "main", add=[("w.bin", b"\x01" * 100)])
+    store.create_repo("team/other")
+    store.delete_repo(REPO)
+    assert not store.exists(REPO) and store.repos() == ["team/other"]
+    assert listing(store.root) == {"team", "team/other", ".trash"} | {
+        f"team/other/{p}" for p in listing(store.repo_dir("team/other"))
+    }
+    with pytest.raises(RepoNotFound):
+        store.delete_repo(REPO)
+    assert store.create_repo(REPO)  # a fresh repo under the old name
+    assert [c.summary for c in store.history(REPO, store.resolve_revision(REPO), 10)[0]] == [
+        "initial commit"
+    ]
+    store.delete_repo(REPO)
+    store.delete_repo("team/other")
+    assert listing(store.root) == {".trash"}  # the namespace folder went with its last repo
+
+
+def test_a_crash_before_the_rename_leaves_the_repo_whole(
+    store: RepoStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    head = store.commit(REPO, "main", add=[("w.bin", b"\x02" * 100)])
+    before = listing(store.repo_dir(REPO))
+
+    def crash(src: object, dst: object) -> None:
+        raise OSError(errno.EIO, "simulated crash before the rename")
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "rename", crash)
+        with pytest.raises(OSError, match="simulated crash"):
+            store.delete_repo(REPO)
+    fresh = RepoStore(store.root)
+    assert fresh.repos() == [REPO] and fresh.resolve_revision(REPO) == head
+    assert listing(store.repo_dir(REPO)) == before
+    check_snapshot_loadable(fresh, head)
+
+
+def test_a_crash_while_removing_leaves_no_repo_and_the_next_delete_clears_it(
+    store: RepoStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store.commit(REPO, "main", add=[(f"f{i}.txt", b"%d" % i) for i in range(20)])
+    store.create_repo("team/next")
+
+    def crash_half_way(path: str | os.PathLike[str], ignore_errors: bool = False) -> None:
+        blobs = sorted(Path(path).rglob("blobs/*"))
+        for blob in blobs[: len(blobs) // 2]:
+            blob.unlink()
+        raise KeyboardInterrupt  # the process dies here, half the files removed
+
+    with monkeypatch.context() as m:
+        m.setattr(repo_store.shutil, "rmtree", crash_half_way)
+        with pytest.raises(KeyboardInterrupt):
+            store.delete_repo(REPO)
+    fresh = RepoStore(store.root)
+    assert not fresh.exists(REPO) and fresh.repos() == ["team/next"]
+    with pytest.raises(RepoNotFound):
+        fresh.resolve_revision(REPO)
+    (grave,) = (store.root / ".trash").iterdir()  # the half-removed files, out of sight
+    assert any(grave.rglob("f*.txt"))
+    fresh.delete_repo("team/next")
+    assert list((store.root / ".trash").iterdir()) == []
+
+
+def test_delete_repo_waits_for_a_commit_in_flight(store: RepoStore) -> None:
+    from filelock import FileLock
+
+    done = threading.Event()
+    errors: list[BaseException] = []
+
+    def delete() -> None:
+        try:
+            store.delete_repo(REPO)
+        except BaseException as e:
+            errors.append(e)
+        done.set()
+
+    with FileLock(store.repo_dir(REPO) / ".lock"):  # as a commit holds it
+        worker = threading.Thread(target=delete)
+        worker.start()
+        assert not done.wait(0.3)  # blocked behind the "commit"
+        assert store.exists(REPO)
+    worker.join(10)
+    assert done.is_set() and errors == [] and not store.exists(REPO)
+    with pytest.raises(RepoNotFound):  # a commit that comes after finds nothing
+        store.commit(REPO, "main", add=[("late.txt", b"late")])

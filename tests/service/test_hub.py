@@ -248,7 +248,9 @@ def test_commit_protocol_details(hub: LiveServer) -> None:
     assert httpx.put(href, content=body[:500]).status_code == 400  # cut short: nothing stored
     early = httpx.post(
         f"{hub.url}/api/models/team/raw/commit/main",
-        content=json.dumps(
+        content=json.dumps({"key": "header", "value": {"summary": "early"}})
+        + "\n"
+        + json.dumps(
             {"key": "lfsFile", "value": {"path": "w.safetensors", "oid": oid, "size": 1000}}
         ),
         headers=auth,
