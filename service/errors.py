@@ -206,10 +206,19 @@ def _hub_error(
     with X-Error-Message, which huggingface_hub reads."""
     if status == 404 and message == "Not Found":
         message = f"not found: the hub has no route {request.url.path}"
-    safe = message.encode("ascii", "replace").decode()[:500]
     return JSONResponse(
-        {"error": message}, status, headers={**(headers or {}), "X-Error-Message": safe}
+        {"error": message},
+        status,
+        headers={**(headers or {}), "X-Error-Message": header_safe(message)},
     )
+
+
+def header_safe(text: str) -> str:
+    """`text` as an HTTP header value: ASCII, no control characters (a path or name the
+    client sent may hold a newline, and an invalid header would drop the connection
+    instead of answering), at most 500 characters."""
+    ascii_text = text.encode("ascii", "replace").decode()
+    return "".join(c if " " <= c < "\x7f" else " " for c in ascii_text)[:500]
 
 
 def allowed_methods(request: Request) -> list[str]:
