@@ -109,6 +109,12 @@ class Batcher:
         return self._queued
 
     # -- submitting -----------------------------------------------------------------------
+    def admit(self, n: int) -> None:
+        """Refuse now (QueueFull, NotReady) a request of `n` images that the queue could not
+        take: called before the images are decoded, so that a refusal under overload costs
+        no decoding and waits behind no one. `embed` checks again when it queues."""
+        self._admit(n)
+
     def _admit(self, n: int) -> None:
         if self._closing:
             raise NotReady("the server is shutting down")

@@ -146,6 +146,7 @@ async def _embed(
     """The path of every embedding: registry -> decode and preprocess (engine, in the
     decode threads) -> batcher -> worker -> engine.embed (the forward) -> rows back here."""
     served = registry.get(options.model)
+    served.batcher.admit(len(blobs))  # a full queue answers 429 before any decoding
     batch = await served.images(blobs, names)
     pooled = await until_disconnect(request, served.batcher.embed(batch, until))
     vectors = pooled[:, POOLINGS.index(options.pooling)].numpy()  # (n, D) float32

@@ -82,6 +82,9 @@ def test_full_queue_answers_429_at_once(holding_server: str, photo: str) -> None
     assert r.status_code == 429
     assert r.json()["error"]["code"] == "queue_full"
     assert int(r.headers["retry-after"]) >= 1
+    # Refused before any decoding: an image that is not one gets the 429 too, not a 400.
+    broken = httpx.post(f"{url}/v1/embeddings", json={"input": ["aGVsbG8="] * 3}, timeout=30)
+    assert broken.status_code == 429, broken.text
     small = _post(url, photo, 2)  # 6 + 2 fits, and fills the batch: both run at once
     assert small.status_code == 200
     thread.join(30)
