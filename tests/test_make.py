@@ -18,9 +18,12 @@ def dry_run(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> li
     """The commands `make -n ARGS` would run for a fresh venv under `tmp_path`."""
     import os
 
-    base = {k: v for k, v in os.environ.items() if k not in ("HOST", "PORT")}
+    # Run under `make test` (CI), the outer make's MAKEFLAGS/MAKELEVEL would turn this into
+    # a sub-make that prints "Entering/Leaving directory" lines: a make of its own instead.
+    outer = ("HOST", "PORT", "MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES")
+    base = {k: v for k, v in os.environ.items() if k not in outer}
     out = subprocess.run(
-        ["make", "-n", f"VENV={tmp_path / 'venv'}", *args],
+        ["make", "-n", "--no-print-directory", f"VENV={tmp_path / 'venv'}", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
