@@ -20,7 +20,9 @@ def dry_run(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> li
 
     # Run under `make test` (CI), the outer make's MAKEFLAGS/MAKELEVEL would turn this into
     # a sub-make that prints "Entering/Leaving directory" lines: a make of its own instead.
+    # The Makefile's own variables too: `make test PYTEST_ARGS=...` exports them.
     outer = ("HOST", "PORT", "MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES")
+    outer += ("PYTEST_ARGS", "VENV", "PYTHON", "DEFAULT_MODEL", "BIN")
     base = {k: v for k, v in os.environ.items() if k not in outer}
     out = subprocess.run(
         ["make", "-n", "--no-print-directory", f"VENV={tmp_path / 'venv'}", *args],
