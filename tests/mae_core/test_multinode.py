@@ -82,9 +82,12 @@ def _agents(cmds: list[list[str]], logs: list[Path]) -> Iterator[list[subprocess
     try:
         for cmd, log in zip(cmds, logs, strict=True):
             with open(log, "w") as f:
+                # torchrun keeps its log folders (torchelastic_*) in the temporary folder
+                # and never removes them: point it at the test's own folder.
+                env = {**ENV, "TMPDIR": str(log.parent)}
                 procs.append(
                     subprocess.Popen(
-                        cmd, stdout=f, stderr=subprocess.STDOUT, env=ENV, start_new_session=True
+                        cmd, stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True
                     )
                 )
         yield procs

@@ -290,7 +290,8 @@ def test_two_process_ddp_matches_one_process(cifar_folder: Path, tmp_path: Path)
     common = ["--epochs", "1", "--max-steps", "4", "--checkpoint-every", "100"]
     single = _cli(*_fast_flags(cifar_folder, tmp_path / "one"), *common)
     assert single.returncode == 0, single.stderr
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # TMPDIR: torchrun's log folders (torchelastic_*) stay in the test's folder, not in /tmp.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)}
     ddp = subprocess.run(
         [
             sys.executable,
