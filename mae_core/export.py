@@ -137,8 +137,14 @@ class OnnxEncoder:
         self.session = session(result.folder / (QUANTIZED_FILE if quantize else ONNX_FILE), threads)
 
     def __call__(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        tokens = self.session.run([OUTPUT], {INPUT: pixel_values.float().cpu().numpy()})[0]
-        return torch.from_numpy(tokens)
+        return run_tokens(self.session, pixel_values)
+
+
+def run_tokens(onnx_session: Any, pixel_values: torch.Tensor) -> torch.Tensor:
+    """pixel_values (N, 3, S, S) -> last_hidden_state (N, 1+L, D) float32 on the CPU, by an
+    ONNX Runtime session of an export."""
+    tokens = onnx_session.run([OUTPUT], {INPUT: pixel_values.float().cpu().numpy()})[0]
+    return torch.from_numpy(tokens)
 
 
 def encoder_forward(

@@ -198,19 +198,25 @@ def install_handlers(app: FastAPI) -> None:
 _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
+def hub_error_response(
+    status: int, message: str, code: str | None = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    """An error in the Hub's shape, which huggingface_hub reads: `{"error": message}` with
+    X-Error-Message (and X-Error-Code when there is one)."""
+    extra = {"X-Error-Message": header_safe(message)}
+    if code:
+        extra["X-Error-Code"] = code
+    return JSONResponse({"error": message}, status, headers={**(headers or {}), **extra})
+
+
 def _hub_error(
     status: int, message: str, request: Request, headers: dict[str, str] | None = None
 ) -> JSONResponse:
     """The framework's own errors (no route, a wrong method, a bad parameter) on the hub's
-    paths, in the Hub's shape, as `routes/hub.py` answers its own: `{"error": message}`
-    with X-Error-Message, which huggingface_hub reads."""
+    paths, in the Hub's shape, as `routes/hub.py` answers its own."""
     if status == 404 and message == "Not Found":
         message = f"not found: the hub has no route {request.url.path}"
-    return JSONResponse(
-        {"error": message},
-        status,
-        headers={**(headers or {}), "X-Error-Message": header_safe(message)},
-    )
+    return hub_error_response(status, message, headers=headers)
 
 
 def header_safe(text: str) -> str:

@@ -39,11 +39,15 @@ class EmbeddingRequest(EmbeddingOptions):
         BeforeValidator(_one_or_many),
         WithJsonSchema(
             {
-                "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}],
+                "anyOf": [
+                    {"type": "string"},
+                    {"type": "array", "items": {"type": "string"}, "minItems": 1},
+                ],
                 "title": "Input",
             }
         ),
     ] = Field(
+        min_length=1,
         description="one image, or a list of them, as base64 strings, data URLs "
         "(data:image/png;base64,...) or, where MAE_ALLOW_URLS is on, http(s) URLs",
     )

@@ -19,14 +19,13 @@ from pathlib import Path
 import torch
 
 from mae_core.export import (
-    INPUT,
     ONNX_DIR,
     ONNX_FILE,
-    OUTPUT,
     QUANTIZED_FILE,
     compare,
     export_onnx,
     probe_images,
+    run_tokens,
     session,
 )
 from mae_core.model import MaskedAutoencoder
@@ -53,8 +52,7 @@ class OnnxBackend:
         self.session = session(self.file, threads)
 
     def embed(self, batch: torch.Tensor) -> torch.Tensor:
-        tokens = self.session.run([OUTPUT], {INPUT: batch.float().numpy()})[0]  # (N, 1+L, D)
-        return pool(torch.from_numpy(tokens))
+        return pool(run_tokens(self.session, batch))
 
     def _find(
         self,

@@ -77,8 +77,6 @@ async def embeddings(request: Request, registry: RegistryDep) -> Response:
     until = deadline(request)
     body = await forms.read_json(request, EmbeddingRequest, upload_hint="/v1/embeddings/upload")
     images = body.input
-    if not images:
-        raise APIError("input: give at least one image", status=422, code="invalid_request")
     check_count(request, len(images))
     if body.dimensions is not None:
         width = registry.get(body.model).engine.info.embed_dim

@@ -43,7 +43,8 @@ from mae_core.repo_store import (
     check_repo_id,
 )
 
-from ..errors import error_response, header_safe
+from .. import errors
+from ..errors import error_response
 from ..hub_schemas import PathsInfo, ValidateYaml, parse, parse_form, request_body
 from ..repo_page import CSP, Branch, RepoView, render_page
 
@@ -59,12 +60,7 @@ class TokenRefused(HubError):
 
 
 def hub_error_response(exc: HubError) -> JSONResponse:
-    safe = header_safe(exc.message)
-    return JSONResponse(
-        {"error": exc.message},
-        exc.status,
-        headers={"X-Error-Code": exc.code, "X-Error-Message": safe},
-    )
+    return errors.hub_error_response(exc.status, exc.message, exc.code)
 
 
 class HubErrorBody(BaseModel):
