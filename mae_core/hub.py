@@ -4,7 +4,7 @@ A model id is one of
 - a local folder or weights file (our layout, transformers ViTMAE, an official `.pth`);
 - `local:<ns>/<name>[@revision]`: a repo of the embedded hub (`models/`, or `$MAE_MODELS_DIR`),
   stored like the `huggingface_hub` cache: `refs/<branch>` holds a commit sha,
-  `snapshots/<sha>/` holds the files;
+  `snapshots/<sha>/` holds the files, each checked against the commit's record on loading;
 - `hf-hub:<ns>/<name>[@revision]`: a repo on a Hugging Face-compatible hub (`HF_ENDPOINT`),
   downloaded and verified by `pull.py`;
 - a bare `<ns>/<name>[@revision]` that is no file or folder but a repo of the embedded hub:
@@ -101,8 +101,12 @@ def models_dir() -> Path:
 
 
 def resolve_local(repo_id: str, revision: str | None = None, root: Path | None = None) -> Path:
-    """The snapshot folder of `repo_id` at `revision` (a branch, or a commit sha or prefix)."""
-    from .repo_store import HubError, RepoNotFound, RepoStore
+    """The snapshot folder of `repo_id` at `revision` (a branch, or a commit sha or prefix),
+    each of its files checked against the commit's record (size and sha256; a blob is
+    hashed once per process until it changes): a damaged file raises VerificationError
+    naming it, rather than loading wrong weights."""
+    from .pull import VerificationError
+    from .repo_store import DamagedFile, HubError, RepoNotFound, RepoStore
 
     store = RepoStore(root or models_dir())
     try:
@@ -116,6 +120,10 @@ def resolve_local(repo_id: str, revision: str | None = None, root: Path | None =
         ) from None
     except HubError as e:
         raise ModelNotFoundError(e.message) from None
+    try:
+        store.verify_revision(repo_id, oid)
+    except DamagedFile as e:
+        raise VerificationError(f"local:{e.message}") from None
     return store.repo_dir(repo_id) / "snapshots" / oid
 
 

@@ -62,7 +62,9 @@ def verify_files(folder: Path, siblings: list[Any]) -> int:
             raise VerificationError(
                 f"{sib.rfilename} does not match the hub's record ({kind} {str(want)[:12]}..., "
                 f"{want_size} bytes; got {str(got)[:12]}..., {size} bytes): the download was "
-                "corrupted or the file was tampered with; it has been deleted"
+                "corrupted, or the hub's copy is damaged or was tampered with; it has been "
+                "deleted: pull again, and if the same file fails again, the hub's copy needs "
+                "repairing (push the model to it again)"
             )
         checked += 1
     return checked
@@ -78,7 +80,9 @@ def verify_cached_lfs(folder: Path) -> int:
             if sha256_file(path) != name:
                 _discard(path)
                 raise VerificationError(
-                    f"{path.name} in the cache does not match its sha256 {name[:12]}...; deleted"
+                    f"{path.relative_to(folder).as_posix()} in the cache does not match its "
+                    f"sha256 {name[:12]}...; it has been deleted: pull it again online (unset "
+                    "HF_HUB_OFFLINE)"
                 )
             checked += 1
     return checked

@@ -1,7 +1,7 @@
 """Model repos on disk, in the `huggingface_hub` cache layout, with atomic commits.
 
     root/<ns>/<name>/
-        blobs/<sha256>                 file contents, named by their sha256, never rewritten
+        blobs/<sha256>                 file contents by sha256; rewritten only to repair damage
         snapshots/<commit>/<path>      relative symlinks into blobs/: a loadable folder per commit
         refs/<branch>                  the branch's head commit (moved last, atomically)
         commits/<commit>.json          parent, message, date, and every file's size and hashes
@@ -12,12 +12,17 @@ This is the embedded hub (`models/`): `local:ns/name@rev` reads it, `mae push
 --to-models-dir` and the service's hub endpoints write it. A commit writes and verifies its
 blobs first, then the snapshot folder, then its record, and moves the branch ref last, so
 a crash at any point leaves the previous revision intact, and a revision never changes
-once written. Deleting a repo renames its folder into `.trash/` (one atomic step: the repo
-is there whole or gone) and only then removes the files; deleting a branch removes its ref
-and keeps its commits, still reachable by sha. Names and paths are checked before they touch
-the file system: nothing can resolve outside the root.
+once written; what a writer killed mid-commit leaves (a temporary file or folder) is
+cleared by the next commit. `verify_revision` checks a revision's files against their
+record (loading a `local:` model does, so a damaged blob is refused, never used as
+weights), and a stored object is re-hashed before an upload is skipped as already done,
+so pushing the same files again repairs a damaged blob. Deleting a repo renames its
+folder into `.trash/` (one atomic step: the repo is there whole or gone) and only then
+removes the files; deleting a branch removes its ref and keeps its commits, still
+reachable by sha. Names and paths are checked before they touch the file system: nothing
+can resolve outside the root.
 
-One concept, kept whole (a little over 500 lines): the records, the naming rules and the
+One concept, kept whole (about 650 lines): the records, the naming rules and the
 commit and delete protocols are read together when the store's guarantees are checked.
 """
 
@@ -40,7 +45,7 @@ from typing import IO, Any
 from filelock import FileLock
 
 from .errors import MAEError
-from .files import CHUNK, atomic_write, git_blob_sha1, write_atomic
+from .files import CHUNK, atomic_write, git_blob_sha1, sha256_file, write_atomic
 
 REPO_RE = re.compile(
     r"^[A-Za-z0-9][A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]+)*/[A-Za-z0-9][A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]+)*$"
@@ -65,6 +70,9 @@ LFS_MIN_SIZE = 10 * 1024 * 1024
 MAX_PATH = 1000
 DEFAULT_BRANCH = "main"
 TRASH = ".trash"  # not a valid namespace (ids start with a letter or digit): never a repo
+# A blob's temporary file untouched this long belongs to a writer that died: an LFS upload
+# writes its own outside the repo's lock, and keeps it fresh while the bytes arrive.
+STALE_UPLOAD_S = 3600
 GITATTRIBUTES = "".join(
     f"*{suffix} filter=lfs diff=lfs merge=lfs -text\n" for suffix in LFS_SUFFIXES
 ).encode()
@@ -99,6 +107,13 @@ class Conflict(HubError):
 
 class StaleParent(HubError):
     status, code = 412, "PreconditionFailed"
+
+
+class DamagedFile(HubError):
+    """A stored file whose bytes no longer match its commit record (size or sha256), or
+    that is missing: the models folder was damaged on disk."""
+
+    status, code = 500, "DamagedFile"
 
 
 @dataclass(frozen=True)
@@ -317,7 +332,15 @@ class RepoStore:
         return entry, blob
 
     def has_blob(self, repo_id: str, sha256: str, size: int) -> bool:
-        return self.blob_size(repo_id, sha256) == size
+        """Whether the object is stored whole: its size, and its bytes hashed (once per
+        version of the file). A damaged blob counts as missing, so the LFS batch asks for
+        it again and the upload replaces it."""
+        if self.blob_size(repo_id, sha256) != size:
+            return False
+        try:
+            return _content_sha256(self._existing(repo_id) / "blobs" / sha256) == sha256
+        except FileNotFoundError:  # removed meanwhile (the repo deleted)
+            return False
 
     def blob_size(self, repo_id: str, sha256: str) -> int | None:
         """The size of the object `sha256` stored in this repo; None when it holds none."""
@@ -409,6 +432,7 @@ class RepoStore:
                     raise EntryNotFound(f"cannot delete {path}: not in {repo_id}@{branch}")
                 for p in gone:
                     del files[p]
+            _clear_leftovers(repo)
             for path, data in add:
                 entry = _entry(path, data, lfs=None)
                 _store_blob(repo / "blobs" / entry.sha256, data)
@@ -449,6 +473,38 @@ class RepoStore:
             os.replace(tmp, final)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+    def verify_revision(self, repo_id: str, oid: str) -> int:
+        """Check each file of commit `oid` against its record: the snapshot's link leads to
+        a file inside the root with the recorded size and sha256. Raises DamagedFile for the
+        first that does not, naming it and the fix; returns the number of files checked.
+        A file's hash is remembered until the file changes, so checking again costs a stat.
+        A snapshot copied in by hand has no record to check against: 0."""
+        repo = self._existing(repo_id)
+        commit = self.commit_info(repo_id, oid)  # checks `oid` before it becomes a path
+        if not (repo / "commits" / f"{oid}.json").is_file():
+            return 0
+        fix = "push the model again (that rewrites it) or restore the models folder from a backup"
+        where = f"{repo_id}@{oid[:12]}"
+        for entry in sorted(commit.files.values(), key=lambda e: e.path):
+            link = repo / "snapshots" / oid / entry.path
+            try:
+                stored = self._inside(link)
+                size = stored.stat().st_size
+                got = _content_sha256(stored) if size == entry.size else None
+            except (OSError, EntryNotFound):
+                raise DamagedFile(
+                    f"{where}: {entry.path} is missing from the models folder "
+                    f"(no {link.relative_to(self.root)} or no blob where it links): {fix}"
+                ) from None
+            if got != entry.sha256:
+                found = f"sha256 {got[:12]}..." if got else f"{size} bytes"
+                raise DamagedFile(
+                    f"{where}: {entry.path} does not match its commit record ({entry.size} "
+                    f"bytes, sha256 {entry.sha256[:12]}...): the stored file {stored} has "
+                    f"{found}; the models folder is damaged: {fix}"
+                )
+        return len(commit.files)
 
     def history(self, repo_id: str, oid: str, limit: int) -> tuple[list[Commit], str | None]:
         """Up to `limit` commits from `oid` back along the parents (newest first), and the
@@ -520,9 +576,60 @@ def _entry(path: str, data: bytes, lfs: bool | None) -> FileEntry:
 
 
 def _store_blob(path: Path, data: bytes) -> None:
-    if path.is_file() and path.stat().st_size == len(data):
-        return  # content-addressed: the same name is the same bytes
+    """Write a blob unless it is there whole: content-addressed, the same name is the same
+    bytes, unless the file was damaged on disk, which this write then repairs."""
+    with contextlib.suppress(FileNotFoundError):
+        if path.stat().st_size == len(data) and _content_sha256(path) == path.name:
+            return
     write_atomic(path, data)
+
+
+_HASHED: dict[tuple[int, int, int, int, int], str] = {}  # a file's version -> its sha256
+_HASHED_MAX = 100_000
+
+
+def _content_sha256(path: Path) -> str:
+    """The sha256 of a file's bytes, remembered for this version of the file (device,
+    inode, size, modification and change times): a blob is hashed once per process until
+    something writes to it, so verifying a revision again, or the LFS batch asking about
+    an object, costs a stat."""
+    st = path.stat()
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    digest = _HASHED.get(key)
+    if digest is None:
+        digest = sha256_file(path)
+        if len(_HASHED) >= _HASHED_MAX:
+            _HASHED.clear()
+        _HASHED[key] = digest
+    return digest
+
+
+def _is_temporary(name: str) -> bool:
+    """The names this store's writers give their work in progress: `.tmp-*` snapshot
+    folders, `.<name>.<hex>.tmp` files (`atomic_write`)."""
+    return name.startswith(".tmp-") or (name.startswith(".") and name.endswith(".tmp"))
+
+
+def _clear_leftovers(repo: Path) -> None:
+    """Remove the work in progress of writers that died (a process killed mid-commit).
+    Call under the repo's lock: snapshot folders, commit records and refs are only written
+    under it, so any temporary of theirs found now is dead. Blob temporaries go only when
+    untouched for STALE_UPLOAD_S: an LFS upload writes its own without the lock."""
+    now = time.time()
+    for sub in ("snapshots", "commits", "refs", "blobs"):
+        folder = repo / sub
+        if not folder.is_dir():
+            continue
+        for p in folder.iterdir():
+            if not _is_temporary(p.name):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                if sub == "blobs" and now - p.lstat().st_mtime < STALE_UPLOAD_S:
+                    continue
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink()
 
 
 def _commit_oid(

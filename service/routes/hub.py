@@ -20,6 +20,7 @@ import hashlib
 import hmac
 import html
 import json
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
@@ -29,6 +30,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.convertors import Convertor, register_url_convertor
+from starlette.requests import ClientDisconnect
 
 from mae_core.model_card import front_matter
 from mae_core.repo_store import (
@@ -59,6 +61,13 @@ class TokenRefused(HubError):
     status, code = 403, "Forbidden"
 
 
+class ClientGone(HubError):
+    """The client dropped the connection before its body was complete (nginx's 499: the
+    answer is never sent, but the metrics count it). Nothing of the body is stored."""
+
+    status, code = 499, "ClientClosedRequest"
+
+
 def hub_error_response(exc: HubError) -> JSONResponse:
     return errors.hub_error_response(exc.status, exc.message, exc.code)
 
@@ -79,6 +88,8 @@ HUB_MEANING = {
     "default branch or is the repo's last one",
     412: "parentCommit is not the branch head",
     413: "the commit body is over MAE_HUB_MAX_COMMIT_BYTES",
+    499: "the client closed the connection before the request body was complete: nothing "
+    "of it was stored (never sent, as nobody is left to read it; counted in the metrics)",
 }
 
 
@@ -151,9 +162,34 @@ def base_url(request: Request) -> str:
     return str(request.base_url).rstrip("/")
 
 
+def _gone(what: str) -> ClientGone:
+    return ClientGone(
+        f"the client closed the connection before {what} was complete: nothing was stored"
+    )
+
+
+async def body_chunks(request: Request, what: str) -> AsyncIterator[bytes]:
+    """The request body as it arrives; a client that drops the connection part-way is
+    ClientGone (499), not a server error: what was received of `what` is discarded."""
+    try:
+        async for chunk in request.stream():
+            yield chunk
+    except ClientDisconnect:
+        raise _gone(what) from None
+
+
+async def body_bytes(request: Request) -> bytes:
+    """The whole request body, kept for a second read (ClientGone when the client drops
+    the connection part-way)."""
+    try:
+        return await request.body()
+    except ClientDisconnect:
+        raise _gone("the request body") from None
+
+
 async def json_body(request: Request) -> dict[str, Any]:
     try:
-        body = await request.json()
+        body = json.loads(await body_bytes(request))
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise HubError("the request body is not valid JSON") from None
     if not isinstance(body, dict):
@@ -164,7 +200,7 @@ async def json_body(request: Request) -> dict[str, Any]:
 # -- repos ------------------------------------------------------------------------------
 @router.post(
     "/api/validate-yaml",
-    responses=hub_errors(400),
+    responses=hub_errors(400, 499),
     openapi_extra=request_body({"application/json": ValidateYaml}),
 )
 async def validate_yaml(request: Request) -> dict[str, list[str]]:
@@ -589,7 +625,7 @@ def _paths_info(
 
 @router.post(
     "/api/models/{ns}/{name}/paths-info/{revision}",
-    responses=hub_errors(400, 401, 403, 404),
+    responses=hub_errors(400, 401, 403, 404, 499),
     # huggingface_hub sends a form; a JSON body is read when its Content-Type says so
     openapi_extra=request_body(
         {"application/x-www-form-urlencoded": PathsInfo, "application/json": PathsInfo}
@@ -602,7 +638,7 @@ async def paths_info(ns: str, name: str, revision: str, request: Request) -> lis
     if request.headers.get("content-type", "").startswith("application/json"):
         body: PathsInfo = parse(PathsInfo, await json_body(request), what)
     else:
-        body = parse_form(PathsInfo, (await request.body()).decode(errors="replace"), what)
+        body = parse_form(PathsInfo, (await body_bytes(request)).decode(errors="replace"), what)
     return await run_in_threadpool(_paths_info, request, repo_id, revision, body.paths)
 
 

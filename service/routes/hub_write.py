@@ -54,6 +54,8 @@ from ..hub_schemas import (
 from .hub import (
     TokenRefused,
     base_url,
+    body_bytes,
+    body_chunks,
     hub_errors,
     json_body,
     repo_id_of,
@@ -80,7 +82,7 @@ def _must_exist(repos: RepoStore, repo_id: str) -> None:
 @router.post(
     "/api/repos/create",
     dependencies=WRITE,
-    responses=hub_errors(400, 401, 403, 409),
+    responses=hub_errors(400, 401, 403, 409, 499),
     openapi_extra=request_body({JSON: CreateRepo}),
 )
 async def create_repo(request: Request) -> JSONResponse:
@@ -100,12 +102,12 @@ async def create_repo(request: Request) -> JSONResponse:
 @router.post(
     "/api/models/{ns}/{name}/branch/{branch:path}",
     dependencies=WRITE,
-    responses=hub_errors(400, 401, 403, 404, 409),
+    responses=hub_errors(400, 401, 403, 404, 409, 499),
     openapi_extra=request_body({JSON: CreateBranch}, required=False),
 )
 async def create_branch(ns: str, name: str, branch: str, request: Request) -> dict[str, Any]:
     repo_id = repo_id_of(ns, name)
-    raw = await json_body(request) if await request.body() else {}
+    raw = await json_body(request) if await body_bytes(request) else {}
     body: CreateBranch = parse(CreateBranch, raw, "the branch body")
     start = body.startingPoint
     oid = await run_in_threadpool(store(request).create_branch, repo_id, branch, start)
@@ -128,7 +130,7 @@ async def delete_branch(ns: str, name: str, branch: str, request: Request) -> di
 @router.delete(
     "/api/repos/delete",
     dependencies=WRITE,
-    responses=hub_errors(400, 401, 403, 404),
+    responses=hub_errors(400, 401, 403, 404, 499),
     openapi_extra=request_body({JSON: DeleteRepo}),
 )
 async def delete_repo(request: Request) -> dict[str, Any]:
@@ -148,7 +150,7 @@ async def delete_repo(request: Request) -> dict[str, Any]:
 @router.post(
     "/api/models/{ns}/{name}/preupload/{revision}",
     dependencies=WRITE,
-    responses=hub_errors(400, 401, 403, 404),
+    responses=hub_errors(400, 401, 403, 404, 499),
     openapi_extra=request_body({JSON: Preupload}),
 )
 async def preupload(ns: str, name: str, revision: str, request: Request) -> dict[str, Any]:
@@ -175,7 +177,7 @@ async def _ndjson(request: Request, limit: int) -> list[Any]:
     """The commit body's lines, each validated as a `CommitLine`: the header first, then
     the operations. Refused past `limit` bytes."""
     buf, total, lines = b"", 0, []
-    async for chunk in request.stream():
+    async for chunk in body_chunks(request, "the commit body"):
         total += len(chunk)
         if total > limit:
             raise CommitTooLarge(f"commit body over {limit} bytes: send large files over LFS")
@@ -239,7 +241,7 @@ def _operations(
 @router.post(
     "/api/models/{ns}/{name}/commit/{revision}",
     dependencies=WRITE,
-    responses=hub_errors(400, 401, 403, 404, 412, 413),
+    responses=hub_errors(400, 401, 403, 404, 412, 413, 499),
     openapi_extra=request_body(
         {"application/x-ndjson": CommitLine}, description=COMMIT_DESCRIPTION
     ),
@@ -301,7 +303,7 @@ def _lfs_objects(request: Request, repo_id: str, objects: list[LfsObject]) -> li
 @router.post(
     "/{ns}/{name}.git/info/lfs/objects/batch",
     dependencies=WRITE,
-    responses=hub_errors(400, 401, 403, 404),
+    responses=hub_errors(400, 401, 403, 404, 499),
     # the Git LFS media type is what clients send; the body is read as JSON either way
     openapi_extra=request_body({"application/vnd.git-lfs+json": LfsBatch, JSON: LfsBatch}),
 )
@@ -318,7 +320,7 @@ async def lfs_batch(ns: str, name: str, request: Request) -> Response:
 # No token here: the URL itself is the permission (signed by lfs_batch, short-lived).
 @router.put(
     "/{ns}/{name}.git/info/lfs/objects/{oid}",
-    responses=hub_errors(400, 403, 404),
+    responses=hub_errors(400, 403, 404, 499),
     openapi_extra=request_body(
         {"application/octet-stream": BINARY},
         description="the object's bytes: exactly `size` of them, their sha256 `oid`",
@@ -340,7 +342,7 @@ async def lfs_upload(ns: str, name: str, oid: str, request: Request) -> Response
         )
     with tempfile.SpooledTemporaryFile(max_size=16 * 1024 * 1024) as spool:
         received = 0
-        async for chunk in request.stream():
+        async for chunk in body_chunks(request, f"LFS object {oid[:12]}"):
             received += len(chunk)
             if received > size:
                 raise HubError(f"LFS object {oid[:12]} is larger than the declared {size} bytes")

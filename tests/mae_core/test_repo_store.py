@@ -25,6 +25,7 @@ import mae_core.repo_store as repo_store
 from mae_core.hub import parse_model_id
 from mae_core.repo_store import (
     Conflict,
+    DamagedFile,
     EntryNotFound,
     FileEntry,
     HubError,
@@ -363,6 +364,52 @@ def test_an_lfs_file_without_a_size_takes_the_stored_objects(store: RepoStore) -
             store.commit(REPO, "main", add_lfs=[("x.bin", sha256, size)])
     assert store.resolve_revision(REPO, "main") == copy
     assert store.commit_info(REPO, copy).parent == first
+
+
+# -- damage on disk --------------------------------------------------------------------------
+@pytest.mark.parametrize("harm", ["flipped", "truncated", "missing"])
+def test_a_damaged_blob_is_named_by_verify_revision_and_a_new_upload_repairs_it(
+    store: RepoStore, harm: str
+) -> None:
+    weights = os.urandom(4096)
+    oid = store.commit(REPO, "main", add=[("model.safetensors", weights), ("config.json", b"{}")])
+    assert store.verify_revision(REPO, oid) == 3
+    blob = store.repo_dir(REPO) / "blobs" / hashlib.sha256(weights).hexdigest()
+    assert store.has_blob(REPO, blob.name, len(weights))
+    if harm == "flipped":  # same size, one bit: only the hash tells
+        blob.write_bytes(weights[:100] + bytes([weights[100] ^ 1]) + weights[101:])
+    elif harm == "truncated":
+        blob.write_bytes(weights[:-1])
+    else:
+        blob.unlink()
+    with pytest.raises(DamagedFile) as found:
+        store.verify_revision(REPO, oid)
+    message = found.value.message
+    said = "is missing from the models folder" if harm == "missing" else "does not match its commit"
+    assert message.startswith(f"{REPO}@{oid[:12]}: model.safetensors {said}"), message
+    assert "push the model again" in message and "\n" not in message
+    # The LFS batch counts the object as not stored, so a client sends it again; that
+    # upload (or an inline commit of the same bytes) rewrites the blob, and every revision
+    # linking to it is whole again.
+    assert not store.has_blob(REPO, blob.name, len(weights))
+    if harm == "truncated":
+        store.put_blob(REPO, blob.name, len(weights), [weights])
+    else:
+        store.commit(REPO, "main", add=[("model.safetensors", weights)], summary="again")
+    assert blob.read_bytes() == weights and store.verify_revision(REPO, oid) == 3
+    assert store.has_blob(REPO, blob.name, len(weights))
+
+
+def test_verify_revision_refuses_a_snapshot_link_out_of_the_root(
+    store: RepoStore, tmp_path: Path
+) -> None:
+    oid = store.commit(REPO, "main", add=[("model.safetensors", b"w" * 64)])
+    (tmp_path / "outside").write_bytes(b"w" * 64)  # the right bytes, in the wrong place
+    link = store.repo_dir(REPO) / "snapshots" / oid / "model.safetensors"
+    link.unlink()
+    link.symlink_to(tmp_path / "outside")
+    with pytest.raises(DamagedFile, match=r"model\.safetensors is missing from the models folder"):
+        store.verify_revision(REPO, oid)
 
 
 # -- names -----------------------------------------------------------------------------------
