@@ -18,6 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 
 from .engine_errors import (
@@ -65,6 +66,9 @@ MEANING = {
     415: "unsupported media type (Content-Type, or an image format)",
     422: "a well-formed body whose values are not valid",
     429: "the queue is full: retry after Retry-After seconds",
+    499: "the client closed the connection before the request body was complete or its "
+    "answer was ready: nothing was kept (never sent, as nobody is left to read it; counted "
+    "in the metrics)",
     500: "internal error",
     502: "an image URL could not be fetched (no such host, an error status, too slow)",
     503: "not ready: the models are loading (or failed to load)",
@@ -166,6 +170,15 @@ def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
         return service_error_response(exc)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, exc: ClientDisconnect) -> JSONResponse:
+        # A body cut short by the client (a dropped connection, a crashed client) is the
+        # client's doing, not an internal error: nginx's 499, and nothing of it is kept.
+        message = "the client closed the connection before the request body was complete"
+        if _is_hub(request):
+            return _hub_error(499, message, request)
+        return error_response(499, ClientClosed.code, message)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

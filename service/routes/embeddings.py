@@ -33,7 +33,7 @@ router = APIRouter(
     prefix="/v1",
     tags=["embeddings"],
     dependencies=[Depends(require_key)],
-    responses=error_responses(400, 401, 403, 404, 413, 415, 422, 429, 500, 502, 503, 504, 507),
+    responses=error_responses(400, 401, 403, 404, 413, 415, 422, 429, 499, 500, 502, 503, 504, 507),
 )
 JSON = "application/json"
 # The body is read and validated by hand (size-checked, one pass); the document still

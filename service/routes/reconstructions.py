@@ -41,7 +41,7 @@ router = APIRouter(
     prefix="/v1",
     tags=["reconstructions"],
     dependencies=[Depends(require_key)],
-    responses=error_responses(400, 401, 404, 406, 409, 413, 415, 422, 429, 500, 503, 504, 507),
+    responses=error_responses(400, 401, 404, 406, 409, 413, 415, 422, 429, 499, 500, 503, 504, 507),
 )
 
 JSON, PNG = "application/json", "image/png"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -493,3 +494,36 @@ def test_a_bad_request_with_no_key_is_refused_for_the_key(keyed: httpx.Client) -
     """Without a key the body is never looked at: 401, not the 400 it would earn."""
     r = keyed.post(EMB, content=b"{not json", headers={"content-type": "application/json"})
     assert_error(r, 401, "unauthorized", "API key")
+
+
+@pytest.mark.parametrize("drop", ["closed", "reset"])
+@pytest.mark.parametrize(
+    ("path", "content_type"),
+    [
+        (EMB, "application/json"),
+        (UPLOAD, "multipart/form-data; boundary=cut"),
+        (RECON, "application/json"),
+    ],
+)
+def test_a_body_cut_mid_way_is_the_clients_499_not_a_500(
+    model_server, client: httpx.Client, path: str, content_type: str, drop: str
+) -> None:
+    """A client that drops the connection half-way through its body (a crash, a broken
+    network) is counted as the client's 499, never the server's 500, with no traceback;
+    the server goes on (the hub's routes: tests/service/test_hub_faults.py)."""
+    from .test_hub_faults import answered, cut_request
+
+    route = path.split("?")[0]
+    before = answered(model_server.url, route, 499)
+    if content_type.startswith("multipart"):
+        body = b'--cut\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n'
+        body += b"Content-Type: image/png\r\n\r\n" + GOOD_PNG * 40
+    else:
+        body = json.dumps({"input": [b64(GOOD_PNG)] * 40, "image": b64(GOOD_PNG)}).encode()
+    cut_request(model_server.url, "POST", path, {"Content-Type": content_type}, body, drop)
+    deadline = time.monotonic() + 10
+    while answered(model_server.url, route, 499) < before + 1:
+        assert answered(model_server.url, route, 500) == 0, "a cut body was a server error"
+        assert time.monotonic() < deadline, "the server never finished the cut request"
+        time.sleep(0.02)
+    assert_alive(client)
