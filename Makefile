@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 SERVE_FLAGS := $(if $(filter command line,$(origin HOST)),--host $(HOST)) \
   $(if $(filter command line,$(origin PORT)),--port $(PORT))
 
-.PHONY: venv dev serve test lint format clean
+.PHONY: venv dev serve test lint format audit clean
 
 # One .venv, two stamps: `make serve` installs what serving needs (the runtime dependencies
 # and the onnx extra, whose ONNX Runtime is a serving backend); `make test` adds the dev
@@ -42,6 +42,11 @@ test: dev lint
 lint: dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# The runtime dependencies as installed, against PyPI's advisory records (scripts/audit.py:
+# exit 1 on a new advisory, 3 when the advisory service cannot be reached).
+audit: dev
+	$(BIN)/python scripts/audit.py
 
 format: dev
 	$(BIN)/ruff format .
