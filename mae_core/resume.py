@@ -5,6 +5,13 @@ the whole state of a run after an optimiser step: weights, optimiser, step, the 
 generators, the settings, the `Schedule` and the number of processes. Resuming from it
 continues the run exactly: the same batches, masks and losses as without the stop.
 
+Each checkpoint has a record beside it (`ckpt-<step>.json`: size and sha256 of the bytes
+written), in place before the checkpoint's own rename, so every checkpoint a run wrote
+is checked before it is loaded: one cut short or changed afterwards (a bit flip, a copy
+that stopped) is refused by name, and `resume="auto"` goes back to the newest good one.
+A write that fails (a full disk, a file-size limit) leaves nothing of itself and the
+older checkpoints intact, and stops the run saying so.
+
 Rules (`choose_resume`, `agree_on_resume`, `resume_settings`):
 - a folder that holds checkpoints is continued only when asked (`resume="auto"` or a
   path), never overwritten;
@@ -18,8 +25,13 @@ Rules (`choose_resume`, `agree_on_resume`, `resume_settings`):
 
 from __future__ import annotations
 
+import errno
+import hashlib
+import json
 import logging
+import os
 import random
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +44,7 @@ from .checkpoint import CheckpointError, safe_torch_load
 from .config import TrainConfig
 from .distributed import Dist, elastic_restarts, elastic_run_id
 from .errors import MAEValueError, TrainingError
-from .files import atomic_write
+from .files import atomic_write, sha256_file, write_atomic
 from .schedule import Schedule
 
 log = logging.getLogger("mae_core.train")  # one logger for all of a run's messages
@@ -125,10 +137,87 @@ def newest_step(output: Path) -> int:
     return checkpoint_step(paths[0]) if paths else 0
 
 
+def record_path(path: Path) -> Path:
+    """The integrity record of checkpoint `path` (ckpt-00001200.pt -> ckpt-00001200.json)."""
+    return path.with_suffix(".json")
+
+
+class _Counted:
+    """A file to `torch.save` into that hashes and counts what goes through it, and keeps
+    the operating system's error: torch reports a failed write only as a position
+    mismatch, which would hide a full disk."""
+
+    def __init__(self, f: Any) -> None:
+        self.f, self.size, self.sha256, self.error = f, 0, hashlib.sha256(), None
+
+    def write(self, data: bytes) -> int:
+        try:
+            n = self.f.write(data)
+        except OSError as e:
+            self.error = self.error or e
+            raise
+        self.sha256.update(memoryview(data)[:n])
+        self.size += n
+        return n
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    """Write `payload` to `path` atomically (a reader never sees half a checkpoint)."""
-    with atomic_write(path) as f:
-        torch.save(payload, f)
+    """Write `payload` to `path` atomically (a reader never sees half a checkpoint), and
+    its record (size, sha256) before it: a checkpoint is never on disk without one."""
+    out = None
+    try:
+        with atomic_write(path) as f:
+            out = _Counted(f)
+            torch.save(payload, out)
+            f.flush()
+            os.fsync(f.fileno())  # a full disk shows here, before the record is written
+            record = {"file": path.name, "size": out.size, "sha256": out.sha256.hexdigest()}
+            write_atomic(record_path(path), json.dumps({**record, "step": payload.get("step")}))
+    except (OSError, RuntimeError) as e:
+        error = out.error if out is not None and out.error is not None else e
+        raise CheckpointWriteError(path, error) from e
+
+
+class CheckpointWriteError(TrainingError):
+    """A checkpoint that could not be written; nothing of it is left on disk."""
+
+    def __init__(self, path: Path, error: BaseException) -> None:
+        self.path, self.error = path, error
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+        self.disk_full = isinstance(error, OSError) and error.errno in DISK_FULL
+        super().__init__(f"could not write {path}: {reason}")
+
+
+# A write refused for room: no space, over quota, over the file-size limit (ulimit -f).
+DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+def verify_checkpoint(path: Path) -> bool:
+    """Check `path` against its record; -> False when it has none (a checkpoint from before
+    records were written), else True, or `CheckpointError` naming what differs."""
+    rec = record_path(path)
+    try:
+        record = json.loads(rec.read_text())
+        size, sha256 = int(record["size"]), str(record["sha256"])
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        raise CheckpointError(f"the record {rec} of {path.name} is unreadable ({e})") from e
+    actual = path.stat().st_size
+    if actual != size:
+        raise CheckpointError(
+            f"{path} is {actual} bytes, but {size} were written (its record {rec.name}): "
+            "it was cut short or changed after it was written"
+        )
+    if sha256_file(path) != sha256:
+        raise CheckpointError(
+            f"{path} does not match the sha256 recorded when it was written ({rec.name}): "
+            "it was damaged after it was written"
+        )
+    return True
 
 
 def write_checkpoint(
@@ -148,7 +237,7 @@ def write_checkpoint(
     `output`, then delete all but the `keep` newest. `settings` and `model_config` are
     dataclasses with `to_dict()` (a `TrainConfig`, an `MAEConfig`)."""
     path = output / "checkpoints" / f"ckpt-{step:08d}.pt"
-    save_checkpoint(
+    _save_or_stop(
         path,
         {
             "model": model.state_dict(),
@@ -166,11 +255,45 @@ def write_checkpoint(
         },
     )
     for old in checkpoint_paths(output)[keep:]:
-        old.unlink(missing_ok=True)
+        old.unlink(missing_ok=True)  # the checkpoint first: none is ever left without a record
+        record_path(old).unlink(missing_ok=True)
+    _remove_leftovers(output / "checkpoints")
     return path
 
 
+def _save_or_stop(path: Path, payload: dict[str, Any]) -> None:
+    try:
+        save_checkpoint(path, payload)
+    except CheckpointWriteError as e:
+        older = [p for p in checkpoint_paths(path.parent.parent) if p != path]
+        last = f"the last good checkpoint, {older[0]}, is intact" if older else "no checkpoint yet"
+        if e.disk_full:
+            free = shutil.disk_usage(path.parent).free / 2**30
+            fix = (
+                f"make room ({free:.1f} GiB free in {path.parent}, or raise the file-size "
+                "limit: ulimit -f), then continue with --resume auto"
+            )
+        else:
+            fix = "fix that, then continue with --resume auto"
+        raise TrainingError(f"{e}; nothing of it was kept and {last}. Stopping: {fix}") from e
+
+
+def _remove_leftovers(folder: Path) -> None:
+    """Temporary files of a writer killed mid-way (SIGKILL, power loss), and records whose
+    checkpoint is gone. Only rank 0 writes here, and its own writes are done."""
+    kept = {p.name for p in folder.glob("ckpt-*.pt")}
+    for stale in folder.glob(".ckpt-*.tmp"):
+        log.info("removing %s, left by a checkpoint write that did not finish", stale.name)
+        stale.unlink(missing_ok=True)
+    for rec in folder.glob("ckpt-*.json"):
+        if rec.with_suffix(".pt").name not in kept:
+            rec.unlink(missing_ok=True)
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
+    """A training checkpoint, checked against its record first (`verify_checkpoint`)."""
+    if path.is_file() and not verify_checkpoint(path):
+        log.warning("%s has no record to check it against (written before mae-hub kept them)", path)
     payload = safe_torch_load(path)
     if not isinstance(payload, dict) or not set(payload) >= _NEEDED:
         raise CheckpointError(f"{path} is not a mae-hub training checkpoint")

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import shutil
 import signal
 import time
 from collections.abc import Iterator, Mapping
@@ -41,6 +42,7 @@ from .distributed import close_distributed, init_distributed, math_threads, reso
 from .errors import DeviceMemoryError, MAEValueError, TrainingError
 from .model import MaskedAutoencoder
 from .resume import (
+    DISK_FULL,
     agree_on_resume,
     check_same_step,
     check_schedule,
@@ -335,7 +337,21 @@ class Trainer:
         }
         final = self.output / "final"
         self.model.eval()
-        self.model.save_pretrained(final, training=summary)
+        # Written beside, then renamed: a full disk leaves the old final/ (or none), not half.
+        part = self.output / ".final.partial"
+        shutil.rmtree(part, ignore_errors=True)
+        try:
+            self.model.save_pretrained(part, training=summary)
+            shutil.rmtree(final, ignore_errors=True)
+            part.rename(final)
+        except OSError as e:
+            shutil.rmtree(part, ignore_errors=True)
+            last = checkpoint_paths(self.output)
+            raise TrainingError(
+                f"could not write the final model to {final}: {e.strerror or e}. The run is "
+                f"complete in {last[0] if last else 'its checkpoints'}: make room and run the "
+                "same command with --resume auto to write final/ again"
+            ) from e
         log.info("done: %d steps; final model in %s", self.step, final)
         return final
 
@@ -345,6 +361,13 @@ def train(settings: TrainSettings) -> Path | None:
     `settings`: as for `Trainer`."""
     try:
         return Trainer(settings).run()
+    except OSError as e:
+        if e.errno not in DISK_FULL:
+            raise
+        raise TrainingError(
+            f"could not write {e.filename or 'a file of the run'}: {e.strerror}. The newest "
+            "checkpoint is intact: make room, then continue with --resume auto"
+        ) from e
     except torch.OutOfMemoryError as e:
         raise DeviceMemoryError(
             f"out of device memory ({str(e).splitlines()[0]}): lower --batch-size (and raise "
