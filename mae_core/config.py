@@ -54,6 +54,7 @@ class MAEConfig:
     decoder_mlp_ratio: float | None = None  # None: same as the encoder's
     norm_pix_loss: bool = True
     mask_ratio: float = 0.75  # the default used when `forward` is not given one
+    mask_strategy: str = "random"  # the default of `forward`: one of masking.MASK_STRATEGIES
     layer_norm_eps: float = 1e-6  # the official value; transformers defaults to 1e-12
     # Preprocessing for inference, written into timm's `pretrained_cfg`: resize the shorter
     # side to img_size / crop_pct, centre-crop img_size (the paper's linear-probe transform).
@@ -86,10 +87,30 @@ class MAEConfig:
             problems.append("2-D sin-cos position tables need embedding widths divisible by 4")
         if not 0.0 <= self.mask_ratio < 1.0:
             problems.append(f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
+        if self.mask_strategy != "random":
+            problems += self._mask_strategy_problems()
         if len(self.mean) != self.in_chans or len(self.std) != self.in_chans:
             problems.append("mean and std need one value per input channel")
         if problems:
             raise MAEValueError("invalid MAEConfig: " + "; ".join(problems))
+
+    def _mask_strategy_problems(self) -> list[str]:
+        # Imported here: masking needs torch, and this module (the default "random" aside)
+        # does not.
+        from .masking import MASK_STRATEGIES, check_grid_masking
+
+        if self.mask_strategy not in MASK_STRATEGIES:
+            hint = did_you_mean(str(self.mask_strategy), MASK_STRATEGIES)
+            return [
+                f"mask_strategy must be one of {', '.join(MASK_STRATEGIES)}, got "
+                f"{self.mask_strategy!r}{hint}"
+            ]
+        if self.mask_strategy == "grid" and self.patch_size > 0 < self.img_size:
+            try:
+                check_grid_masking(self.mask_ratio, self.grid_size)
+            except MAEValueError as e:
+                return [str(e)]
+        return []
 
     @property
     def grid_size(self) -> tuple[int, int]:

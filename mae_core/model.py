@@ -17,7 +17,7 @@ from torch import nn
 
 from .config import MAEConfig, variant_config
 from .errors import DecoderMissing
-from .masking import Masking, check_mask_ratio, random_masking
+from .masking import Masking, check_mask_ratio, check_mask_strategy, sample_mask
 from .pos_embed import sincos_2d
 
 DECODER_PREFIXES = ("mask_token", "decoder_")
@@ -180,11 +180,13 @@ class MaskedAutoencoder(nn.Module):
         return resample_abs_pos_embed(table, new_size=list(grid), num_prefix_tokens=1)
 
     # -- encoder / decoder --------------------------------------------------------------
-    def _embed_patches(self, imgs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _embed_patches(
+        self, imgs: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
         grid = self.check_images(imgs)
         pos = self._table("pos_embed", grid)  # (1, 1+L, D)
         x = self.patch_embed(imgs) + pos[:, 1:, :]  # (N, L, D)
-        return x, pos
+        return x, pos, grid
 
     def _encode(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         cls = (self.cls_token + pos[:, :1, :]).expand(x.shape[0], -1, -1)
@@ -199,10 +201,17 @@ class MaskedAutoencoder(nn.Module):
         mask_ratio: float,
         noise: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        mask_strategy: str | None = None,
     ) -> tuple[torch.Tensor, Masking]:
-        """imgs (N, C, H, W) -> latent (N, 1+len_keep, D) of the visible patches, and the masking."""
-        x, pos = self._embed_patches(imgs)
-        masking = random_masking(x, mask_ratio, noise=noise, generator=generator)
+        """imgs (N, C, H, W) -> latent (N, 1+len_keep, D) of the visible patches, and the masking.
+
+        `mask_strategy`: one of `masking.MASK_STRATEGIES`; None: the config's.
+        """
+        x, pos, grid = self._embed_patches(imgs)
+        strategy = self.config.mask_strategy if mask_strategy is None else mask_strategy
+        masking = sample_mask(
+            x, mask_ratio, strategy, noise=noise, generator=generator, grid_size=grid
+        )
         return self._encode(masking.x_masked, pos), masking
 
     def forward_decoder(
@@ -252,12 +261,21 @@ class MaskedAutoencoder(nn.Module):
         mask_ratio: float | None = None,
         noise: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        mask_strategy: str | None = None,
     ) -> MAEOutput:
-        """One MAE step. Same `noise` (N, L) or same generator state -> same mask and loss."""
+        """One MAE step. Same `noise` (N, L) or same generator state -> same mask and loss.
+
+        `mask_ratio` and `mask_strategy` (`masking.MASK_STRATEGIES`) default to the config's.
+        """
         self._require_decoder("forward")
         ratio = check_mask_ratio(self.config.mask_ratio if mask_ratio is None else mask_ratio)
+        strategy = check_mask_strategy(
+            self.config.mask_strategy if mask_strategy is None else mask_strategy
+        )
         grid = self.check_images(imgs)
-        latent, m = self.forward_encoder(imgs, ratio, noise=noise, generator=generator)
+        latent, m = self.forward_encoder(
+            imgs, ratio, noise=noise, generator=generator, mask_strategy=strategy
+        )
         pred = self.forward_decoder(latent, m.ids_restore, grid)
         loss = self.forward_loss(imgs, pred, m.mask)
         return MAEOutput(loss, pred, m.mask, m.ids_restore)
@@ -269,7 +287,7 @@ class MaskedAutoencoder(nn.Module):
         No masking and no shuffling: token 1+i is patch i in row-major order, unlike the
         official code and transformers, which shuffle even at mask ratio 0.
         """
-        x, pos = self._embed_patches(imgs)
+        x, pos, _grid = self._embed_patches(imgs)
         return self._encode(x, pos)
 
     def embed(self, imgs: torch.Tensor, pooling: Literal["cls", "mean"] = "cls") -> torch.Tensor:

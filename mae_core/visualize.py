@@ -19,7 +19,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from .errors import MAEValueError
-from .masking import check_mask_ratio, num_visible
+from .masking import check_mask_ratio, check_mask_strategy, num_visible
 from .model import MaskedAutoencoder
 
 GREY = 128  # fill of hidden patches in the `masked` panel
@@ -41,6 +41,7 @@ class Panels:
     mask_ratio: float
     seed: int
     caption: str
+    mask_strategy: str = "random"  # masking.MASK_STRATEGIES
 
 
 def interpolate_patch_stats(
@@ -106,15 +107,20 @@ def reconstruction_panels(
     image: Image.Image | torch.Tensor,
     mask_ratio: float = 0.75,
     seed: int = 0,
+    mask_strategy: str | None = None,
 ) -> Panels:
     """Mask `image`, reconstruct it with `model` and return the four pictures.
 
     image: a PIL image (resized and cropped to the model's size), or an already normalised
     float tensor (3, H, W) with H, W multiples of the patch size. Same seed -> same mask.
+    mask_strategy: one of `masking.MASK_STRATEGIES`; None: the model config's.
     """
     if not model.has_decoder:
         raise MAEValueError("reconstruction panels need the MAE decoder; this model has none")
     ratio = check_mask_ratio(mask_ratio)
+    strategy = check_mask_strategy(
+        model.config.mask_strategy if mask_strategy is None else mask_strategy
+    )
     imgs = image if isinstance(image, torch.Tensor) else preprocess(image, model)
     if imgs.ndim != 3:
         raise ValueError(f"image tensor must have shape (3, H, W), got {tuple(imgs.shape)}")
@@ -127,7 +133,12 @@ def reconstruction_panels(
     param = next(model.parameters())
     generator = torch.Generator().manual_seed(seed)  # CPU: same mask on any device
     with torch.inference_mode():
-        out = model(imgs.to(param.device, param.dtype), mask_ratio=ratio, generator=generator)
+        out = model(
+            imgs.to(param.device, param.dtype),
+            mask_ratio=ratio,
+            generator=generator,
+            mask_strategy=strategy,
+        )
         pred = out.pred[0].float().cpu()  # (L, p*p*3)
         mask = out.mask[0].cpu()  # (L,)
         target = model.patch_targets(imgs)[0]  # (L, p*p*3), CPU float32
@@ -155,7 +166,10 @@ def reconstruction_panels(
         if model.config.norm_pix_loss
         else "pixel-target model: decoder output shown as is"
     )
-    caption = f"{n_hidden}/{length} patches hidden (mask ratio {ratio:g}, seed {seed}); {how}"
+    sampling = "" if strategy == "random" else f"{strategy} masking, "
+    caption = (
+        f"{n_hidden}/{length} patches hidden ({sampling}mask ratio {ratio:g}, seed {seed}); {how}"
+    )
     return Panels(
         original=original,
         masked=masked,
@@ -167,6 +181,7 @@ def reconstruction_panels(
         mask_ratio=ratio,
         seed=seed,
         caption=caption,
+        mask_strategy=strategy,
     )
 
 
@@ -232,15 +247,18 @@ def reconstruct_file(
     seed: int = 0,
     revision: str | None = None,
     device: str | None = None,
+    mask_strategy: str | None = None,
 ) -> tuple[Path, Panels]:
     """`mae reconstruct`: the panels of the image file `image` by `model_id` (loaded with its
     decoder), written to `output` in the format its extension names (.png, .jpg/.jpeg,
-    .webp). -> (the picture's path, the panels)."""
+    .webp); `mask_strategy` None: the model's. -> (the picture's path, the panels)."""
     from PIL import UnidentifiedImageError
 
     from .hub import load_model
 
     image_format(output)  # a bad name fails before the model loads
+    if mask_strategy is not None:
+        check_mask_strategy(mask_strategy)
     try:
         with Image.open(image) as img:
             img.load()
@@ -250,5 +268,7 @@ def reconstruct_file(
     except (UnidentifiedImageError, OSError) as e:
         raise MAEValueError(f"cannot read {image} as an image: {e}") from None
     model = load_model(model_id, revision, with_decoder=True, device=device)
-    panels = reconstruction_panels(model, picture, mask_ratio=mask_ratio, seed=seed)
+    panels = reconstruction_panels(
+        model, picture, mask_ratio=mask_ratio, seed=seed, mask_strategy=mask_strategy
+    )
     return save_panels(panels, output), panels

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
-from mae_core import VARIANTS, MaskedAutoencoder, create_model, sincos_2d
+from mae_core import VARIANTS, MaskedAutoencoder, create_model, load_model, sincos_2d
 from mae_core.config import MAEConfig
+from mae_core.masking import sample_mask
 
 
 def test_output_shapes(tiny_model: MaskedAutoencoder, imgs: torch.Tensor) -> None:
@@ -224,3 +227,76 @@ def test_invalid_config_is_named() -> None:
         MAEConfig(img_size=30, patch_size=8)
     with pytest.raises(ValueError, match="embed_dim 30 is not divisible by num_heads 4"):
         MAEConfig(embed_dim=30, num_heads=4)
+
+
+@pytest.mark.parametrize("strategy", ["random", "block", "grid", "centre"])
+def test_forward_uses_the_mask_strategy(tiny_model: MaskedAutoencoder, imgs, strategy) -> None:
+    noise = torch.rand(3, 16)
+    out = tiny_model(imgs, mask_ratio=0.75, noise=noise, mask_strategy=strategy)
+    assert out.pred.shape == (3, 16, 192) and torch.isfinite(out.loss)
+    assert torch.equal(out.mask.sum(1), torch.full((3,), 12.0))
+    # The model's mask is the masking function's for the same noise on the same grid.
+    expected = sample_mask(torch.zeros(3, 16, 1), 0.75, strategy, noise=noise, grid_size=(4, 4))
+    assert torch.equal(out.mask, expected.mask)
+    assert torch.equal(out.ids_restore, expected.ids_restore)
+    # The loss still counts the hidden patches only, whichever they are.
+    per_patch = ((out.pred - tiny_model.patch_targets(imgs)) ** 2).mean(-1)
+    assert torch.allclose((per_patch * out.mask).sum() / out.mask.sum(), out.loss, atol=1e-6)
+
+
+def test_forward_default_strategy_is_random_and_unchanged(
+    tiny_model: MaskedAutoencoder, imgs
+) -> None:
+    noise = torch.rand(3, 16)
+    out = tiny_model(imgs, noise=noise)
+    assert torch.equal(out.ids_restore, torch.argsort(torch.argsort(noise, dim=1), dim=1))
+    assert torch.equal(out.loss, tiny_model(imgs, noise=noise, mask_strategy="random").loss)
+
+
+def test_config_strategy_is_the_default_and_non_square_grids_work(tiny_cfg: MAEConfig) -> None:
+    model = MaskedAutoencoder(tiny_cfg.replace(mask_strategy="grid")).eval()
+    imgs = torch.randn(2, 3, 32, 48)  # a 4x6 grid
+    g = [torch.Generator().manual_seed(1) for _ in range(2)]
+    a, b = model(imgs, generator=g[0]), model(imgs, generator=g[1], mask_strategy="grid")
+    assert torch.equal(a.mask, b.mask)
+    cells = (a.mask == 0).view(2, 2, 2, 3, 2).sum(dim=(2, 4))  # visible per 2x2 cell
+    assert torch.all(cells == 1)
+    # Asked for another strategy, the call's wins.
+    c = model(imgs, generator=torch.Generator().manual_seed(1), mask_strategy="centre")
+    assert not torch.equal(a.mask, c.mask)
+
+
+def test_bad_mask_strategy_in_forward(tiny_model: MaskedAutoencoder, imgs) -> None:
+    with pytest.raises(
+        ValueError, match=r"unknown mask strategy 'center' \(did you mean centre\?\)"
+    ):
+        tiny_model(imgs, mask_strategy="center")
+    with pytest.raises(ValueError, match=r"grid masking .*mask_ratio 0\.75; got 0\.5"):
+        tiny_model(imgs, mask_ratio=0.5, mask_strategy="grid")
+    with pytest.raises(ValueError, match=r"even patch grid \(2x2 cells\), got 3x3"):
+        tiny_model(torch.randn(1, 3, 24, 24), mask_strategy="grid")
+
+
+def test_config_mask_strategy_is_checked_and_saved(tiny_cfg: MAEConfig, tmp_path) -> None:
+    assert MAEConfig().mask_strategy == "random"
+    assert tiny_cfg.replace(mask_strategy="block").to_dict()["mask_strategy"] == "block"
+    with pytest.raises(
+        ValueError, match="mask_strategy must be one of random, block, grid, centre"
+    ):
+        tiny_cfg.replace(mask_strategy="blocks")
+    with pytest.raises(ValueError, match=r"invalid MAEConfig: grid masking .*got 0\.6"):
+        tiny_cfg.replace(mask_strategy="grid", mask_ratio=0.6)
+    with pytest.raises(ValueError, match=r"even patch grid \(2x2 cells\), got 7x7"):
+        tiny_cfg.replace(mask_strategy="grid", img_size=56)
+    # Saved in mae_config.json and read back with the weights.
+    model = MaskedAutoencoder(tiny_cfg.replace(mask_strategy="centre"))
+    model.save_pretrained(tmp_path / "centre")
+    saved = json.loads((tmp_path / "centre" / "mae_config.json").read_text())
+    assert saved["mask_strategy"] == "centre"
+    assert load_model(tmp_path / "centre").config.mask_strategy == "centre"
+    # An older mae_config.json, written before the field existed: random masking.
+    del saved["mask_strategy"]
+    (tmp_path / "centre" / "mae_config.json").write_text(json.dumps(saved))
+    old = load_model(tmp_path / "centre")
+    assert old.config.mask_strategy == "random" and "mask_strategy" not in old.config.extra
+    assert MAEConfig.from_dict({"img_size": 32, "patch_size": 8}).mask_strategy == "random"

@@ -119,8 +119,8 @@ def test_visible_patches_use_their_own_statistics(chelsea_tensor: torch.Tensor) 
 class OracleMAE(MaskedAutoencoder):
     """Predicts the true target of every patch: isolates the un-normalisation."""
 
-    def forward(self, imgs, mask_ratio=None, noise=None, generator=None):  # type: ignore[override]
-        out = super().forward(imgs, mask_ratio, noise, generator)
+    def forward(self, imgs, *args, **kwargs):  # type: ignore[override]
+        out = super().forward(imgs, *args, **kwargs)
         return out._replace(pred=self.patch_targets(imgs))
 
 
@@ -216,3 +216,24 @@ def test_bad_inputs(tiny_model: MaskedAutoencoder, chelsea_tensor: torch.Tensor)
         reconstruction_panels(tiny_model, chelsea_tensor[None])
     with pytest.raises(ValueError, match="multiple of the patch size"):
         reconstruction_panels(tiny_model, chelsea_tensor[:, :30, :30])
+
+
+def test_panels_follow_the_mask_strategy(chelsea_tensor: torch.Tensor) -> None:
+    model = perturb_(MaskedAutoencoder(TINY.replace(mask_strategy="grid"))).eval()
+    pan = reconstruction_panels(model, chelsea_tensor, seed=4)  # the config's strategy
+    visible = (pan.mask == 0).reshape(GRID[0] // 2, 2, GRID[1] // 2, 2).sum(axis=(1, 3))
+    assert (visible == 1).all() and pan.mask_strategy == "grid"
+    assert "grid masking, mask ratio 0.75, seed 4" in pan.caption
+    centre = reconstruction_panels(model, chelsea_tensor, seed=4, mask_strategy="centre")
+    inner = centre.mask.reshape(GRID)[1:3, 1:3]  # the 2x2 centre of the 4x4 grid
+    assert inner.all() and int(centre.mask.sum()) == 12 and centre.mask_strategy == "centre"
+    again = reconstruction_panels(model, chelsea_tensor, seed=4, mask_strategy="centre")
+    assert np.array_equal(centre.mask, again.mask) and centre.loss == again.loss
+    with pytest.raises(ValueError, match="unknown mask strategy 'square'"):
+        reconstruction_panels(model, chelsea_tensor, mask_strategy="square")
+
+
+def test_random_panels_caption_unchanged(tiny_model, chelsea_tensor: torch.Tensor) -> None:
+    pan = reconstruction_panels(tiny_model, chelsea_tensor, seed=1)
+    assert pan.mask_strategy == "random"
+    assert pan.caption.startswith("12/16 patches hidden (mask ratio 0.75, seed 1); ")
