@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # mae-hub service image. Two targets:
 #   docker build -t mae-hub:cuda .               GPU hosts (the default, last stage)
 #   docker build -t mae-hub:cpu --target cpu .   CPU-only hosts (torch's small CPU build)
@@ -11,24 +10,42 @@
 # by scripts/install.sh, the script `make venv` and CI use, with the same exact torch pins.
 # The runtime stages get the finished virtual environment only: no compiler, no wheel, no
 # source tree. See docs/deploy.md.
+#
+# No `# syntax=` line on purpose: the Dockerfile frontend built into Docker 20.10 and later
+# has all this file uses (RUN --mount), and a syntax image would have to be pulled from
+# Docker Hub at every build, which fails on a host without registry access.
+#
+# Without PyPI (a mirror, an air-gapped host): pip's PIP_INDEX_URL and PIP_TRUSTED_HOST go
+# in as build arguments, to the build stages only, e.g.
+#   docker build --build-arg PIP_INDEX_URL=http://mirror:8080/simple \
+#                --build-arg PIP_TRUSTED_HOST=mirror -t mae-hub:cuda .
+# PYTHON_IMAGE: any glibc image with Python 3.11 as `python3`, its venv module and pip, and
+# bash and useradd; scripts/container-check.sh makes one from Debian packages (debootstrap)
+# where no registry can be reached, and builds and drives the image before a release.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 # -- wheel: build the package once --------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS wheel
+ARG PIP_INDEX_URL
+ARG PIP_TRUSTED_HOST
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY mae_core ./mae_core
 COPY service ./service
-RUN python -m pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
+RUN python3 -m pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
 # -- venv-*: the pinned install, through the shared script --------------------------------
 FROM ${PYTHON_IMAGE} AS venv-cuda
+ARG PIP_INDEX_URL
+ARG PIP_TRUSTED_HOST
 COPY scripts/install.sh /tmp/install.sh
 RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
     PIP_NO_CACHE_DIR=1 PYTHON=python3 bash /tmp/install.sh /opt/mae /wheels/*.whl
 
 FROM ${PYTHON_IMAGE} AS venv-cpu
+ARG PIP_INDEX_URL
+ARG PIP_TRUSTED_HOST
 COPY scripts/install.sh /tmp/install.sh
 RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
     PIP_NO_CACHE_DIR=1 PYTHON=python3 TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu \

@@ -1,7 +1,11 @@
 """The deployment files, checked where no container engine or cluster runs.
 
+(The image itself is built and driven by scripts/container-check.sh, by hand before a
+release: docs/deploy.md, "The image, built and run".)
+
 - `Dockerfile`: its stages, a non-root runtime without build tools, the install through
-  scripts/install.sh (the script `make venv` and CI run), the entrypoint, the health check.
+  scripts/install.sh (the script `make venv` and CI run), the entrypoint, the health check,
+  what a build without registry or PyPI access needs.
 - `docker/compose*.yaml`, `docker/prometheus.yml`: what each service mounts exists, the
   proxy waits for healthy replicas, Prometheus finds the replicas.
 - `docker/k8s/*.yaml`: every object validates against the Kubernetes API schema (the
@@ -16,6 +20,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -171,6 +176,34 @@ def dockerignore_allows(path: str) -> bool:
         if fnmatch.fnmatch(path, pattern) and (pattern != "*" or "/" not in path):
             allowed = negate
     return allowed
+
+
+def test_dockerfile_builds_without_a_registry_or_pypi() -> None:
+    """What scripts/container-check.sh relies on, and any offline or mirrored build."""
+    text = (ROOT / "Dockerfile").read_text()
+    # A `# syntax=` directive makes every build pull its frontend image from Docker Hub.
+    assert not re.search(r"^#\s*syntax\s*=", text, re.M | re.I)
+    all_stages = stages()
+    for name in ("wheel", "venv-cpu", "venv-cuda"):
+        args = {a.split("=")[0] for a in instructions(all_stages[name], "ARG")}
+        assert {"PIP_INDEX_URL", "PIP_TRUSTED_HOST"} <= args, f"{name}: pip's mirror settings"
+        # `python3`: every Python image has it; Debian's own python3.11 has no `python`.
+        runs = " ".join(instructions(all_stages[name], "RUN"))
+        assert not re.search(r"(^|[\s=])python\s", runs), f"{name}: {runs}"
+
+
+def test_container_check_reads_compose_as_it_is_written() -> None:
+    """scripts/container-check.sh runs the replicas with the mae service's environment
+    defaults and stop_grace_period, read with sed: they must keep the forms it reads."""
+    script = ROOT / "scripts" / "container-check.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    mae = compose()["services"]["mae"]
+    for key, value in mae["environment"].items():
+        assert re.fullmatch(r"(MAE|HF)_[A-Z_]+", key), key
+        assert re.fullmatch(r"\$\{[A-Z_]+:-.*\}", str(value)), f"{key}: {value}"
+    assert re.fullmatch(r"\d+s", mae["stop_grace_period"])
+    pins = re.search(r"^TORCH_PINS=\((.*)\)$", (ROOT / "scripts" / "install.sh").read_text(), re.M)
+    assert pins and "torch==" in pins.group(1)  # the wheelhouse downloads these
 
 
 def test_every_copied_path_is_in_the_build_context_and_nothing_else() -> None:
