@@ -7,7 +7,8 @@
   the whole central square is shown).
 - `embed(batch)`: (N, 3, S, S) -> (N, 2, D) float32 on the CPU: the class token and the
   mean of the patch tokens, both after the final norm, from one unmasked forward.
-- `reconstruct(x, mask_ratio, seed)`: one image -> `Panels` (needs the decoder).
+- `reconstruct(x, mask_ratio, seed, mask_strategy)`: one image -> `Panels` (needs the
+  decoder); the mask is sampled by `mask_strategy` (`masking.MASK_STRATEGIES`).
 
 No HTTP here, so it can be used and tested alone; its errors are `engine_errors.py`'s. Only
 the batcher's worker thread calls `embed` and `reconstruct`, so only one thread touches
@@ -197,12 +198,17 @@ class Engine:
         mean, computed by the backend."""
         return self.backend.embed(batch)
 
-    def reconstruct(self, x: torch.Tensor, mask_ratio: float, seed: int) -> Panels:
-        """x (3, S, S) -> the four panels, mask, per-patch error and loss."""
+    def reconstruct(
+        self, x: torch.Tensor, mask_ratio: float, seed: int, mask_strategy: str = "random"
+    ) -> Panels:
+        """x (3, S, S) -> the four panels, mask, per-patch error and loss; the mask sampled
+        by `mask_strategy` (random by default, whatever the model was trained with)."""
         if not self.has_decoder:
             raise NoDecoder(f"model {self.id} was loaded without its decoder")
         with self._autocast():
-            return reconstruction_panels(self.model, x, mask_ratio=mask_ratio, seed=seed)
+            return reconstruction_panels(
+                self.model, x, mask_ratio=mask_ratio, seed=seed, mask_strategy=mask_strategy
+            )
 
     def warmup(self, batch_images: int) -> float:
         """Run the largest batch (and a reconstruction) once; returns the seconds it took."""

@@ -81,13 +81,26 @@ class EmbeddingResponse(BaseModel):
     usage: Usage
 
 
+# mae_core.masking.MASK_STRATEGIES, spelt out for the schema (a test keeps the two equal).
+MaskStrategy = Literal["random", "block", "grid", "centre"]
+
+
 class ReconstructionOptions(_Request):
     model: str | None = None
     mask_ratio: float = Field(
         default=0.75, gt=0.0, lt=1.0, allow_inf_nan=False, description="share of patches hidden"
     )
+    mask_strategy: MaskStrategy = Field(
+        default="random",
+        description="which patches are hidden: random (the paper's), block (rectangles of "
+        "neighbouring patches, BEiT's), grid (one patch kept in every 2x2 cell: mask_ratio "
+        "0.75 and an even patch grid only) or centre (a centred square)",
+    )
     seed: int | None = Field(
-        default=None, ge=0, lt=2**63, description="same seed, same mask (random when absent)"
+        default=None,
+        ge=0,
+        lt=2**63,
+        description="same seed (and strategy), same mask (random when absent)",
     )
 
 
@@ -108,6 +121,7 @@ class ReconstructionResponse(BaseModel):
     model: str
     seed: int
     mask_ratio: float
+    mask_strategy: MaskStrategy = Field(description="the sampling strategy used")
     loss: float
     mask: list[list[int]] = Field(description="patch grid, 1 = hidden")
     patch_error: list[list[float]] = Field(description="patch grid of per-patch MSE (loss space)")

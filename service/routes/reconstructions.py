@@ -1,7 +1,7 @@
 """`POST /v1/reconstructions`: mask one image, reconstruct it, answer the four panels.
 
-The image comes as multipart (`file`, with `mask_ratio`, `seed`, `model` fields) or as
-JSON (`image` base64 or data URL). The answer is JSON with base64 PNG panels, the mask
+The image comes as multipart (`file`, with `mask_ratio`, `mask_strategy`, `seed`, `model`
+fields) or as JSON (`image` base64 or data URL). The answer is JSON with base64 PNG panels, the mask
 and per-patch error on the patch grid and the loss; when the `Accept` header prefers an
 image type we make (`image/png`, `image/*`), one PNG of the four panels side by side (the
 seed in the `X-MAE-Seed` header). An `Accept` that allows neither is a 406.
@@ -21,8 +21,11 @@ from fastapi.responses import Response
 from PIL import Image
 from pydantic import ValidationError
 
+from mae_core.errors import MAEValueError
+from mae_core.masking import MASK_STRATEGIES, check_grid_masking
 from mae_core.visualize import Panels, panels_figure
 
+from ..engine import Engine
 from ..engine_errors import NoDecoder, TooLarge
 from ..errors import APIError, error_responses
 from ..imaging import decode_base64
@@ -58,6 +61,11 @@ _BODY = {
                     "properties": {
                         "file": {"type": "string", "format": "binary"},
                         "mask_ratio": {"type": "number", "default": 0.75},
+                        "mask_strategy": {
+                            "type": "string",
+                            "enum": list(MASK_STRATEGIES),
+                            "default": "random",
+                        },
                         "seed": {"type": "integer"},
                         "model": {"type": "string"},
                     },
@@ -82,7 +90,8 @@ _BODY = {
 
 @router.post("/reconstructions", response_model=ReconstructionResponse, openapi_extra=_BODY)
 async def reconstructions(request: Request, registry: RegistryDep) -> Response:
-    """Mask one image at `mask_ratio` with `seed`, reconstruct it with the MAE decoder."""
+    """Mask one image at `mask_ratio` by `mask_strategy` with `seed`, reconstruct it with the
+    MAE decoder."""
     until = deadline(request)
     answer_type = negotiate(request.headers.get("accept", ""))  # before any work is done
     if forms.media_type(request) == "multipart/form-data":
@@ -93,7 +102,8 @@ async def reconstructions(request: Request, registry: RegistryDep) -> Response:
         name, data = files[0]
         try:
             options = ReconstructionOptions.model_validate(
-                forms.fields(form, ("model", "mask_ratio", "seed")), strict=False
+                forms.fields(form, ("model", "mask_ratio", "mask_strategy", "seed")),
+                strict=False,
             )
         except ValidationError as exc:
             raise forms.invalid(exc) from None
@@ -112,9 +122,13 @@ async def reconstructions(request: Request, registry: RegistryDep) -> Response:
             else "its weights hold the encoder only"
         )
         raise NoDecoder(f"model {engine.id} cannot reconstruct: {reason}")
+    check_strategy(engine, options.mask_strategy, options.mask_ratio)  # before any decoding
     seed = options.seed if options.seed is not None else secrets.randbelow(2**31)
     x = (await served.images([data], [what], reconstruction=True))[0]
-    work = served.batcher.run(lambda: engine.reconstruct(x, options.mask_ratio, seed), until)
+    strategy = options.mask_strategy
+    work = served.batcher.run(
+        lambda: engine.reconstruct(x, options.mask_ratio, seed, mask_strategy=strategy), until
+    )
     panels: Panels = await until_disconnect(request, work)
 
     vary = {"Vary": "Accept"}  # the same request answers JSON or PNG by this header
@@ -124,6 +138,27 @@ async def reconstructions(request: Request, registry: RegistryDep) -> Response:
         return Response(png, media_type=PNG, headers=headers)
     answer = await to_thread.run_sync(_answer, panels, engine.id, engine.info.patch_size)
     return Response(answer.model_dump_json(), media_type=JSON, headers=vary)
+
+
+def check_strategy(engine: Engine, strategy: str, mask_ratio: float) -> None:
+    """A 422 naming the fix when `strategy` cannot mask at `mask_ratio` on `engine`'s patch
+    grid: grid masking keeps one patch of every 2x2 cell, so it takes 0.75 on an even grid
+    only (the others take any ratio the schema lets through)."""
+    if strategy != "grid":
+        return
+    h, w = engine.model.config.grid_size
+    try:
+        check_grid_masking(mask_ratio, (h, w))
+    except MAEValueError as exc:
+        if h % 2 == 0 and w % 2 == 0:  # the ratio
+            message = f"mask_strategy 'grid': {exc}"
+        else:  # the client cannot change the model's grid: say what it can do
+            message = (
+                f"mask_strategy 'grid' keeps one patch of every 2x2 cell, but model "
+                f"{engine.id} works on a {h}x{w} patch grid (odd): choose mask_strategy "
+                "'random', 'block' or 'centre'"
+            )
+        raise APIError(message, status=422, code="invalid_request") from None
 
 
 def negotiate(accept: str) -> str:
@@ -194,6 +229,7 @@ def _answer(panels: Panels, model_id: str, patch_size: int) -> ReconstructionRes
         model=model_id,
         seed=panels.seed,
         mask_ratio=panels.mask_ratio,
+        mask_strategy=panels.mask_strategy,
         loss=panels.loss,
         mask=panels.mask.reshape(grid).astype(int).tolist(),
         patch_error=np.round(panels.patch_error.reshape(grid).astype(np.float64), 6).tolist(),

@@ -14,13 +14,38 @@
   const STRIP_WIDTH = 768; // canvas pixels of the embedding strip (at least one per number)
   const STRIP_UP = "rgb(37, 99, 235)"; // positive numbers
   const STRIP_DOWN = "rgb(234, 88, 12)"; // negative numbers
+  const GRID_RATIO = "0.75"; // grid masking keeps one patch of every 2x2 cell
+  // What each mask strategy hides, under its picker: why random masking leaves a harder
+  // task than a grid (compare their losses and error maps on one image and seed).
+  const STRATEGY_HELP = {
+    random: "Patches hidden at random, as in the paper: at 0.75 most hidden patches have few "
+      + "visible neighbours, so the model has to make sense of the image rather than copy "
+      + "what is next door.",
+    block: "Rectangles of neighbouring patches hidden (BEiT's block-wise masking): whole "
+      + "regions go missing, a harder task still; the paper found its reconstructions "
+      + "blurrier at 0.75.",
+    grid: "One patch kept in every 2×2 cell: each hidden patch touches a visible one, so "
+      + "filling it in is mostly interpolation. An easier task than random at the same ratio "
+      + "(usually a lower loss and a sharper picture), and one the paper found teaches the "
+      + "encoder less.",
+    centre: "A square in the middle hidden, the border kept: the classic inpainting task "
+      + "(not in the MAE paper), for comparison.",
+  };
+  // The masked panel's caption for each strategy ("grey" and "visible" stay in every one).
+  const STRATEGY_CAPTION = {
+    random: "hidden at random",
+    block: "hidden in rectangles (block masking)",
+    grid: "hidden on a regular grid (grid masking: one patch kept per 2×2 cell)",
+    centre: "hidden in a square in the middle (centre masking)",
+  };
 
   const $ = (id) => document.getElementById(id);
   const el = {
     status: $("status"), dot: $("ready-dot"), modelId: $("model-id"),
     modelPicker: $("model-picker"), model: $("model"),
     file: $("file"), drop: $("drop"), fileName: $("file-name"), samples: $("samples"),
-    ratio: $("mask-ratio"), ratioOut: $("mask-ratio-value"),
+    ratio: $("mask-ratio"), ratioOut: $("mask-ratio-value"), ratioFixed: $("mask-ratio-fixed"),
+    strategy: $("mask-strategy"), strategyHelp: $("mask-strategy-help"),
     seed: $("seed"), newSeed: $("new-seed"),
     keyForm: $("api-key-form"), key: $("api-key"),
     error: $("error"), results: $("results"),
@@ -31,6 +56,7 @@
     heatmap: $("heatmap"), heatMin: $("heat-min"), heatMax: $("heat-max"),
     loss: $("loss"), hidden: $("hidden-count"), answerRatio: $("answer-ratio"),
     answerSeed: $("answer-seed"), answerModel: $("answer-model"), caption: $("caption"),
+    answerStrategy: $("answer-strategy"), maskedCaption: $("caption-masked-text"),
     embedding: $("embedding"), embeddingOf: $("embedding-of"), pooling: $("pooling"),
     embeddingError: $("embedding-error"), strip: $("embedding-strip"),
     embeddingDim: $("embedding-dim"), embeddingNorm: $("embedding-norm"),
@@ -48,6 +74,7 @@
     seq: 0, // number of the latest request; older answers are dropped
     timer: 0,
     images: 0, // images chosen so far: each gets a number, its `id`
+    ratioBeforeGrid: null, // the slider's value when grid masking pinned it to GRID_RATIO
   };
 
   // The embedding is fetched once per image, model and pooling (not per mask ratio or
@@ -171,6 +198,14 @@
 
   function showModel(m) {
     if (!m) return;
+    // Grid masking needs an even patch grid: a model on an odd one cannot take it.
+    const side = m.image_size / m.patch_size;
+    const grid = el.strategy.querySelector("option[value='grid']");
+    grid.disabled = side % 2 !== 0;
+    if (grid.disabled && el.strategy.value === "grid") {
+      el.strategy.value = "random";
+      showStrategy();
+    }
     const heads = m.heads.includes("decoder") ? "" : " · encoder only: cannot reconstruct";
     el.modelId.textContent = `${m.id} · ${m.image_size} px, patch ${m.patch_size}${heads}`;
     for (const img of Object.values(el.panels)) {
@@ -218,6 +253,7 @@
     const form = new FormData();
     form.append("file", image.blob, image.name);
     form.append("mask_ratio", el.ratio.value);
+    form.append("mask_strategy", el.strategy.value);
     if (seed !== null) form.append("seed", String(seed));
     if (state.models.length > 1) form.append("model", el.model.value);
 
@@ -278,9 +314,11 @@
     const total = grid.length * grid[0].length;
     const hidden = grid.flat().reduce((a, b) => a + b, 0);
     const size = currentModel() ? currentModel().image_size : "";
+    const strategy = answer.mask_strategy || "random";
+    const how = STRATEGY_CAPTION[strategy] || `hidden by ${strategy} masking`;
     const alts = {
       original: `Original image, centre square at ${size} px`,
-      masked: `Masked input: ${hidden} of ${total} patches hidden in grey`,
+      masked: `Masked input: ${hidden} of ${total} patches ${how}, in grey`,
       reconstruction: "The model's prediction of every patch; the visible patches, which "
         + "are not trained, look like noise",
       reconstruction_visible: "The prediction in the hidden patches with the original pixels "
@@ -298,6 +336,9 @@
     el.loss.textContent = answer.loss.toFixed(4);
     el.hidden.textContent = `${hidden} of ${total} patches`;
     el.answerRatio.textContent = String(answer.mask_ratio);
+    el.answerStrategy.textContent = strategy;
+    el.maskedCaption.textContent = `Patches ${how}, in grey: the encoder sees only the `
+      + "visible ones.";
     el.answerSeed.textContent = String(answer.seed);
     el.answerModel.textContent = answer.model;
     el.caption.textContent = answer.caption;
@@ -612,6 +653,27 @@
   window.addEventListener("dragover", (ev) => ev.preventDefault());
   window.addEventListener("drop", (ev) => ev.preventDefault());
 
+  // Grid masking pins the slider to 0.75 (and says why); leaving it gives back the ratio
+  // the slider had before.
+  function showStrategy() {
+    const grid = el.strategy.value === "grid";
+    if (grid && !el.ratio.disabled) {
+      state.ratioBeforeGrid = el.ratio.value;
+      el.ratio.value = GRID_RATIO;
+    } else if (!grid && el.ratio.disabled && state.ratioBeforeGrid !== null) {
+      el.ratio.value = state.ratioBeforeGrid;
+      state.ratioBeforeGrid = null;
+    }
+    el.ratio.disabled = grid;
+    el.ratioFixed.hidden = !grid;
+    el.ratioOut.textContent = Number(el.ratio.value).toFixed(2);
+    el.strategyHelp.textContent = STRATEGY_HELP[el.strategy.value] || "";
+  }
+
+  el.strategy.addEventListener("change", () => {
+    showStrategy();
+    schedule(0);
+  });
   el.ratio.addEventListener("input", () => {
     el.ratioOut.textContent = Number(el.ratio.value).toFixed(2);
     schedule();
@@ -644,7 +706,7 @@
     loadModels();
   });
 
-  el.ratioOut.textContent = Number(el.ratio.value).toFixed(2);
+  showStrategy(); // a browser may restore a choice from before a reload
   loadSamples();
   checkReady();
 })();

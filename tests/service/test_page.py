@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 import socket
 import threading
 import time
@@ -25,6 +26,7 @@ import pytest
 import uvicorn
 from PIL import Image
 
+from mae_core import create_model
 from mae_core.visualize import GREY
 from service.app import create_app
 
@@ -266,6 +268,67 @@ def failed_server(tmp_path: Path) -> Iterator[str]:
         thread.join(timeout=10)
 
 
+class BodyRecorder:
+    """ASGI wrapper: the bodies of the POSTs to /v1/reconstructions as the server received
+    them (Chromium does not hand Playwright a body that holds a file)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app, self.bodies = app, []
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"] != "/v1/reconstructions":
+            await self.app(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+
+        async def recording() -> dict:
+            message = await receive()
+            if message["type"] == "http.request":
+                chunks.append(message.get("body", b""))
+                if not message.get("more_body"):
+                    self.bodies.append(b"".join(chunks))
+            return message
+
+        await self.app(scope, recording, send)
+
+    def fields(self) -> dict[str, str]:
+        """The text fields of the last complete form received."""
+        found = re.findall(rb'name="(\w+)"\r\n\r\n([^\r]*)\r\n', self.bodies[-1])
+        return {k.decode(): v.decode() for k, v in found}
+
+
+@pytest.fixture(scope="module")
+def recorded_server(
+    small_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, BodyRecorder]]:
+    """A real server of the small model whose reconstruction bodies are recorded."""
+    settings = model_settings(small_model_dir, tmp_path_factory.mktemp("models"))
+    recorder = BodyRecorder(create_app(settings))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(recorder, host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, "the recorded test server did not get ready"
+        time.sleep(0.05)
+    try:
+        yield url, recorder
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
 # -- tests -------------------------------------------------------------------------------------
 def test_page_loads_from_this_server_only(model_server, open_page) -> None:
     tab = open_page(model_server.url)
@@ -420,6 +483,82 @@ def test_slider_rerequests_and_changes_the_mask(model_server, open_page) -> None
     assert (grey_patches(after) <= grey_patches(before)).all()
     assert page.text_content("#hidden-count") == f"{hidden_count(0.65)} of {PATCHES} patches"
     assert tab.console_errors == [] and tab.page_errors == []
+
+
+def test_mask_strategy_picker(recorded_server, open_page) -> None:
+    """The strategy is picked beside the slider (labelled, from the keyboard too), sent with
+    each request and shown with the answer; grid pins the slider to 0.75 and says why,
+    leaving grid gives the slider its value back."""
+    url, recorder = recorded_server
+    tab = open_page(url)
+    page = tab.page
+    wait_status(page, "Ready")
+    assert page.locator("label[for='mask-strategy']").count() == 1
+    options = page.eval_on_selector_all("#mask-strategy option", "os => os.map((o) => o.value)")
+    assert options == ["random", "block", "grid", "centre"]
+    assert page.input_value("#mask-strategy") == "random"
+    assert "random" in page.text_content("#mask-strategy-help")
+    assert page.is_hidden("#mask-ratio-fixed") and page.is_enabled("#mask-ratio")
+    page.fill("#seed", "4")
+    click_sample(tab)
+    assert recorder.fields()["mask_strategy"] == "random"
+    assert page.text_content("#answer-strategy") == "random"
+    page.focus("#mask-ratio")
+    page.keyboard.press("ArrowLeft")
+    page.keyboard.press("ArrowLeft")
+    wait_result(page, answer_ratio="0.65", answer_strategy="random")
+
+    # Grid: the slider is fixed at 0.75, disabled, with a note saying why.
+    page.select_option("#mask-strategy", "grid")
+    assert page.is_disabled("#mask-ratio")
+    assert page.input_value("#mask-ratio") == "0.75"
+    assert page.text_content("#mask-ratio-value") == "0.75"
+    assert page.is_visible("#mask-ratio-fixed")
+    assert "0.75" in page.text_content("#mask-ratio-fixed")
+    assert "mask-ratio-fixed" in page.get_attribute("#mask-ratio", "aria-describedby")
+    assert "2×2" in page.text_content("#mask-strategy-help")
+    wait_result(page, answer_ratio="0.75", answer_strategy="grid", answer_seed="4")
+    sent = recorder.fields()
+    assert (sent["mask_strategy"], sent["mask_ratio"], sent["seed"]) == ("grid", "0.75", "4")
+    grey = grey_patches(panel(page, "panel-masked"))
+    cells = (~grey).reshape(2, 2, 2, 2).transpose(0, 2, 1, 3)  # one kept per 2x2 cell
+    assert (cells.sum(axis=(2, 3)) == 1).all(), grey
+    assert "grid masking" in page.text_content("#caption")
+    masked_caption = " ".join(page.text_content("#caption-masked").split())
+    for word in ("Masked input", "grid", "grey", "visible"):
+        assert word in masked_caption, masked_caption
+    assert "grid" in page.get_attribute("#panel-masked", "alt")
+
+    # Block, from the keyboard (one up from grid): the slider is free again, at 0.65.
+    page.focus("#mask-strategy")
+    page.keyboard.press("ArrowUp")
+    assert page.input_value("#mask-strategy") == "block"
+    wait_result(page, answer_ratio="0.65", answer_strategy="block", answer_seed="4")
+    assert page.is_enabled("#mask-ratio") and page.is_hidden("#mask-ratio-fixed")
+    assert page.input_value("#mask-ratio") == "0.65"
+    sent = recorder.fields()
+    assert (sent["mask_strategy"], sent["mask_ratio"]) == ("block", "0.65")
+    assert grey_patches(panel(page, "panel-masked")).sum() == hidden_count(0.65)
+    assert "block masking" in page.text_content("#caption")
+    assert "block" in page.text_content("#caption-masked")
+    assert "Rectangles" in page.text_content("#mask-strategy-help")
+    assert tab.console_errors == [] and tab.page_errors == []
+
+
+def test_grid_is_not_offered_on_an_odd_patch_grid(open_page, tmp_path) -> None:
+    """A 24 px model in 8 px patches (3 x 3): the grid option is disabled, the rest work."""
+    odd = tmp_path / "odd"
+    create_model("mae_vit_tiny_patch8", **{**SMALL_MODEL, "img_size": 24}).save_pretrained(odd)
+    for url in serve(model_settings(odd, tmp_path / "models"), ready=True):
+        tab = open_page(url)
+        page = tab.page
+        wait_status(page, "Ready")
+        assert page.is_disabled("#mask-strategy option[value='grid']")
+        page.select_option("#mask-strategy", "centre")
+        click_sample(tab)
+        assert page.text_content("#answer-strategy") == "centre"
+        assert grey_patches(panel(page, "panel-masked"))[1, 1]  # the middle patch hidden
+        assert tab.console_errors == [] and tab.page_errors == []
 
 
 def test_same_seed_same_mask(model_server, open_page) -> None:

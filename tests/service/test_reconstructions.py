@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from mae_core import create_model
+from mae_core.masking import MASK_STRATEGIES
 
 from .conftest import SMALL_MODEL, model_settings, serve
 
@@ -217,3 +218,185 @@ def test_openapi_lists_every_status_in_the_error_shape(model_server) -> None:
         detail = resolve(body["properties"]["error"])
         assert set(detail["required"]) == {"code", "message"}, status
     assert "Accept" in responses["406"]["description"]
+
+
+# -- mask strategies ---------------------------------------------------------------------------
+def _reconstruct_json(url: str, photo: bytes, **fields: object) -> httpx.Response:
+    body = {"image": base64.b64encode(photo).decode(), **fields}
+    return httpx.post(f"{url}/v1/reconstructions", json=body, timeout=60)
+
+
+def _library_mask(strategy: str, mask_ratio: float, seed: int, grid: int = GRID) -> np.ndarray:
+    """The mask mae_core's `sample_mask` draws for `seed` as the reconstruction does (a CPU
+    generator seeded with it, one image): what the server must answer, computed apart."""
+    import torch
+
+    from mae_core.masking import sample_mask
+
+    generator = torch.Generator().manual_seed(seed)
+    masking = sample_mask(
+        torch.zeros(1, grid * grid, 1), mask_ratio, strategy, generator=generator,
+        grid_size=(grid, grid),
+    )  # fmt: skip
+    return masking.mask[0].reshape(grid, grid).int().numpy()
+
+
+def _assert_error(r: httpx.Response, status: int, code: str, *words: str) -> str:
+    """The one error shape, with `status` and `code`; returns its message."""
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == JSON
+    assert set(r.json()) == {"error"} and set(r.json()["error"]) == {"code", "message"}, r.text
+    error = r.json()["error"]
+    assert error["code"] == code, error
+    for word in words:
+        assert word in error["message"], error
+    return error["message"]
+
+
+@pytest.mark.parametrize("strategy", MASK_STRATEGIES)
+def test_each_strategy_masks_as_it_says(model_server, photo, strategy: str) -> None:
+    """Form and JSON give the same answer, which names its strategy and holds the mask
+    mae_core's strategy draws for that seed, with the strategy's shape; the same seed and
+    strategy give the same mask again."""
+    seed = 5
+    form = _reconstruct(model_server.url, photo, mask_strategy=strategy, seed=seed)
+    assert form.status_code == 200, form.text
+    answer = form.json()
+    as_json = _reconstruct_json(model_server.url, photo, mask_strategy=strategy, seed=seed)
+    assert as_json.status_code == 200, as_json.text
+    assert as_json.json() == answer
+    assert (answer["mask_strategy"], answer["mask_ratio"], answer["seed"]) == (strategy, 0.75, 5)
+
+    mask = np.array(answer["mask"])
+    assert mask.shape == (GRID, GRID) and mask.sum() == 12  # 16 patches, 4 kept
+    assert np.array_equal(mask, _library_mask(strategy, 0.75, seed))
+    if strategy != "random":  # the strategy reached the model: not the random mask
+        assert not np.array_equal(mask, _library_mask("random", 0.75, seed))
+        assert f"{strategy} masking" in answer["caption"]
+    if strategy == "grid":  # one visible patch per 2x2 cell, all at the same offset
+        cells = (1 - mask).reshape(GRID // 2, 2, GRID // 2, 2).transpose(0, 2, 1, 3)
+        assert (cells.sum(axis=(2, 3)) == 1).all(), mask
+        assert (cells == cells[0, 0]).all(), mask
+    if strategy == "centre":  # the centre hidden, the border partly visible
+        assert mask[1:3, 1:3].all() and not mask[[0, -1]].all(), mask
+    # The pictures follow the mask: hidden patches grey, visible ones the original's.
+    visible = np.kron(1 - mask, np.ones((8, 8), dtype=int)).astype(bool)
+    panels = {k: _png(v) for k, v in answer["panels"].items()}
+    assert (panels["masked"][~visible] == 128).all()
+    assert (panels["reconstruction_visible"][visible] == panels["original"][visible]).all()
+
+    again = _reconstruct(model_server.url, photo, mask_strategy=strategy, seed=seed).json()
+    assert again == answer
+
+
+def test_random_is_the_default_strategy(model_server, photo) -> None:
+    plain = _reconstruct(model_server.url, photo, seed=9).json()
+    named = _reconstruct(model_server.url, photo, seed=9, mask_strategy="random").json()
+    assert plain["mask_strategy"] == "random" and plain == named
+    assert "masking" not in plain["caption"].split(";")[0]  # "12/16 patches hidden (...)"
+
+
+def test_grid_offset_and_block_shape_follow_the_seed(model_server, photo) -> None:
+    """Over seeds, grid masking uses more than one of the four offsets and block masking
+    more than one mask: the seed is sampled, not ignored; every mask is the library's."""
+    offsets, blocks = set(), set()
+    for seed in range(8):
+        grid = np.array(_reconstruct(model_server.url, photo, mask_strategy="grid", seed=seed)
+                        .json()["mask"])  # fmt: skip
+        assert np.array_equal(grid, _library_mask("grid", 0.75, seed)), seed
+        row, col = np.argwhere(grid == 0)[0]
+        offsets.add((row % 2, col % 2))
+        block = _reconstruct_json(model_server.url, photo, mask_strategy="block", seed=seed)
+        assert np.array_equal(block.json()["mask"], _library_mask("block", 0.75, seed)), seed
+        blocks.add(str(block.json()["mask"]))
+    assert len(offsets) > 1 and len(blocks) > 1, (offsets, blocks)
+
+
+def test_centre_at_a_quarter_hides_exactly_the_centre(model_server, photo) -> None:
+    answer = _reconstruct(model_server.url, photo, mask_strategy="centre", mask_ratio=0.25)
+    assert answer.status_code == 200, answer.text
+    expected = np.zeros((GRID, GRID), dtype=int)
+    expected[1:3, 1:3] = 1
+    assert np.array_equal(answer.json()["mask"], expected)
+
+
+def test_png_answer_of_a_strategy(model_server, photo) -> None:
+    r = httpx.post(
+        f"{model_server.url}/v1/reconstructions",
+        files={"file": ("cat.jpg", photo, "image/jpeg")},
+        data={"seed": "5", "mask_strategy": "grid"},
+        headers={"Accept": "image/png"},
+        timeout=60,
+    )
+    assert r.status_code == 200 and r.headers["content-type"] == PNG, r.text
+    assert Image.open(io.BytesIO(r.content)).width > 4 * 256
+
+
+@pytest.mark.parametrize("value", ["bogus", "Random", "grid ", "", "center"])
+def test_unknown_strategy_is_422_naming_the_valid_ones(model_server, photo, value: str) -> None:
+    for r in (
+        _reconstruct(model_server.url, photo, mask_strategy=value),
+        _reconstruct_json(model_server.url, photo, mask_strategy=value),
+    ):
+        message = _assert_error(r, 422, "invalid_request", "mask_strategy")
+        assert all(f"'{name}'" in message for name in MASK_STRATEGIES), message
+
+
+@pytest.mark.parametrize("value", [1, None, ["grid"]])
+def test_a_strategy_that_is_no_string_is_422(model_server, photo, value: object) -> None:
+    r = _reconstruct_json(model_server.url, photo, mask_strategy=value)
+    _assert_error(r, 422, "invalid_request", "mask_strategy")
+
+
+@pytest.mark.parametrize("mask_ratio", [0.5, 0.8, 0.25])
+def test_grid_at_another_ratio_is_422(model_server, photo, mask_ratio: float) -> None:
+    """Grid masking keeps one patch of every 2x2 cell: 0.75 only. Refused with what to
+    change, on both paths (and with a broken image too: it is checked first)."""
+    for r in (
+        _reconstruct(model_server.url, photo, mask_strategy="grid", mask_ratio=mask_ratio),
+        _reconstruct_json(model_server.url, photo, mask_strategy="grid", mask_ratio=mask_ratio),
+        _reconstruct(model_server.url, photo[:200], mask_strategy="grid", mask_ratio=mask_ratio),
+    ):
+        _assert_error(r, 422, "invalid_request", "grid", "mask_ratio", "0.75", str(mask_ratio))
+    ok = _reconstruct(model_server.url, photo, mask_strategy="block", mask_ratio=mask_ratio)
+    assert ok.status_code == 200 and ok.json()["mask_strategy"] == "block", ok.text
+
+
+def test_grid_on_an_odd_patch_grid_is_422(tmp_path: Path, photo) -> None:
+    """A 24 px model in 8 px patches has a 3 x 3 grid: no 2x2 cells, so grid masking is a
+    422 naming the model's grid and the strategies it can take; they work."""
+    odd = tmp_path / "odd"
+    create_model("mae_vit_tiny_patch8", **{**SMALL_MODEL, "img_size": 24}).save_pretrained(odd)
+    for url in serve(model_settings(odd, tmp_path / "models"), ready=True):
+        r = _reconstruct(url, photo, mask_strategy="grid", seed=1)
+        message = _assert_error(r, 422, "invalid_request", "grid", "3x3")
+        assert all(f"'{name}'" in message for name in ("random", "block", "centre")), message
+        for strategy in ("random", "block", "centre"):
+            r = _reconstruct_json(url, photo, mask_strategy=strategy, seed=1)
+            assert r.status_code == 200, r.text
+            mask = np.array(r.json()["mask"])
+            assert np.array_equal(mask, _library_mask(strategy, 0.75, 1, grid=3)), strategy
+        assert mask[1, 1] == 1  # centre, last: the middle patch is hidden
+
+
+def test_openapi_documents_the_strategies(model_server) -> None:
+    """Both request bodies take `mask_strategy` as an enum of mae_core's strategies, the
+    schema's spelling of them is mae_core's, and the answer says which was used."""
+    import typing
+
+    from service.schemas import MaskStrategy
+
+    assert typing.get_args(MaskStrategy) == MASK_STRATEGIES
+    spec = httpx.get(f"{model_server.url}/openapi.json", timeout=30).json()
+    schemas = spec["components"]["schemas"]
+    body = spec["paths"]["/v1/reconstructions"]["post"]["requestBody"]["content"]
+    form = body["multipart/form-data"]["schema"]["properties"]["mask_strategy"]
+    as_json = body[JSON]["schema"]
+    if "$ref" in as_json:
+        as_json = schemas[as_json["$ref"].rsplit("/", 1)[1]]
+    as_json = as_json["properties"]["mask_strategy"]
+    for field in (form, as_json):
+        assert field["enum"] == list(MASK_STRATEGIES) and field["default"] == "random", field
+    answer = schemas["ReconstructionResponse"]
+    assert "mask_strategy" in answer["required"]
+    assert answer["properties"]["mask_strategy"]["enum"] == list(MASK_STRATEGIES)
