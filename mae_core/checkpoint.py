@@ -99,7 +99,12 @@ def save_pretrained(
     training: dict[str, Any] | None = None,
 ) -> Path:
     """Write `config.json`, `model.safetensors` (encoder, timm keys), `decoder.safetensors`
-    (unless `encoder_only` or the model has no decoder) and `mae_config.json`."""
+    (unless `encoder_only` or the model has no decoder) and `mae_config.json`.
+
+    decoder.safetensors holds every pretraining-only tensor (`model.DECODER_PREFIXES`): the
+    decoder, and with the ablation options the encoder's mask token (`encoder_mask_tokens`)
+    and the PCA basis of target "pca" (`target_pca_mean`, `target_pca_components`). The
+    encoder file stays exactly what timm's ViT loads."""
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     cfg = model.config
@@ -274,6 +279,11 @@ def infer_config(sd: dict[str, torch.Tensor], hints: dict[str, Any] | None = Non
             decoder_depth=_count_blocks(sd, "decoder_blocks."),
             decoder_mlp_ratio=None if dratio == fields["mlp_ratio"] else dratio,
         )
+    # The ablation options leave tensors of their own (mae-hub state dicts only).
+    if "target_pca_components" in sd:
+        fields.update(target="pca", pca_components=sd["target_pca_components"].shape[0])
+    if "encoder_mask_token" in sd:
+        fields["encoder_mask_tokens"] = True
     fields.update({k: v for k, v in hints.items() if v is not None})
     if "num_heads" not in fields:
         fields["num_heads"] = heads_for_width(dim)

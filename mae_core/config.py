@@ -52,7 +52,22 @@ class MAEConfig:
     decoder_num_heads: int = 16
     mlp_ratio: float = 4.0
     decoder_mlp_ratio: float | None = None  # None: same as the encoder's
-    norm_pix_loss: bool = True
+    # What the decoder predicts for each hidden patch (`targets.TARGETS`): "norm_pix" its
+    # pixels normalised by the patch's own mean and std (the paper's default), "pixel" the
+    # normalised image's pixels as they are, "pca" the first `pca_components` coefficients
+    # of a per-patch PCA basis fitted on training patches (stored with the decoder).
+    # `norm_pix_loss` is the older switch between the first two, kept for older files and
+    # callers; after construction it always reads `target == "norm_pix"`. Left out (None),
+    # each is derived from the other: target alone sets it; norm_pix_loss alone picks
+    # "norm_pix" (True) or "pixel" (False); both given must agree (True with "pixel" or
+    # "pca" is refused), and an older mae_config.json with norm_pix_loss false loads as
+    # "pixel". `replace(target=...)` re-derives norm_pix_loss (and the other way round).
+    norm_pix_loss: bool | None = None
+    target: str | None = None  # None: "norm_pix" unless norm_pix_loss is False
+    pca_components: int = 16  # K, with target "pca" only: 1 .. patch_size**2 * in_chans
+    # The paper's Table 1(c) ablation: the encoder runs on all L patches, the hidden ones
+    # replaced by a learned `encoder_mask_token`, and the decoder inserts no mask tokens.
+    encoder_mask_tokens: bool = False
     mask_ratio: float = 0.75  # the default used when `forward` is not given one
     mask_strategy: str = "random"  # the default of `forward`: one of masking.MASK_STRATEGIES
     layer_norm_eps: float = 1e-6  # the official value; transformers defaults to 1e-12
@@ -66,7 +81,7 @@ class MAEConfig:
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
-        problems = []
+        problems = self._resolve_target()
         for name in ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads"):
             if int(getattr(self, name)) <= 0:
                 problems.append(f"{name} must be positive, got {getattr(self, name)}")
@@ -93,6 +108,44 @@ class MAEConfig:
             problems.append("mean and std need one value per input channel")
         if problems:
             raise MAEValueError("invalid MAEConfig: " + "; ".join(problems))
+
+    def _resolve_target(self) -> list[str]:
+        """Fill in `target` and `norm_pix_loss` from each other (see the fields' comment);
+        returns what is wrong with them, `pca_components` and `encoder_mask_tokens`."""
+        legacy, target = self.norm_pix_loss, self.target
+        if target is None:
+            target = "pixel" if legacy is not None and not legacy else "norm_pix"
+        # Frozen: __post_init__ is the one place a derived field may be written.
+        object.__setattr__(self, "target", target)
+        object.__setattr__(self, "norm_pix_loss", target == "norm_pix")
+        problems = []
+        if target != "norm_pix":
+            # Imported here, as for the mask strategies: the default needs no torch.
+            from .targets import TARGETS
+
+            if target not in TARGETS:
+                hint = did_you_mean(str(target), TARGETS)
+                problems.append(f"target must be one of {', '.join(TARGETS)}, got {target!r}{hint}")
+        if legacy is not None and bool(legacy) != (target == "norm_pix"):
+            problems.append(
+                f"norm_pix_loss={legacy} contradicts target {target!r} (norm_pix_loss is "
+                "true exactly when target is 'norm_pix'): give target alone"
+            )
+        k = self.pca_components
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            problems.append(f"pca_components must be a positive integer, got {k!r}")
+        elif target == "pca" and self.patch_size > 0 and self.in_chans > 0:
+            size = self.patch_size**2 * self.in_chans
+            if k > size:
+                problems.append(
+                    f"pca_components must be in 1..{size} (patch_size**2 * in_chans, the "
+                    f"values of a patch) for target 'pca', got {k}"
+                )
+        if not isinstance(self.encoder_mask_tokens, bool):
+            problems.append(
+                f"encoder_mask_tokens must be true or false, got {self.encoder_mask_tokens!r}"
+            )
+        return problems
 
     def _mask_strategy_problems(self) -> list[str]:
         # Imported here: masking needs torch, and this module (the default "random" aside)
@@ -122,6 +175,15 @@ class MAEConfig:
         return h * w
 
     def replace(self, **changes: Any) -> MAEConfig:
+        """A copy with `changes`. Changing one of `target` / `norm_pix_loss` alone re-derives
+        the other (norm_pix_loss=False keeps a "pca" target; it turns "norm_pix" into
+        "pixel"); changing both checks that they agree."""
+        if "target" in changes and "norm_pix_loss" not in changes:
+            changes["norm_pix_loss"] = None
+        elif "norm_pix_loss" in changes and "target" not in changes:
+            legacy = changes["norm_pix_loss"]
+            if legacy is not None and bool(legacy) != (self.target == "norm_pix"):
+                changes["target"] = None
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -218,6 +280,8 @@ def heads_for_width(dim: int, *, decoder: bool = False) -> int:
 # Devices and training settings
 # ---------------------------------------------------------------------------------------
 DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
+# Pretraining augmentations (`data.draw_augment`), the presets of the paper's Table 1(e).
+AUGMENTS = ("none", "crop-fixed", "crop-rand", "crop-rand+jitter")
 
 
 def available_cores() -> int:
@@ -283,7 +347,50 @@ class TrainConfig:
     norm_pix_loss: bool = _setting(
         True,
         help="predict per-patch-normalised pixels; --no-norm-pix-loss: the normalised image's "
-        "pixels",
+        "pixels (the older spelling of --target pixel)",
+    )
+    mask_strategy: str = _setting(
+        "random",
+        help="which patches are hidden: random, block (BEiT's rectangles), grid (one patch "
+        "of every 2x2 cell kept; --mask-ratio 0.75) or centre (a central square). Paper, "
+        "Table 1(f), ViT-L fine-tuned: random at ratio 0.75 84.9, block at 0.5 83.9, block "
+        "at 0.75 82.8, grid 84.0",
+        metavar="random|block|grid|centre",
+    )
+    target: str = _setting(
+        "norm_pix",
+        help="what the decoder predicts for a hidden patch: norm_pix (its pixels normalised "
+        "per patch), pixel (the normalised image's pixels; --no-norm-pix-loss says the "
+        "same) or pca (its coefficients on a PCA basis of training patches, fitted when the "
+        "run starts). Paper, Table 1(d): pixel 84.9, norm_pix 85.4, PCA 84.6",
+        metavar="norm_pix|pixel|pca",
+    )
+    pca_components: int = _setting(16, help="PCA coefficients per patch with --target pca")
+    encoder_mask_tokens: bool = _setting(
+        False,
+        help="give the encoder the mask tokens too (every patch goes through it: ~3.3x its "
+        "FLOPs at mask ratio 0.75). Paper, Table 1(c): 84.2 with, 84.9 without",
+    )
+    decoder_depth: int | None = _setting(
+        None,
+        help="decoder blocks (default: the variant's). Paper, Table 1(a), fine-tuned / "
+        "linear probe: 1 block 84.8 / 65.5, 8 blocks 84.9 / 73.5",
+    )
+    decoder_embed_dim: int | None = _setting(
+        None,
+        help="decoder width (default: the variant's); a multiple of --decoder-num-heads "
+        "and of 4. Paper, Table 1(b): 512-d 84.9 / 73.5, 128-d 84.9 / 69.1",
+    )
+    decoder_num_heads: int | None = _setting(
+        None, help="decoder attention heads (default: the variant's)"
+    )
+    augment: str = _setting(
+        "crop-rand",
+        help="pretraining augmentation: none (resize and centre crop), crop-fixed (a square "
+        "of a fixed share of the image at a random place, and a flip), crop-rand "
+        "(RandomResizedCrop 0.2-1 and a flip) or crop-rand+jitter (and colour jitter 0.4). "
+        "Paper, Table 1(e), ViT-L fine-tuned: 84.0, 84.7, 84.9, 84.3",
+        metavar="PRESET",
     )
     clip_grad: float | None = _setting(None, help="clip the gradient norm to this (default: off)")
     limit: int | None = _setting(None, help="train on an evenly strided subset of N images")
@@ -354,6 +461,10 @@ class TrainConfig:
             positive("keep_checkpoints"),
             positive("max_bad_steps"),
             positive("threads", allow_none=True),
+            positive("pca_components"),
+            positive("decoder_depth", allow_none=True),
+            positive("decoder_embed_dim", allow_none=True),
+            positive("decoder_num_heads", allow_none=True),
             (self.blr > 0, f"blr (base learning rate) must be positive, got {self.blr}"),
             (self.min_lr >= 0, f"min-lr must be >= 0, got {self.min_lr}"),
             (
@@ -381,10 +492,83 @@ class TrainConfig:
                 is_device_name(self.device),
                 f"device must be {DEVICE_CHOICES}, got {self.device!r}",
             ),
+            _one_of("mask_strategy", self.mask_strategy, _mask_strategies(self.mask_strategy)),
+            _one_of("target", self.target, _targets(self.target)),
+            _one_of("augment", self.augment, AUGMENTS),
         ]
+        if relations:
+            checks += self._recipe_relations()
         problems = [msg for ok, msg in checks if not ok]
         if problems:
             raise MAEValueError("; ".join(problems))
+
+    def _recipe_relations(self) -> list[tuple[bool, str]]:
+        """The checks between the paper's ablation settings and the others."""
+        checks = [
+            (
+                not (self.target == "pca" and self.norm_pix_loss is False),
+                "target pca contradicts --no-norm-pix-loss (which means --target pixel): give "
+                "one of them",
+            )
+        ]
+        if self.mask_strategy == "grid":
+            checks.append(
+                (
+                    self.mask_ratio == 0.75,
+                    "mask-strategy grid keeps one patch of every 2x2 cell, i.e. mask-ratio "
+                    f"0.75; got {self.mask_ratio}: use --mask-ratio 0.75, or --mask-strategy "
+                    "random or block",
+                )
+            )
+        base = VARIANTS.get(self.variant)
+        if base is None:
+            return checks  # the unknown variant is reported already
+        size = self.img_size if isinstance(self.img_size, int) and self.img_size > 0 else None
+        side = (size or base.img_size) // base.patch_size
+        if self.mask_strategy == "grid":
+            checks.append(
+                (
+                    side % 2 == 0,
+                    f"mask-strategy grid needs an even patch grid (2x2 cells), got {side}x{side}"
+                    f" patches: use an even multiple of patch {base.patch_size} for --img-size, "
+                    "or another --mask-strategy",
+                )
+            )
+        values = base.patch_size**2 * base.in_chans
+        checks.append(
+            (
+                self.target != "pca" or self.pca_components <= values,
+                f"pca-components must be at most the {values} values of a patch "
+                f"({base.patch_size}x{base.patch_size}x{base.in_chans}), got "
+                f"{self.pca_components}",
+            )
+        )
+        width = self.decoder_embed_dim or base.decoder_embed_dim
+        heads = self.decoder_num_heads or base.decoder_num_heads
+        if width > 0 and heads > 0:
+            default = f" (the {self.variant} default)"
+            checks += [
+                (
+                    width % heads == 0,
+                    f"decoder-embed-dim {width}{'' if self.decoder_embed_dim else default} is "
+                    f"not divisible by decoder-num-heads {heads}"
+                    f"{'' if self.decoder_num_heads else default}: give a width and heads "
+                    "that divide",
+                ),
+                (
+                    width % 4 == 0,
+                    f"decoder-embed-dim must be a multiple of 4 (its 2-D sin-cos position "
+                    f"table), got {width}",
+                ),
+            ]
+        return checks
+
+    def resolved_target(self) -> str:
+        """The reconstruction target these settings train: `target`, with the older
+        spelling `norm_pix_loss=False` (`--no-norm-pix-loss`) read as "pixel"."""
+        if self.target == "norm_pix" and not self.norm_pix_loss:
+            return "pixel"
+        return self.target
 
     @classmethod
     def fields(cls) -> set[str]:
@@ -411,11 +595,42 @@ class TrainConfig:
         return out
 
     def model_config(self) -> MAEConfig:
-        """The `MAEConfig` these settings train."""
-        sized = {"img_size": self.img_size} if self.img_size else {}
-        return variant_config(
-            self.variant, norm_pix_loss=self.norm_pix_loss, mask_ratio=self.mask_ratio, **sized
-        )
+        """The `MAEConfig` these settings train: the variant's, with the image size, the
+        mask ratio and strategy, the target and the decoder given here."""
+        overrides: dict[str, Any] = {
+            "target": self.resolved_target(),  # MAEConfig derives norm_pix_loss from it
+            "pca_components": self.pca_components,
+            "encoder_mask_tokens": self.encoder_mask_tokens,
+            "mask_ratio": self.mask_ratio,
+            "mask_strategy": self.mask_strategy,
+        }
+        for name in ("img_size", "decoder_depth", "decoder_embed_dim", "decoder_num_heads"):
+            if getattr(self, name) is not None:
+                overrides[name] = getattr(self, name)
+        return variant_config(self.variant, **overrides)
+
+
+def _mask_strategies(strategy: str) -> tuple[str, ...]:
+    if strategy == "random":
+        return ("random",)  # the default: no need to import masking (and torch) for it
+    from .masking import MASK_STRATEGIES
+
+    return MASK_STRATEGIES
+
+
+def _targets(target: str) -> tuple[str, ...]:
+    if target == "norm_pix":
+        return ("norm_pix",)  # the default: no need to import targets (and torch) for it
+    from .targets import TARGETS
+
+    return TARGETS
+
+
+def _one_of(name: str, value: Any, choices: tuple[str, ...]) -> tuple[bool, str]:
+    """A `TrainConfig.check` entry: `value` of setting `name` is one of `choices`."""
+    hint = did_you_mean(str(value), choices)
+    flag = name.replace("_", "-")
+    return value in choices, f"{flag} must be one of {', '.join(choices)}, got {value!r}{hint}"
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:

@@ -14,14 +14,15 @@ import logging
 import math
 import signal
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torchvision.transforms.v2.functional as TF
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .config import MAEConfig, default_workers
+from .config import AUGMENTS, MAEConfig, default_workers, did_you_mean
+from .errors import MAEValueError
 from .sources import DataError, ImageIndex, open_rgb
 
 log = logging.getLogger(__name__)
@@ -64,15 +65,95 @@ def random_resized_crop_box(
     return (height - h) // 2, (width - w) // 2, h, w
 
 
-def _normalise(img: Image.Image, cfg: MAEConfig) -> torch.Tensor:
+# Colour jitter's strength: brightness, contrast and saturation factors uniform in
+# [1 - 0.4, 1 + 0.4], timm's `color_jitter=0.4` (no hue), applied in that order.
+JITTER = 0.4
+# ITU-R 601 luma weights, as torchvision's rgb_to_grayscale.
+_LUMA = (0.2989, 0.587, 0.114)
+
+
+class AugmentDraw(NamedTuple):
+    """One sample's augmentation: a crop box of the source image, a flip, colour factors."""
+
+    box: tuple[int, int, int, int]  # (top, left, h, w) in source pixels
+    flip: bool
+    jitter: tuple[float, float, float] | None  # brightness, contrast, saturation factors
+
+
+def check_augment(augment: str) -> str:
+    """`augment` if it names one of `AUGMENTS`, else `MAEValueError` listing them."""
+    if augment in AUGMENTS:
+        return augment
+    hint = did_you_mean(str(augment), AUGMENTS)
+    raise MAEValueError(f"unknown augment {augment!r}{hint}; choose one of: {', '.join(AUGMENTS)}")
+
+
+def fixed_crop_side(width: int, height: int, crop_pct: float) -> int:
+    """The side of the square a fixed-size crop takes: `crop_pct` of the shorter side, as
+    resizing the shorter side to S / crop_pct and cropping S (ImageNet's 256 -> 224)."""
+    return max(1, min(width, height, round(min(width, height) * crop_pct)))
+
+
+def draw_augment(
+    augment: str, width: int, height: int, g: torch.Generator, crop_pct: float = 0.875
+) -> AugmentDraw:
+    """The draws of one sample's augmentation `augment` (`AUGMENTS`) of a `width` x `height`
+    image, from generator `g`, in a fixed order: the box, the flip, the colour factors.
+
+    - none: the centred square of `fixed_crop_side` (resize and centre crop), no flip;
+    - crop-fixed: a square of that side at a random place, and a flip;
+    - crop-rand: RandomResizedCrop's box (scale 0.2-1, aspect 3/4-4/3), and a flip;
+    - crop-rand+jitter: crop-rand, then brightness, contrast and saturation factors.
+    crop-rand draws exactly what this module drew before the presets existed, so runs and
+    their checkpoints from then resume the same.
+    """
+    check_augment(augment)
+    if augment == "none":
+        side = fixed_crop_side(width, height, crop_pct)
+        return AugmentDraw(((height - side) // 2, (width - side) // 2, side, side), False, None)
+    if augment == "crop-fixed":
+        side = fixed_crop_side(width, height, crop_pct)
+        top = int(torch.randint(0, height - side + 1, (1,), generator=g))
+        left = int(torch.randint(0, width - side + 1, (1,), generator=g))
+        box = (top, left, side, side)
+    else:
+        box = random_resized_crop_box(width, height, g)
+    flip = torch.rand(1, generator=g).item() < 0.5
+    jitter = None
+    if augment == "crop-rand+jitter":
+        u = torch.rand(3, generator=g).tolist()
+        jitter = tuple(1.0 - JITTER + 2 * JITTER * v for v in u)
+    return AugmentDraw(box, flip, jitter)  # type: ignore[arg-type]
+
+
+def colour_jitter(x: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    """x: (N, 3, H, W) in [0, 1]; factors: (N, 3) brightness, contrast, saturation -> (N, 3,
+    H, W) in [0, 1], adjusted as torchvision's `adjust_*` on float images, in that order."""
+    luma = torch.tensor(_LUMA, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    b, c, s = (f.view(-1, 1, 1, 1).to(x) for f in factors.unbind(-1))
+    x = (x * b).clamp(0.0, 1.0)
+    mean = (x * luma).sum(dim=1, keepdim=True).mean(dim=(-2, -1), keepdim=True)  # (N, 1, 1, 1)
+    x = (c * x + (1 - c) * mean).clamp(0.0, 1.0)
+    grey = (x * luma).sum(dim=1, keepdim=True)  # (N, 1, H, W)
+    return (s * x + (1 - s) * grey).clamp(0.0, 1.0)
+
+
+def _normalise(img: Image.Image, cfg: MAEConfig, jitter: Any = None) -> torch.Tensor:
     x = TF.to_dtype(TF.pil_to_tensor(img), torch.float32, scale=True)  # (3, H, W) in [0, 1]
+    if jitter is not None:
+        x = colour_jitter(x[None], torch.tensor([jitter]))[0]
     return TF.normalize(x, list(cfg.mean), list(cfg.std))
 
 
-def train_transform(img: Image.Image, cfg: MAEConfig, g: torch.Generator) -> torch.Tensor:
-    """The paper's pretraining augmentation: RandomResizedCrop(scale 0.2-1, bicubic) and a
-    horizontal flip, then ImageNet normalisation. -> (3, img_size, img_size)."""
-    top, left, h, w = random_resized_crop_box(img.width, img.height, g)
+def train_transform(
+    img: Image.Image, cfg: MAEConfig, g: torch.Generator, augment: str = "crop-rand"
+) -> torch.Tensor:
+    """The pretraining augmentation `augment` (`draw_augment`; default the paper's:
+    RandomResizedCrop(scale 0.2-1) and a horizontal flip): the box resized to img_size
+    (bicubic), the flip, the colour factors, then ImageNet normalisation.
+    -> (3, img_size, img_size)."""
+    d = draw_augment(augment, img.width, img.height, g, cfg.crop_pct)
+    top, left, h, w = d.box
     img = TF.resized_crop(
         img,
         top,
@@ -83,9 +164,9 @@ def train_transform(img: Image.Image, cfg: MAEConfig, g: torch.Generator) -> tor
         interpolation=TF.InterpolationMode.BICUBIC,
         antialias=True,
     )
-    if torch.rand(1, generator=g).item() < 0.5:
+    if d.flip:
         img = TF.horizontal_flip(img)
-    return _normalise(img, cfg)
+    return _normalise(img, cfg, d.jitter)
 
 
 def eval_transform(img: Image.Image, cfg: MAEConfig) -> torch.Tensor:
@@ -100,11 +181,15 @@ def eval_transform(img: Image.Image, cfg: MAEConfig) -> torch.Tensor:
 class PretrainDataset(Dataset):
     """Item `(index, epoch)` -> (image (3, S, S), masking noise (L,), index).
 
-    Both the augmentation and the noise come from `sample_generator(seed, epoch, index)`.
+    Both the augmentation (`augment`, one of `AUGMENTS`) and the noise come from
+    `sample_generator(seed, epoch, index)`, the augmentation's draws first.
     """
 
-    def __init__(self, index: ImageIndex, cfg: MAEConfig, seed: int) -> None:
+    def __init__(
+        self, index: ImageIndex, cfg: MAEConfig, seed: int, augment: str = "crop-rand"
+    ) -> None:
         self.index, self.cfg, self.seed = index, cfg, seed
+        self.augment = check_augment(augment)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -113,7 +198,7 @@ class PretrainDataset(Dataset):
         i, epoch = key
         g = sample_generator(self.seed, epoch, i)
         img = self._load(i)
-        x = train_transform(img, self.cfg, g)
+        x = train_transform(img, self.cfg, g, self.augment)
         noise = torch.rand(self.cfg.num_patches, generator=g)
         return x, noise, i
 
@@ -188,7 +273,7 @@ class PretrainFeed:
 
     A DataLoader over `PretrainDataset` (CPU workers decode and augment), or, with
     `on_device`, `DeviceImages` (decoded once into device memory, augmented there); both
-    draw the same crops and masks.
+    draw the same crops and masks. `augment`: one of `AUGMENTS` (`draw_augment`).
     """
 
     def __init__(
@@ -205,8 +290,10 @@ class PretrainFeed:
         num_workers: int | None = None,
         on_device: bool = False,
         progress: bool = True,
+        augment: str = "crop-rand",
     ) -> None:
         self.index, self.cfg, self.seed = index, cfg, seed
+        self.augment = check_augment(augment)
         self.batch_size, self.batches_per_epoch = batch_size, batches_per_epoch
         self.device, self.rank, self.world = device, rank, world
         self.num_workers = num_workers if num_workers is not None else default_workers()
@@ -215,7 +302,7 @@ class PretrainFeed:
             from .device_data import DeviceImages
 
             self.device_images = DeviceImages(
-                index, cfg, seed, device, self.num_workers, progress=progress
+                index, cfg, seed, device, self.num_workers, progress=progress, augment=augment
             )
 
     def sampler(self, epoch: int, start_batch: int) -> EpochSampler:
@@ -250,7 +337,7 @@ class PretrainFeed:
 
     def _loader(self, epoch: int, start_batch: int) -> DataLoader:
         return DataLoader(
-            PretrainDataset(self.index, self.cfg, self.seed),
+            PretrainDataset(self.index, self.cfg, self.seed, self.augment),
             batch_size=self.batch_size,
             sampler=self.sampler(epoch, start_batch),
             num_workers=self.num_workers,
@@ -259,6 +346,34 @@ class PretrainFeed:
             persistent_workers=False,
             worker_init_fn=_init_worker,
         )
+
+
+# Images a "pca" target's basis is fitted on: 2,000 images of 196 patches (224 px, patch
+# 16) are 392,000 patches, plenty for the 768 x 768 covariance.
+PCA_IMAGES = 2000
+
+
+def pca_batches(
+    index: ImageIndex,
+    cfg: MAEConfig,
+    seed: int,
+    num_workers: int = 0,
+    max_images: int = PCA_IMAGES,
+    batch_size: int = 256,
+) -> Iterator[torch.Tensor]:
+    """Batches (B, 3, S, S) of normalised images for fitting a PCA target: `max_images` of
+    `index` at most, chosen by `seed` (in index order), resized and centre-cropped (augment
+    "none"): the same images for every process and every run with that seed."""
+    g = torch.Generator().manual_seed(seed)
+    picks = torch.randperm(len(index), generator=g)[:max_images].sort().values.tolist()
+    dataset = torch.utils.data.Subset(
+        PretrainDataset(index, cfg, seed, augment="none"), [(i, 0) for i in picks]
+    )
+    loader = DataLoader(
+        dataset, batch_size=batch_size, num_workers=num_workers, worker_init_fn=_init_worker
+    )
+    for imgs, _noise, _ in loader:
+        yield imgs
 
 
 def _init_worker(worker_id: int) -> None:

@@ -5,11 +5,13 @@ and crop JPEGs, so the GPU waits. `DeviceImages` decodes every image once into o
 tensor on the device ((N, 3, H, W): 1.2 GB for Tiny-ImageNet's 100,000 64-px images) and
 makes each batch there:
 
-- the draws are those of the CPU path (`PretrainDataset`): for each sample, its crop box,
-  flip and masking noise come from `sample_generator(seed, epoch, index)` in the same
-  order, so both paths crop the same boxes and hide the same patches;
+- the draws are those of the CPU path (`PretrainDataset`), for every `--augment` preset:
+  for each sample, its crop box, flip, colour factors and masking noise come from
+  `sample_generator(seed, epoch, index)` in the same order (`data.draw_augment`), so both
+  paths crop the same boxes and hide the same patches;
 - the crop is resampled with `grid_sample` (bicubic, pixel centres mapped as in a resize),
-  flipped by a negative x scale, clamped to [0, 255] and normalised. The pixels differ
+  flipped by a negative x scale, clamped to [0, 255], colour-jittered when asked (the same
+  `data.colour_jitter` as the CPU path) and normalised. The pixels differ
   from PIL's bicubic by rounding (PIL rounds to uint8 after resizing) and by antialiasing,
   which only matters when a crop is shrunk: with images stored at the training size, a
   crop is never larger than the output, so no antialiasing is ever needed.
@@ -28,7 +30,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from .config import MAEConfig
-from .data import PretrainDataset, random_resized_crop_box, sample_generator
+from .data import PretrainDataset, check_augment, colour_jitter, draw_augment, sample_generator
 from .sources import DataError, ImageIndex
 
 log = logging.getLogger(__name__)
@@ -52,7 +54,7 @@ class DeviceImages:
     """Every image of `index`, decoded, as one uint8 tensor on `device`.
 
     `batch(indices, epoch)` -> (images (B, 3, S, S) normalised float32, noise (B, L)), both on
-    `device`, from the same per-sample draws as `PretrainDataset`.
+    `device`, from the same per-sample draws as `PretrainDataset` with the same `augment`.
     """
 
     def __init__(
@@ -63,10 +65,12 @@ class DeviceImages:
         device: torch.device,
         num_workers: int = 0,
         progress: bool = True,
+        augment: str = "crop-rand",
     ) -> None:
         from tqdm.auto import tqdm
 
         self.cfg, self.seed, self.device = cfg, seed, device
+        self.augment = check_augment(augment)
         loader = DataLoader(
             _Decoded(index, cfg),
             batch_size=256,
@@ -108,15 +112,20 @@ class DeviceImages:
     def __len__(self) -> int:
         return len(self.images)
 
-    def draws(self, indices: list[int], epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per sample: the affine map of its crop and flip (B, 2, 3), and its noise (B, L),
-        drawn on the CPU in the order of `train_transform` then the noise."""
-        thetas, noises = [], []
+    def draws(
+        self, indices: list[int], epoch: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Per sample: the affine map of its crop and flip (B, 2, 3), its noise (B, L) and,
+        with colour jitter, its factors (B, 3) (else None), drawn on the CPU in the order of
+        `train_transform` then the noise."""
+        thetas, noises, factors = [], [], []
         w_img, h_img = self.width, self.height
         for i in indices:
             g = sample_generator(self.seed, epoch, i)
-            top, left, h, w = random_resized_crop_box(w_img, h_img, g)
-            flip = torch.rand(1, generator=g).item() < 0.5
+            d = draw_augment(self.augment, w_img, h_img, g, self.cfg.crop_pct)
+            (top, left, h, w), flip = d.box, d.flip
+            if d.jitter is not None:
+                factors.append(d.jitter)
             noises.append(torch.rand(self.cfg.num_patches, generator=g))
             # Output pixel centre u in [-1, 1] (align_corners=False) maps to source x =
             # left + (j + 0.5) * w / S - 0.5, i.e. x_norm = u * w / W + (2 * left + w) / W - 1.
@@ -127,13 +136,17 @@ class DeviceImages:
                     [0.0, h / h_img, (2 * top + h) / h_img - 1],
                 ]
             )
-        return torch.tensor(thetas, dtype=torch.float32), torch.stack(noises)
+        jitter = torch.tensor(factors, dtype=torch.float32) if factors else None
+        return torch.tensor(thetas, dtype=torch.float32), torch.stack(noises), jitter
 
     def batch(self, indices: list[int], epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        theta, noise = self.draws(indices, epoch)
+        theta, noise, jitter = self.draws(indices, epoch)
         src = self.images[torch.as_tensor(indices, device=self.device)].float()
         s = self.cfg.img_size
         grid = F.affine_grid(theta.to(self.device), [len(indices), 3, s, s], align_corners=False)
         out = F.grid_sample(src, grid, mode="bicubic", padding_mode="border", align_corners=False)
-        out = (out.clamp_(0.0, 255.0) - self._mean) / self._std
+        out = out.clamp_(0.0, 255.0)
+        if jitter is not None:
+            out = colour_jitter(out / 255.0, jitter.to(self.device)) * 255.0
+        out = (out - self._mean) / self._std
         return out, noise.to(self.device)

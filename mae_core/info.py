@@ -64,7 +64,11 @@ def describe(model_id: str, revision: str | None = None, hashes: bool = True) ->
         ),
         "params": model.num_params(),
         "norm_pix_loss": c.norm_pix_loss,
+        "target": c.target,
+        "pca_components": c.pca_components if c.target == "pca" else None,
         "mask_ratio": c.mask_ratio,
+        "mask_strategy": c.mask_strategy,
+        "encoder_mask_tokens": c.encoder_mask_tokens,
         "layer_norm_eps": c.layer_norm_eps,
         "source": source.get("source"),
         "format": source.get("format"),
@@ -96,11 +100,7 @@ def format_info(d: dict[str, Any]) -> str:
             if dec
             else "none (encoder-only weights: embeddings yes, reconstructions no)",
         ),
-        (
-            "loss",
-            f"MSE on masked patches, {'per-patch normalised' if d['norm_pix_loss'] else 'raw'}"
-            f" pixel targets, mask ratio {d['mask_ratio']}",
-        ),
+        ("loss", _loss_line(d)),
         ("source", f"{d['source']}" + (f" ({d['format']})" if d["format"] else "")),
     ]
     for w in d["weights"]:
@@ -108,3 +108,20 @@ def format_info(d: dict[str, Any]) -> str:
         rows.append(("weights", f"{Path(w['file']).name}  {size}  sha256:{w.get('sha256', '-')}"))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+_TARGETS = {
+    "norm_pix": "per-patch normalised pixel targets",
+    "pixel": "pixel targets (not normalised per patch)",
+    "pca": "targets the first {k} coefficients of a per-patch PCA basis",
+}
+
+
+def _loss_line(d: dict) -> str:
+    target = _TARGETS[d["target"]].format(k=d.get("pca_components"))
+    masking = f"mask ratio {d['mask_ratio']}"
+    if d.get("mask_strategy", "random") != "random":
+        masking += f", {d['mask_strategy']} masking"
+    if d.get("encoder_mask_tokens"):
+        masking += ", mask tokens in the encoder"
+    return f"MSE on masked patches, {target}, {masking}"

@@ -7,6 +7,8 @@ from typing import Any
 
 import yaml
 
+from .config import VARIANTS
+
 PAPER = "He et al., 2021, *Masked Autoencoders Are Scalable Vision Learners* (arXiv:2111.06377)"
 DATASET_IDS = {"cifar10": "cifar10", "tinyimagenet": "tiny-imagenet-200"}
 DATASET_NOTES = {
@@ -70,6 +72,53 @@ def eval_table(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _target(c: dict[str, Any]) -> str:
+    """The reconstruction target of a mae_config.json (older ones hold norm_pix_loss only)."""
+    return str(c.get("target") or ("norm_pix" if c.get("norm_pix_loss", True) else "pixel"))
+
+
+def _target_phrase(c: dict[str, Any]) -> str:
+    target = _target(c)
+    if target == "pca":
+        return (
+            f" as their coefficients on a {c.get('pca_components')}-component PCA basis of "
+            "training patches."
+        )
+    return " from per-patch-normalised pixels." if target == "norm_pix" else " (raw-pixel targets)."
+
+
+def recipe_choices(c: dict[str, Any], training: dict[str, Any]) -> list[str]:
+    """How this model's training departs from the paper's defaults, as its Table 1 names
+    them (mask sampling, target, mask tokens, decoder, augmentation): [] for none."""
+    out = []
+    if c.get("mask_strategy", "random") != "random":
+        out.append(f"{c['mask_strategy']} mask sampling (paper's default: random)")
+    target = _target(c)
+    if target != "norm_pix":
+        what = (
+            f"PCA coefficients ({c.get('pca_components')} components)"
+            if target == "pca"
+            else "raw pixels of the normalised image"
+        )
+        out.append(f"target: {what} (paper's best: per-patch-normalised pixels)")
+    if c.get("encoder_mask_tokens"):
+        out.append("mask tokens in the encoder (paper's default: decoder only)")
+    base = VARIANTS.get(str(c.get("variant")))
+    dec = ("decoder_depth", "decoder_embed_dim", "decoder_num_heads")
+    if base is not None and any(c.get(k) != getattr(base, k) for k in dec):
+        out.append(
+            f"decoder: {c.get('decoder_depth')} blocks, {c.get('decoder_embed_dim')}-d, "
+            f"{c.get('decoder_num_heads')} heads (the variant's: {base.decoder_depth} blocks, "
+            f"{base.decoder_embed_dim}-d, {base.decoder_num_heads} heads)"
+        )
+    augment = training.get("augment", "crop-rand")
+    if augment != "crop-rand":
+        out.append(
+            f"augmentation: {augment} (paper's default: crop-rand, random resized crop + flip)"
+        )
+    return out
+
+
 def render_card(
     repo_id: str,
     mae_config: dict[str, Any],
@@ -112,12 +161,14 @@ def render_card(
         "",
         f"A Masked Autoencoder ({PAPER}) `{c.get('variant') or 'custom'}`: a ViT encoder ({enc}, "
         f"{params.get('encoder', 0) / 1e6:.1f}M parameters) at {size}, pretrained by hiding "
-        f"{round(100 * c.get('mask_ratio', 0.75))}% of the patches and reconstructing them"
+        f"{round(100 * c.get('mask_ratio', 0.75))}% of the patches"
         + (
-            " from per-patch-normalised pixels."
-            if c.get("norm_pix_loss")
-            else " (raw-pixel targets)."
-        ),
+            ""
+            if c.get("mask_strategy", "random") == "random"
+            else f" ({c['mask_strategy']} masking)"
+        )
+        + " and reconstructing them"
+        + _target_phrase(c),
         "",
         "`model.safetensors` holds the encoder in timm's ViT key names (load it with timm as is); "
         + (
@@ -178,6 +229,11 @@ def render_card(
             f"| optimiser | AdamW (0.9, 0.95), base lr {training.get('blr')} (lr {training.get('lr')}), "
             f"weight decay {training.get('weight_decay')}, warmup {training.get('warmup_epochs')} epochs, cosine |",
             f"| mask ratio | {training.get('mask_ratio')} |",
+            *(
+                [f"| differs from the paper's defaults (Table 1) | {'; '.join(choices)} |"]
+                if (choices := recipe_choices(c, training))
+                else []
+            ),
             f"| final loss | {_loss(training.get('final_loss'))} |",
             f"| device | {training.get('device')} x {training.get('world_size', 1)} |",
             f"| versions | {', '.join(f'{k} {v}' for k, v in (training.get('versions') or {}).items())} |",

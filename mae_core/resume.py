@@ -25,6 +25,7 @@ Rules (`choose_resume`, `agree_on_resume`, `resume_settings`):
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import hashlib
 import json
@@ -384,10 +385,18 @@ def merge_settings(
     value and the one given. The settings are checked once merged, not before: a setting
     given again with its run's value (`--epochs 3`) is checked beside the run's other
     values, never beside defaults the run did not use."""
+    # A setting newer than the checkpoint (the paper's ablation options) was its default
+    # there: a resume may not switch it on mid-run either.
+    before = {
+        f.name: f.default
+        for f in dataclasses.fields(config)
+        if f.name not in saved and f.default is not dataclasses.MISSING
+    }
+    was = {**before, **saved}
     conflicts = [
-        f"{k}: checkpoint {saved.get(k)!r} vs now {given[k]!r}"
+        f"{k}: checkpoint {was[k]!r} vs now {given[k]!r}"
         for k in sorted(set(given) - resumable)
-        if k in saved and saved[k] != given[k]
+        if k in was and was[k] != given[k]
     ]
     if conflicts:
         raise TrainingError(

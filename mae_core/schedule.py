@@ -19,7 +19,7 @@ import torch
 from .sources import DataError
 
 # Parameters without weight decay besides norms and biases (timm's no_weight_decay list).
-NO_WEIGHT_DECAY = ("cls_token", "mask_token")
+NO_WEIGHT_DECAY = ("cls_token", "mask_token", "encoder_mask_token")
 
 
 def learning_rate(

@@ -37,7 +37,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from .config import TrainConfig
-from .data import PretrainFeed
+from .data import PCA_IMAGES, PretrainFeed, pca_batches
 from .distributed import close_distributed, init_distributed, math_threads, resolve_device
 from .errors import DeviceMemoryError, MAEValueError, TrainingError
 from .model import MaskedAutoencoder
@@ -129,9 +129,12 @@ class Trainer:
             num_workers=cfg.num_workers,
             on_device=cfg.data_on_device,
             progress=d.main,
+            augment=cfg.augment,
         )
         torch.manual_seed(cfg.seed)  # the same initial weights for every process and resume
         self.model = MaskedAutoencoder(self.model_cfg).to(self.device)
+        if resumed is None and self.model_cfg.target == "pca":
+            self._fit_pca()  # a resumed run has its basis in the checkpoint's model state
         self.optimizer = torch.optim.AdamW(
             param_groups(self.model, cfg.weight_decay), lr=s.base_lr, betas=(0.9, 0.95)
         )
@@ -150,6 +153,25 @@ class Trainer:
         if cfg.compile:
             self.net = torch.compile(self.net)
         self.log = RunLog(output, enabled=d.main)
+
+    def _fit_pca(self) -> None:
+        """Fit the "pca" target's basis on the patches of a fixed sample of the training
+        images (`PCA_IMAGES` at most, chosen by the seed, resized and centre-cropped: no
+        augmentation beyond the crop) and set it on the model. Every process fits the same
+        basis from the same images; the global random state is left as it was."""
+        from .targets import fit_pca_target
+
+        t0 = time.perf_counter()
+        batches = pca_batches(self.index, self.model_cfg, self.cfg.seed, self.feed.num_workers)
+        with torch.random.fork_rng(devices=[]):
+            fit_pca_target(self.model, batches, max_images=PCA_IMAGES)
+        if self.dist.main:
+            log.info(
+                "target pca: a basis of %d components fitted on the patches of %d images in %.1f s",
+                self.model_cfg.pca_components,
+                min(PCA_IMAGES, len(self.index)),
+                time.perf_counter() - t0,
+            )
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self) -> Path | None:
@@ -330,6 +352,12 @@ class Trainer:
             "warmup_epochs": cfg.warmup_epochs,
             "weight_decay": cfg.weight_decay,
             "mask_ratio": cfg.mask_ratio,
+            # The paper's ablation choices (Table 1): the model's config holds them too,
+            # except the augmentation, which only the run knows.
+            "mask_strategy": self.model_cfg.mask_strategy,
+            "target": self.model_cfg.target,
+            "encoder_mask_tokens": self.model_cfg.encoder_mask_tokens,
+            "augment": cfg.augment,
             "final_loss": self.log.last_loss,
             "device": str(self.device),
             "world_size": self.dist.world,

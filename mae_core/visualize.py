@@ -4,7 +4,8 @@ A norm-pix model predicts each hidden patch up to its own mean and variance, whi
 picture cannot know without peeking at the hidden pixels. Using the hidden patch's true
 statistics leaks the answer; one global mean/std washes every patch out. Here each hidden
 patch's mean/std is interpolated from its nearest visible patches (`interpolate_patch_stats`),
-so the picture is made from the visible pixels and the decoder's output alone.
+so the picture is made from the visible pixels and the decoder's output alone. The way back
+from predictions to pixels, for every target, is the model's (`pred_to_pixels`).
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ from PIL import Image, ImageDraw
 from .errors import MAEValueError
 from .masking import check_mask_ratio, check_mask_strategy, num_visible
 from .model import MaskedAutoencoder
+from .targets import NEIGHBOURS
+from .targets import interpolate_patch_stats as interpolate_patch_stats  # its former home
 
 GREY = 128  # fill of hidden patches in the `masked` panel
 LABELS = ("original", "masked", "reconstruction", "reconstruction + visible")
-NEIGHBOURS = 4
 
 
 @dataclass(eq=False)
@@ -42,40 +44,6 @@ class Panels:
     seed: int
     caption: str
     mask_strategy: str = "random"  # masking.MASK_STRATEGIES
-
-
-def interpolate_patch_stats(
-    values: torch.Tensor, mask: torch.Tensor, grid_size: tuple[int, int], k: int = NEIGHBOURS
-) -> torch.Tensor:
-    """Replace the hidden entries of `values` by inverse-distance-weighted means of visible ones.
-
-    values: (L, *) per-patch statistics in row-major grid order; mask: (L,) 1 = hidden;
-    grid_size: (h, w) with h * w = L. Each hidden patch gets sum(v_j / d_j) / sum(1 / d_j)
-    over its `k` nearest visible patches j (Euclidean distance d_j on the grid, ties broken
-    by patch index). Visible entries come back unchanged. Returns a new (L, *) tensor.
-    """
-    h, w = grid_size
-    hidden = mask.reshape(-1).bool().to(values.device)
-    if hidden.numel() != h * w or values.shape[0] != h * w:
-        raise ValueError(f"values {tuple(values.shape)} and mask must have h*w = {h * w} rows")
-    if bool(hidden.all()):
-        raise ValueError("no visible patch to interpolate from")
-    rows, cols = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-    pos = torch.stack([rows.flatten(), cols.flatten()], dim=1).to(values.device, torch.float64)
-    vis_idx, hid_idx = (~hidden).nonzero().flatten(), hidden.nonzero().flatten()
-    out = values.clone()
-    if hid_idx.numel() == 0:
-        return out
-    dist = torch.cdist(pos[hid_idx], pos[vis_idx])  # (n_hidden, n_visible), all >= 1
-    # A stable sort makes the choice among equally distant neighbours deterministic.
-    near_d, near = dist.sort(dim=1, stable=True)
-    kk = min(k, vis_idx.numel())
-    weights = 1.0 / near_d[:, :kk]  # (n_hidden, kk)
-    weights = weights / weights.sum(dim=1, keepdim=True)
-    neighbour_vals = values[vis_idx[near[:, :kk]]].to(torch.float64)  # (n_hidden, kk, *)
-    weights = weights.reshape(*weights.shape, *([1] * (values.ndim - 1)))
-    out[hid_idx] = (weights * neighbour_vals).sum(dim=1).to(values.dtype)
-    return out
 
 
 def preprocess(image: Image.Image, model: MaskedAutoencoder) -> torch.Tensor:
@@ -139,17 +107,12 @@ def reconstruction_panels(
             generator=generator,
             mask_strategy=strategy,
         )
-        pred = out.pred[0].float().cpu()  # (L, p*p*3)
+        pred = out.pred.float().cpu()  # (1, L, T) in the loss space
         mask = out.mask[0].cpu()  # (L,)
-        target = model.patch_targets(imgs)[0]  # (L, p*p*3), CPU float32
-        patch_error = ((pred - target) ** 2).mean(dim=-1)  # (L,)
-        if model.config.norm_pix_loss:
-            pix = model.patchify(imgs)[0]  # (L, p*p*3) normalised-image space
-            # The statistics patch_targets divided out: unbiased var + 1e-6, as in training.
-            stats = torch.stack([pix.mean(-1), (pix.var(-1) + 1.0e-6).sqrt()], dim=1)  # (L, 2)
-            stats = interpolate_patch_stats(stats, mask, grid)
-            pred = pred * stats[:, 1:] + stats[:, :1]
-        recon = model.unpatchify(pred[None], grid)  # (1, 3, H, W)
+        target = model.patch_targets(imgs)[0]  # (L, T), CPU float32
+        patch_error = ((pred[0] - target) ** 2).mean(dim=-1)  # (L,)
+        pixels = model.pred_to_pixels(pred, imgs, mask[None])  # (1, L, p*p*3)
+        recon = model.unpatchify(pixels, grid)  # (1, 3, H, W)
 
     original, reconstruction = _to_uint8(imgs, model), _to_uint8(recon, model)
     p = model.patch_size
@@ -160,12 +123,7 @@ def reconstruction_panels(
     pasted[~hidden] = original[~hidden]
 
     n_hidden = int(mask.sum())
-    how = (
-        f"hidden patches' mean/std interpolated from the {NEIGHBOURS} nearest visible patches "
-        "(inverse-distance weights); no hidden pixel used"
-        if model.config.norm_pix_loss
-        else "pixel-target model: decoder output shown as is"
-    )
+    how = _how_shown(model)
     sampling = "" if strategy == "random" else f"{strategy} masking, "
     caption = (
         f"{n_hidden}/{length} patches hidden ({sampling}mask ratio {ratio:g}, seed {seed}); {how}"
@@ -182,6 +140,22 @@ def reconstruction_panels(
         seed=seed,
         caption=caption,
         mask_strategy=strategy,
+    )
+
+
+def _how_shown(model: MaskedAutoencoder) -> str:
+    """The caption's account of how predictions became the reconstruction's pixels."""
+    c = model.config
+    if c.target == "pca":
+        return (
+            f"PCA-target model: the decoder's {c.pca_components} coefficients per patch mapped "
+            "back through the stored basis (mean + coefficients x components)"
+        )
+    if c.target == "pixel":
+        return "pixel-target model: decoder output shown as is"
+    return (
+        f"hidden patches' mean/std interpolated from the {NEIGHBOURS} nearest visible patches "
+        "(inverse-distance weights); no hidden pixel used"
     )
 
 

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from mae_core import MaskedAutoencoder
 
@@ -98,3 +99,26 @@ def test_info_on_a_bad_checkpoint(tmp_path: Path) -> None:
     (tmp_path / "x.pth").write_bytes(b"\x80\x02not really a pickle")
     out = run("info", str(tmp_path / "x.pth"))
     assert out.returncode == 2 and "cannot read" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_info_says_how_a_model_was_trained(tiny_model: MaskedAutoencoder, tmp_path: Path) -> None:
+    """The paper's ablation choices a model was trained with are shown, and in --json."""
+    from mae_core.targets import fit_pca_target
+
+    cfg = tiny_model.config.replace(
+        target="pca", pca_components=8, mask_strategy="block", encoder_mask_tokens=True
+    )
+    model = MaskedAutoencoder(cfg)
+    fit_pca_target(model, [torch.randn(4, 3, cfg.img_size, cfg.img_size)])
+    model.save_pretrained(tmp_path / "m")
+    out = run("info", "--no-hash", str(tmp_path / "m"))
+    assert out.returncode == 0, out.stderr
+    line = next(ln for ln in out.stdout.splitlines() if ln.startswith("loss"))
+    assert "the first 8 coefficients of a per-patch PCA basis" in line, line
+    assert "block masking" in line and "mask tokens in the encoder" in line, line
+    data = json.loads(run("info", "--no-hash", "--json", str(tmp_path / "m")).stdout)
+    assert (data["target"], data["mask_strategy"], data["encoder_mask_tokens"]) == (
+        "pca",
+        "block",
+        True,
+    )

@@ -13,8 +13,10 @@ from safetensors.torch import load_file, save_file
 from transformers import ViTMAEConfig, ViTMAEForPreTraining
 
 from mae_core import CheckpointError, MaskedAutoencoder, load_model
+from mae_core.checkpoint import load_weights
 from mae_core.config import MAEConfig
-from tests.reference import perturb_, reference_table
+from mae_core.targets import fit_pca_basis
+from tests.reference import TINY, perturb_, reference_table
 
 
 # -- transformers ViTMAEForPreTraining ---------------------------------------------------
@@ -276,3 +278,115 @@ def test_transformers_unknown_key_is_named(tmp_path: Path) -> None:
     save_file(sd, str(tmp_path / "model.safetensors"))
     with pytest.raises(CheckpointError, match=r"blocks\.1 attention key bias"):
         load_model(tmp_path)
+
+
+# -- the ablation options: targets and encoder mask tokens -------------------------------
+def _option_model(changes: dict) -> MaskedAutoencoder:
+    torch.manual_seed(0)
+    model = perturb_(MaskedAutoencoder(TINY.replace(**changes))).eval()
+    if model.config.target == "pca":
+        patches = torch.randn(300, 192, generator=torch.Generator().manual_seed(5))
+        model.set_pca_basis(*fit_pca_basis(patches * torch.linspace(3, 0.1, 192), 10))
+    return model
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"target": "norm_pix"},
+        {"target": "pixel"},
+        {"target": "pca", "pca_components": 10},
+        {"encoder_mask_tokens": True},
+        {"target": "pca", "pca_components": 10, "encoder_mask_tokens": True},
+    ],
+    ids=["norm_pix", "pixel", "pca", "encoder_mask_tokens", "pca+encoder_mask_tokens"],
+)
+def test_options_survive_save_and_load(changes: dict, tmp_path: Path) -> None:
+    model = _option_model(changes)
+    model.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "mae_config.json").read_text())
+    cfg = model.config
+    assert (saved["target"], saved["norm_pix_loss"]) == (cfg.target, cfg.target == "norm_pix")
+    assert saved["pca_components"] == cfg.pca_components
+    assert saved["encoder_mask_tokens"] is cfg.encoder_mask_tokens
+    # Pretraining-only tensors go with the decoder; the encoder file stays timm's.
+    enc = load_file(str(tmp_path / "model.safetensors"))
+    dec = load_file(str(tmp_path / "decoder.safetensors"))
+    extra = {"encoder_mask_token"} if cfg.encoder_mask_tokens else set()
+    if cfg.target == "pca":
+        extra |= {"target_pca_mean", "target_pca_components"}
+    assert extra <= set(dec) and not extra & set(enc)
+    assert ("mask_token" in dec) is not cfg.encoder_mask_tokens
+    assert dec["decoder_pred.weight"].shape[0] == model.target_dim
+
+    back = load_weights(tmp_path)
+    assert back.config == cfg and set(back.state_dict()) == set(model.state_dict())
+    for k, v in model.state_dict().items():
+        assert torch.equal(back.state_dict()[k], v), k
+    assert back.has_pca_basis is (cfg.target == "pca")
+    x, noise = torch.randn(2, 3, 32, 32), torch.rand(2, 16)
+    with torch.no_grad():
+        a, b = model(x, noise=noise), back(x, noise=noise)
+        assert torch.equal(a.pred, b.pred) and torch.equal(a.loss, b.loss)
+        pixels = back.pred_to_pixels(b.pred, x, b.mask)
+        assert torch.equal(model.pred_to_pixels(a.pred, x, a.mask), pixels)
+    vit = timm.create_model(f"local-dir:{tmp_path}", pretrained=True).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            vit.forward_features(x), back.forward_features(x), atol=1e-5, rtol=1e-5
+        )
+    # Encoder only: none of the pretraining tensors, and features unchanged.
+    enc_only = load_weights(tmp_path, with_decoder=False)
+    assert not extra & set(enc_only.state_dict()) and not enc_only.has_pca_basis
+    assert torch.equal(enc_only.forward_features(x), back.forward_features(x))
+
+
+def test_a_file_from_before_the_options_loads_with_defaults(tmp_path: Path) -> None:
+    model = _option_model({"target": "pixel"})
+    model.save_pretrained(tmp_path)
+    meta = json.loads((tmp_path / "mae_config.json").read_text())
+    for key in ("target", "pca_components", "encoder_mask_tokens"):
+        del meta[key]  # an older mae_config.json: norm_pix_loss false, nothing else
+    (tmp_path / "mae_config.json").write_text(json.dumps(meta))
+    back = load_weights(tmp_path)
+    assert back.config.target == "pixel" and back.config.norm_pix_loss is False
+    assert back.config.pca_components == 16 and back.config.encoder_mask_tokens is False
+    assert not back.config.extra
+    meta.update(target="pca", norm_pix_loss=True)  # a hand-edited file that contradicts itself
+    (tmp_path / "mae_config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="norm_pix_loss=True contradicts target 'pca'"):
+        load_weights(tmp_path)
+
+
+def test_a_safetensors_state_dict_tells_its_options(tmp_path: Path) -> None:
+    model = _option_model({"target": "pca", "pca_components": 10, "encoder_mask_tokens": True})
+    path = tmp_path / "full.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    back = load_model(path, num_heads=2, decoder_num_heads=2)
+    assert back.config.target == "pca" and back.config.pca_components == 10
+    assert back.config.encoder_mask_tokens and back.has_pca_basis
+    x, noise = torch.randn(2, 3, 32, 32), torch.rand(2, 16)
+    assert torch.equal(back(x, noise=noise).loss, model(x, noise=noise).loss)
+
+
+def test_pca_model_without_its_basis_file_entries_is_refused(tmp_path: Path) -> None:
+    _option_model({"target": "pca", "pca_components": 10}).save_pretrained(tmp_path)
+    dec = load_file(str(tmp_path / "decoder.safetensors"))
+    del dec["target_pca_components"]
+    save_file(dec, str(tmp_path / "decoder.safetensors"))
+    with pytest.raises(CheckpointError, match=r"missing keys: target_pca_components"):
+        load_weights(tmp_path)
+
+
+def test_the_default_model_is_unchanged() -> None:
+    from mae_core.hub import resolve_local
+
+    models = Path(__file__).resolve().parents[2] / "models"
+    model = load_model(resolve_local("mae/vit-tiny-tinyimagenet", root=models))
+    assert model.config.target == "norm_pix" and not model.config.encoder_mask_tokens
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        out = model(x, generator=torch.Generator().manual_seed(4))
+    # Captured before the targets and encoder mask tokens existed.
+    assert out.loss.item() == pytest.approx(1.0395482778549194, rel=1e-5)
+    assert out.pred.double().abs().sum().item() == pytest.approx(5456.3848520418105, rel=1e-5)

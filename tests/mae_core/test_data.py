@@ -12,10 +12,13 @@ import torch
 from PIL import Image
 
 from mae_core import variant_config
+from mae_core.config import AUGMENTS
 from mae_core.data import (
     EpochSampler,
     EvalDataset,
     PretrainDataset,
+    colour_jitter,
+    draw_augment,
     random_resized_crop_box,
     sample_generator,
 )
@@ -138,6 +141,70 @@ def test_sample_is_a_pure_function_of_seed_epoch_index(cifar_folder: Path) -> No
     assert x1.shape == (3, 32, 32) and n1.shape == (16,)
     x3, _, _ = ds[(7, 3)]
     assert not torch.equal(x1, x3)  # a new epoch, a new crop
+
+
+def test_augment_presets_are_seeded_and_differ(cifar_folder: Path) -> None:
+    index = index_folder(cifar_folder)
+    default = PretrainDataset(index, CFG, seed=5)
+    seen = {}
+    for augment in AUGMENTS:
+        ds = PretrainDataset(index, CFG, seed=5, augment=augment)
+        x1, n1, _ = ds[(7, 2)]
+        ds[(8, 2)]
+        x2, n2, _ = ds[(7, 2)]
+        assert torch.equal(x1, x2) and torch.equal(n1, n2), augment
+        assert x1.shape == (3, 32, 32) and n1.shape == (16,)
+        seen[augment] = x1
+        other_epoch = ds[(7, 3)][0]
+        # "none" draws nothing: every epoch sees the same picture; the others do not.
+        assert torch.equal(x1, other_epoch) == (augment == "none"), augment
+    assert torch.equal(seen["crop-rand"], default[(7, 2)][0])  # the default preset
+    for a in AUGMENTS:
+        for b in AUGMENTS:
+            assert a == b or not torch.equal(seen[a], seen[b]), (a, b)
+    with pytest.raises(ValueError, match="unknown augment 'heavy'; choose one of: none, "):
+        PretrainDataset(index, CFG, seed=5, augment="heavy")
+
+
+def test_crop_rand_draws_what_it_drew_before_the_presets() -> None:
+    """Runs (and checkpoints) from before `--augment` must see the same crops and masks."""
+    for i in range(50):
+        g_old, g_new = sample_generator(3, 1, i), sample_generator(3, 1, i)
+        box = random_resized_crop_box(40, 30, g_old)
+        flip = torch.rand(1, generator=g_old).item() < 0.5
+        d = draw_augment("crop-rand", 40, 30, g_new)
+        assert (d.box, d.flip, d.jitter) == (box, flip, None)
+        assert torch.equal(torch.rand(16, generator=g_old), torch.rand(16, generator=g_new))
+        # +jitter draws the same box and flip, then its colour factors
+        j = draw_augment("crop-rand+jitter", 40, 30, sample_generator(3, 1, i))
+        assert (j.box, j.flip) == (box, flip)
+        assert j.jitter is not None and all(0.6 <= f <= 1.4 for f in j.jitter)
+
+
+def test_fixed_size_and_centre_boxes() -> None:
+    places = set()
+    for i in range(100):
+        top, left, h, w = draw_augment("crop-fixed", 40, 32, sample_generator(0, 0, i)).box
+        assert h == w == 28  # 0.875 (crop_pct) of the shorter side
+        assert 0 <= top <= 32 - 28 and 0 <= left <= 40 - 28
+        places.add((top, left))
+    assert len(places) > 20  # 5 x 13 places, drawn at random
+    for i in range(3):
+        none = draw_augment("none", 40, 32, sample_generator(0, 0, i))
+        assert none == ((2, 6, 28, 28), False, None)
+
+
+def test_colour_jitter_is_torchvisions() -> None:
+    import torchvision.transforms.v2.functional as TF
+
+    x = torch.rand(3, 3, 8, 8)
+    factors = torch.tensor([[1.0, 1.0, 1.0], [1.3, 0.7, 1.2], [0.6, 1.4, 0.6]])
+    out = colour_jitter(x, factors)
+    torch.testing.assert_close(out[0], x[0])
+    for k in (1, 2):
+        b, c, s = factors[k].tolist()
+        want = TF.adjust_saturation(TF.adjust_contrast(TF.adjust_brightness(x[k], b), c), s)
+        torch.testing.assert_close(out[k], want, atol=1e-6, rtol=1e-5)
 
 
 def test_eval_dataset_is_centre_crop(cifar_folder: Path) -> None:

@@ -48,6 +48,29 @@ def test_same_draws_and_close_pixels_as_the_loader_path(index) -> None:
     ).abs().mean()
 
 
+@pytest.mark.parametrize("augment", ["none", "crop-fixed", "crop-rand+jitter"])
+def test_every_augment_preset_matches_the_loader_path(index, augment: str) -> None:
+    images = DeviceImages(
+        index, CFG, seed=3, device=torch.device("cpu"), progress=False, augment=augment
+    )
+    loader = PretrainDataset(index, CFG, seed=3, augment=augment)
+    picks = [0, 5, 17, 40, 63]
+    got, noise = images.batch(picks, 1)
+    for row, i in enumerate(picks):
+        want, want_noise, _ = loader[(i, 1)]
+        assert torch.equal(noise[row], want_noise), (augment, i)
+        diff = (got[row] - want).abs()
+        assert diff.mean() < 0.06, (augment, i, float(diff.mean()))
+        corr = torch.corrcoef(torch.stack([got[row].flatten(), want.flatten()]))[0, 1]
+        assert corr > 0.97, (augment, i, float(corr))
+    # and the preset shows: the default crops elsewhere
+    assert (got - images_default(index).batch(picks, 1)[0]).abs().mean() > 0.1
+
+
+def images_default(index) -> DeviceImages:
+    return DeviceImages(index, CFG, seed=3, device=torch.device("cpu"), progress=False)
+
+
 def test_mixed_sizes_are_refused(tmp_path: Path, cifar_folder: Path) -> None:
     src = sorted((cifar_folder / "cat").iterdir())[:2]
     Image.open(src[0]).save(tmp_path / "a.png")
@@ -74,9 +97,11 @@ def test_training_and_exact_resume_on_the_device_path(cifar_folder: Path, tmp_pa
 
 
 @pytest.mark.gpu
-def test_cuda_batches_match_the_cpu_ones(index) -> None:
-    cpu = DeviceImages(index, CFG, seed=1, device=torch.device("cpu"), progress=False)
-    gpu = DeviceImages(index, CFG, seed=1, device=torch.device("cuda"), progress=False)
+@pytest.mark.parametrize("augment", ["crop-rand", "none", "crop-fixed", "crop-rand+jitter"])
+def test_cuda_batches_match_the_cpu_ones(index, augment: str) -> None:
+    kw = {"seed": 1, "progress": False, "augment": augment}
+    cpu = DeviceImages(index, CFG, device=torch.device("cpu"), **kw)
+    gpu = DeviceImages(index, CFG, device=torch.device("cuda"), **kw)
     assert torch.equal(cpu.images, gpu.images.cpu())
     a, na = cpu.batch(list(range(32)), 4)
     b, nb = gpu.batch(list(range(32)), 4)

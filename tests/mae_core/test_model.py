@@ -10,6 +10,8 @@ import torch
 from mae_core import VARIANTS, MaskedAutoencoder, create_model, load_model, sincos_2d
 from mae_core.config import MAEConfig
 from mae_core.masking import sample_mask
+from mae_core.targets import PCABasisMissing, fit_pca_basis
+from tests.reference import TINY, perturb_
 
 
 def test_output_shapes(tiny_model: MaskedAutoencoder, imgs: torch.Tensor) -> None:
@@ -300,3 +302,217 @@ def test_config_mask_strategy_is_checked_and_saved(tiny_cfg: MAEConfig, tmp_path
     old = load_model(tmp_path / "centre")
     assert old.config.mask_strategy == "random" and "mask_strategy" not in old.config.extra
     assert MAEConfig.from_dict({"img_size": 32, "patch_size": 8}).mask_strategy == "random"
+
+
+# -- reconstruction targets and encoder mask tokens (the paper's Table 1(c), 1(d)) -------
+def _seeded(cfg: MAEConfig) -> tuple[MaskedAutoencoder, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    model = perturb_(MaskedAutoencoder(cfg)).eval()
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    noise = torch.rand(3, 16, generator=torch.Generator().manual_seed(2))
+    return model, x, noise
+
+
+@pytest.mark.parametrize(
+    ("target", "loss", "grads"),
+    [
+        # Captured from the code before the targets and encoder mask tokens existed.
+        ("norm_pix", 1.3124308586120605, {"cls_token": 0.05160454595937009}),
+        ("pixel", 1.3228880167007446, {"patch_embed.proj.weight": 0.05427238649136121}),
+    ],
+)
+def test_default_path_is_unchanged(target: str, loss: float, grads: dict[str, float]) -> None:
+    model, x, noise = _seeded(TINY.replace(target=target))
+    assert not hasattr(model, "encoder_mask_token") and not hasattr(model, "target_pca_mean")
+    with torch.no_grad():
+        out = model(x, noise=noise)
+    assert out.loss.item() == pytest.approx(loss, rel=1e-5)
+    assert out.pred.double().sum().item() == pytest.approx(-382.3488254651893, rel=1e-4)
+    assert out.pred.double().abs().sum().item() == pytest.approx(4224.456208528252, rel=1e-5)
+    torch.manual_seed(5)
+    model.train()(x, noise=noise).loss.backward()
+    for name, norm in grads.items():
+        assert model.get_parameter(name).grad.norm().item() == pytest.approx(norm, rel=1e-4)
+    if target == "norm_pix":
+        assert model.mask_token.grad.norm().item() == pytest.approx(0.1401799021982934, rel=1e-4)
+
+
+def test_pixel_and_norm_pix_losses_by_hand(imgs: torch.Tensor) -> None:
+    norm, _, noise = _seeded(TINY)
+    imgs = imgs * 2.0 + 1.0  # patches whose mean and spread are far from 0 and 1
+    pixel = MaskedAutoencoder(TINY.replace(target="pixel")).eval()
+    pixel.load_state_dict(norm.state_dict())  # same weights: same predictions
+    a, b = norm(imgs, noise=noise), pixel(imgs, noise=noise)
+    assert torch.equal(a.pred, b.pred) and torch.equal(a.mask, b.mask)
+    x = norm.patchify(imgs).double()
+    m = a.mask.double()
+    for out, target in (
+        (a, (x - x.mean(-1, keepdim=True)) / (x.var(-1, keepdim=True) + 1e-6).sqrt()),
+        (b, x),
+    ):
+        manual = (((out.pred.double() - target) ** 2).mean(-1) * m).sum() / m.sum()
+        assert out.loss.item() == pytest.approx(manual.item(), rel=1e-5)
+    assert b.loss.item() > a.loss.item() + 1.0
+
+
+def _pca_model(k: int = 12) -> MaskedAutoencoder:
+    model = perturb_(MaskedAutoencoder(TINY.replace(target="pca", pca_components=k))).eval()
+    patches = torch.randn(400, 192, generator=torch.Generator().manual_seed(3))
+    patches[:, :24] *= 4.0  # a few directions carry more variance
+    model.set_pca_basis(*fit_pca_basis(patches, k))
+    return model
+
+
+def test_pca_loss_is_mse_of_coefficients_on_masked_patches(imgs: torch.Tensor) -> None:
+    model = _pca_model()
+    assert model.decoder_pred.weight.shape == (12, 16) and model.target_dim == 12
+    out = model(imgs, noise=torch.rand(3, 16))
+    assert out.pred.shape == (3, 16, 12)
+    # By hand, in float64: coefficients of each (not per-patch normalised) patch.
+    mean = model.target_pca_mean.double()
+    comps = model.target_pca_components.double()
+    coeffs = torch.einsum("nlp,kp->nlk", model.patchify(imgs).double() - mean, comps)
+    m = out.mask.double()
+    manual = (((out.pred.double() - coeffs) ** 2).mean(-1) * m).sum() / m.sum()
+    assert out.loss.item() == pytest.approx(manual.item(), rel=1e-5)
+    torch.testing.assert_close(model.patch_targets(imgs).double(), coeffs, atol=1e-4, rtol=1e-5)
+    # Visible patches do not count.
+    changed = out.pred.detach().clone()
+    changed[out.mask == 0] += 50.0
+    assert torch.allclose(model.forward_loss(imgs, changed, out.mask), out.loss)
+
+
+def test_pca_without_a_basis_refuses_to_compute_a_loss(imgs: torch.Tensor) -> None:
+    model = MaskedAutoencoder(TINY.replace(target="pca", pca_components=8))
+    assert not model.has_pca_basis
+    with pytest.raises(PCABasisMissing, match=r"no PCA basis: fit one .*fit_pca_target"):
+        model(imgs)
+    with pytest.raises(RuntimeError, match="no PCA basis"):
+        model.pred_to_pixels(torch.zeros(1, 16, 8))
+    # A loaded state dict without a basis (all zeros) is refused again.
+    good = _pca_model(8)
+    assert good.has_pca_basis and torch.isfinite(good(imgs).loss)
+    good.load_state_dict(model.state_dict())
+    assert not good.has_pca_basis
+
+
+def test_set_pca_basis_checks_what_it_is_given() -> None:
+    model = MaskedAutoencoder(TINY.replace(target="pca", pca_components=4))
+    mean, comps = torch.zeros(192), torch.eye(192)[:4]
+    with pytest.raises(ValueError, match=r"mean \(192,\) and components \(4, 192\); got"):
+        model.set_pca_basis(mean, torch.eye(192)[:5])
+    with pytest.raises(ValueError, match="orthonormal rows"):
+        model.set_pca_basis(mean, comps * 2)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        model.set_pca_basis(torch.full((192,), float("nan")), comps)
+    with pytest.raises(ValueError, match="set_pca_basis is for target 'pca'"):
+        MaskedAutoencoder(TINY).set_pca_basis(mean, comps)
+    model.set_pca_basis(mean, comps)
+    assert model.has_pca_basis
+    assert not MaskedAutoencoder(TINY.replace(target="pca"), with_decoder=False).has_pca_basis
+
+
+def test_target_config_and_the_older_norm_pix_loss_switch() -> None:
+    assert (MAEConfig().target, MAEConfig().norm_pix_loss) == ("norm_pix", True)
+    assert MAEConfig(norm_pix_loss=False).target == "pixel"
+    assert MAEConfig(norm_pix_loss=False) == MAEConfig(target="pixel")
+    assert MAEConfig(target="pca").norm_pix_loss is False
+    assert MAEConfig(target="pixel", norm_pix_loss=False).target == "pixel"  # agreeing
+    with pytest.raises(ValueError, match="norm_pix_loss=True contradicts target 'pca'"):
+        MAEConfig(target="pca", norm_pix_loss=True)
+    with pytest.raises(ValueError, match="norm_pix_loss=False contradicts target 'norm_pix'"):
+        MAEConfig(target="norm_pix", norm_pix_loss=False)
+    # replace() changes one and re-derives the other.
+    assert TINY.replace(norm_pix_loss=False).target == "pixel"
+    pca = TINY.replace(target="pca")
+    assert (pca.target, pca.norm_pix_loss) == ("pca", False)
+    assert pca.replace(norm_pix_loss=False).target == "pca"  # already not norm-pix
+    assert pca.replace(norm_pix_loss=True).target == "norm_pix"
+    assert TINY.replace(target="pixel").replace(target="norm_pix").norm_pix_loss is True
+    # Older files: norm_pix_loss only.
+    old = TINY.to_dict()
+    for k in ("target", "pca_components", "encoder_mask_tokens"):
+        del old[k]
+    assert MAEConfig.from_dict(old) == TINY
+    assert MAEConfig.from_dict({**old, "norm_pix_loss": False}).target == "pixel"
+    new = TINY.replace(target="pca", pca_components=7, encoder_mask_tokens=True)
+    d = new.to_dict()
+    assert (d["target"], d["norm_pix_loss"], d["pca_components"]) == ("pca", False, 7)
+    assert d["encoder_mask_tokens"] is True and MAEConfig.from_dict(d) == new
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"target": "tokens"}, r"target must be one of norm_pix, pixel, pca, got 'tokens'"),
+        ({"target": "pixels"}, r"got 'pixels' \(did you mean pixel\?\)"),
+        ({"target": "pca", "pca_components": 0}, "pca_components must be a positive integer"),
+        ({"pca_components": -3}, "pca_components must be a positive integer, got -3"),
+        (
+            {"target": "pca", "pca_components": 193},
+            r"pca_components must be in 1\.\.192 .* for target 'pca', got 193",
+        ),
+        ({"encoder_mask_tokens": "yes"}, "encoder_mask_tokens must be true or false"),
+    ],
+)
+def test_bad_target_settings_are_named(changes: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        TINY.replace(**changes)
+
+
+def _mask_token_pair() -> tuple[MaskedAutoencoder, MaskedAutoencoder]:
+    """The default model and an encoder-mask-token model with the same shared weights."""
+    base, _, _ = _seeded(TINY)
+    with_m = MaskedAutoencoder(TINY.replace(encoder_mask_tokens=True)).eval()
+    shared = {k: v for k, v in base.state_dict().items() if k != "mask_token"}
+    token = torch.randn(1, 1, 32, generator=torch.Generator().manual_seed(4))
+    with_m.load_state_dict({**shared, "encoder_mask_token": token})
+    return base, with_m
+
+
+def test_encoder_mask_tokens_run_the_encoder_on_every_patch(imgs: torch.Tensor) -> None:
+    base, model = _mask_token_pair()
+    assert "encoder_mask_token" in dict(model.named_parameters())
+    assert not hasattr(model, "mask_token")  # the decoder inserts none
+    seen = []
+    hook = model.blocks[0].register_forward_hook(lambda m, i, o: seen.append(i[0].shape))
+    noise = torch.rand(3, 16)
+    latent, masking = model.forward_encoder(imgs, 0.75, noise=noise)
+    hook.remove()
+    assert seen == [(3, 17, 32)] and latent.shape == (3, 17, 32)
+    base_latent, _ = base.forward_encoder(imgs, 0.75, noise=noise)
+    assert base_latent.shape == (3, 5, 32)
+    # A hidden patch's pixels never reach the encoder: the mask token stands in for them.
+    hidden = int(masking.mask[0].nonzero()[0])
+    r, c = divmod(hidden, 4)
+    edited = imgs.clone()
+    edited[0, :, r * 8 : (r + 1) * 8, c * 8 : (c + 1) * 8] += 5.0
+    assert torch.equal(model.forward_encoder(edited, 0.75, noise=noise)[0], latent)
+    out, ref = model(imgs, noise=noise), base(imgs, noise=noise)
+    assert out.pred.shape == ref.pred.shape == (3, 16, 192)
+    assert torch.equal(out.mask, ref.mask)
+    assert not torch.allclose(out.pred, ref.pred, atol=1e-3)
+    # With no patch hidden the two paths are the same computation.
+    ident = torch.arange(16.0).expand(3, 16)
+    a, b = model(imgs, mask_ratio=0.0, noise=ident), base(imgs, mask_ratio=0.0, noise=ident)
+    decoder_input = model.forward_encoder(imgs, 0.0, noise=ident)[0]
+    assert torch.allclose(decoder_input, base.forward_encoder(imgs, 0.0, noise=ident)[0])
+    assert a.loss.item() == b.loss.item() == 0.0
+
+
+def test_encoder_mask_token_gets_a_gradient(imgs: torch.Tensor) -> None:
+    model = MaskedAutoencoder(TINY.replace(encoder_mask_tokens=True)).train()
+    out = model(imgs)
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.count_nonzero(p.grad) > 0, name
+    assert model.encoder_mask_token.grad.norm() > 0
+    assert model.num_params()["encoder"] == MaskedAutoencoder(TINY).num_params()["encoder"]
+    with pytest.raises(ValueError, match="holds all 1\\+L = 17 tokens, got 5"):
+        model.forward_decoder(torch.randn(3, 5, 32), out.ids_restore)
+    # Features need no mask token: an encoder-only copy embeds, and refuses masking clearly.
+    enc = MaskedAutoencoder(TINY.replace(encoder_mask_tokens=True), with_decoder=False)
+    assert enc.embed(imgs).shape == (3, 32)
+    with pytest.raises(RuntimeError, match="encoder_mask_tokens needs the MAE decoder"):
+        enc.forward_encoder(imgs, 0.75)

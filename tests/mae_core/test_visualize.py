@@ -9,6 +9,7 @@ from PIL import Image
 from skimage import data as photos
 
 from mae_core import MaskedAutoencoder
+from mae_core.targets import fit_pca_target
 from mae_core.visualize import (
     GREY,
     Panels,
@@ -237,3 +238,65 @@ def test_random_panels_caption_unchanged(tiny_model, chelsea_tensor: torch.Tenso
     pan = reconstruction_panels(tiny_model, chelsea_tensor, seed=1)
     assert pan.mask_strategy == "random"
     assert pan.caption.startswith("12/16 patches hidden (mask ratio 0.75, seed 1); ")
+
+
+# -- every target maps back to pixels through the model's pred_to_pixels -------------------
+def _pca(cls: type[MaskedAutoencoder], image: torch.Tensor, k: int) -> MaskedAutoencoder:
+    model = perturb_(cls(TINY.replace(target="pca", pca_components=k))).eval()
+    fit_pca_target(model, [image[None]])
+    return model
+
+
+@pytest.mark.parametrize("k", [8, P * P * 3])
+def test_pca_oracle_restores_the_image_up_to_the_truncation(
+    chelsea_tensor: torch.Tensor, k: int
+) -> None:
+    pan = reconstruction_panels(_pca(OracleMAE, chelsea_tensor, k), chelsea_tensor, seed=0)
+    diff = np.abs(pan.reconstruction.astype(int) - pan.original.astype(int))
+    if k == P * P * 3:  # the full basis: exact, hidden patches included (no statistics needed)
+        assert diff.max() <= 1
+    else:  # 8 of 192 directions: a blurred but recognisable picture
+        assert 1 < diff.mean() < 25
+    assert np.abs(pan.patch_error).max() < 1e-8  # the oracle's coefficients are the targets
+    assert "PCA-target model" in pan.caption and f"{k} coefficients" in pan.caption
+
+
+def test_pca_panels_show_no_hidden_pixel(chelsea_tensor: torch.Tensor) -> None:
+    model = _pca(MaskedAutoencoder, chelsea_tensor, 16)
+    before = reconstruction_panels(model, chelsea_tensor, seed=0)
+    k = int(np.flatnonzero(before.mask)[0])
+    r, c = divmod(k, GRID[1])
+    changed = chelsea_tensor.clone()
+    changed[:, r * P : (r + 1) * P, c * P : (c + 1) * P] += 2.0
+    after = reconstruction_panels(model, changed, seed=0)
+    assert np.array_equal(before.reconstruction, after.reconstruction)
+    assert before.patch_error[k] != after.patch_error[k]
+    assert before.patch_error.shape == (L,)
+    assert before.loss == pytest.approx(float(before.patch_error[before.mask == 1].mean()))
+
+
+def test_encoder_mask_token_panels_show_no_hidden_pixel(chelsea_tensor: torch.Tensor) -> None:
+    model = perturb_(MaskedAutoencoder(TINY.replace(encoder_mask_tokens=True))).eval()
+    before = reconstruction_panels(model, chelsea_tensor, seed=0)
+    k = int(np.flatnonzero(before.mask)[0])
+    r, c = divmod(k, GRID[1])
+    changed = chelsea_tensor.clone()
+    changed[:, r * P : (r + 1) * P, c * P : (c + 1) * P] = 3.0
+    after = reconstruction_panels(model, changed, seed=0)
+    assert np.array_equal(before.reconstruction, after.reconstruction)
+    assert "interpolated" in before.caption
+
+
+class DoublingMAE(MaskedAutoencoder):
+    """Maps predictions to pixels its own way: shows the panels ask the model."""
+
+    def pred_to_pixels(self, pred, imgs=None, mask=None):  # type: ignore[override]
+        return super().pred_to_pixels(pred, imgs, mask) * 0.0 + 2.0
+
+
+def test_panels_take_pixels_from_the_model(chelsea_tensor: torch.Tensor) -> None:
+    model = DoublingMAE(TINY.replace(target="pixel")).eval()
+    pan = reconstruction_panels(model, chelsea_tensor, seed=0)
+    mean, std = np.array(TINY.mean), np.array(TINY.std)
+    expect = np.round(np.clip(2.0 * std + mean, 0, 1) * 255).astype(np.uint8)
+    assert (pan.reconstruction == expect).all()
