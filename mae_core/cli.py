@@ -298,6 +298,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         seed=args.seed,
         revision=args.revision,
         device=args.device,
+        mask_strategy=args.mask_strategy,
     )
     print(
         f"wrote {out}: loss {panels.loss:.4f} on {int(panels.mask.sum())} hidden patches "
@@ -310,9 +311,9 @@ def add_reconstruct(sub: Any) -> None:
     p = sub.add_parser(
         "reconstruct",
         help="hide patches of an image and write the model's reconstruction as a picture",
-        description="Mask IMAGE at random (reproducible with --seed), run the full MAE, and "
-        "write one picture: original | masked | reconstruction | reconstruction with the "
-        "visible patches pasted back.",
+        description="Mask IMAGE (at random unless --mask-strategy says otherwise; "
+        "reproducible with --seed), run the full MAE, and write one picture: original | "
+        "masked | reconstruction | reconstruction with the visible patches pasted back.",
     )
     p.add_argument("image", metavar="IMAGE", help="a JPEG, PNG, WebP, ... file")
     p.add_argument("--model", required=True, help="a model id with its decoder")
@@ -325,6 +326,13 @@ def add_reconstruct(sub: Any) -> None:
     )
     p.add_argument("--mask-ratio", type=float, default=0.75)
     p.add_argument("--seed", type=int, default=0, help="masking seed")
+    p.add_argument(
+        "--mask-strategy",
+        metavar="S",
+        help="which patches to hide: random, block (rectangles of patches), grid (one patch "
+        "kept per 2x2 cell; --mask-ratio 0.75 only) or centre (a centred square); default: "
+        "the model's own (random unless it was trained otherwise)",
+    )
     p.add_argument("--revision", help="branch or commit for local:/hf-hub: ids")
     p.add_argument("--device", help="cpu (default), cuda or cuda:N")
     p.set_defaults(func=cmd_reconstruct)
@@ -348,6 +356,44 @@ def add_curve(sub: Any) -> None:
     p.add_argument("run", metavar="RUN", help="a run folder of mae train")
     p.add_argument("--output", metavar="PNG", help="where to write it (default RUN/curve.png)")
     p.set_defaults(func=cmd_curve)
+
+
+# -- mae ablate ---------------------------------------------------------------------------
+def cmd_ablate(args: argparse.Namespace) -> int:
+    import logging
+
+    from .ablate import format_summary, run_ablation
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    result = run_ablation(
+        args.spec, args.output, progress=lambda line: print(line, flush=True), dry_run=args.dry_run
+    )
+    if args.dry_run:
+        return 0
+    if result.stopped:
+        print(f"stopped in run {result.stopped}, checkpointed: run the same command to go on")
+        return 130
+    print(format_summary(result))
+    return 0
+
+
+def add_ablate(sub: Any) -> None:
+    p = sub.add_parser(
+        "ablate",
+        help="run a sweep of training runs (one factor at a time), evaluate, tabulate, plot",
+        description="Train one run per value of each setting SPEC varies (the others at its "
+        "base), each an ordinary run folder DIR/runs/<name>; evaluate each (k-NN and/or linear "
+        "probe top-1, reconstruction loss, images/s, wall time) and write DIR/results.json, "
+        "DIR/results.md and a PNG per factor (needs matplotlib). Run it again to continue: "
+        "finished runs are skipped, interrupted ones resumed, evaluations cached. See "
+        "docs/ablations.md for the spec's format.",
+    )
+    p.add_argument("spec", metavar="SPEC", help="YAML or JSON file: name, base, vary, eval")
+    p.add_argument("--output", required=True, metavar="DIR", help="folder of the sweep")
+    p.add_argument(
+        "--dry-run", action="store_true", help="check the spec and list the runs, train nothing"
+    )
+    p.set_defaults(func=cmd_ablate)
 
 
 # -- mae export ---------------------------------------------------------------------------
@@ -598,6 +644,7 @@ SUBCOMMANDS: list[Callable[[Any], None]] = [
     add_eval,
     add_reconstruct,
     add_curve,
+    add_ablate,
     add_export,
     add_push,
     add_pull,

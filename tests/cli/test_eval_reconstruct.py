@@ -190,6 +190,64 @@ def test_reconstruct_a_real_photo(saved: Path, photo: Path, tmp_path: Path) -> N
     assert (tmp_path / "c.png").read_bytes() != (tmp_path / "a.png").read_bytes()
 
 
+def test_reconstruct_by_a_mask_strategy(saved: Path, photo: Path, tmp_path: Path) -> None:
+    """`--mask-strategy block` writes a PNG whose masked panel hides the patches block
+    masking hides for that seed (not random masking's), and says so; grid keeps one patch
+    of every 2x2 cell of the 4 x 4 grid."""
+    import torch
+
+    from mae_core.masking import sample_mask
+
+    def hidden(path: Path) -> np.ndarray:
+        with Image.open(path) as img:
+            assert img.format == "PNG"
+            pic = np.asarray(img)
+        masked = pic[28 : 28 + 256, 8 + 256 + 8 : 8 + 2 * 256 + 8]
+        return (masked == 128).all(axis=-1).reshape(4, 64, 4, 64).all(axis=(1, 3))
+
+    def library(strategy: str, seed: int) -> np.ndarray:
+        generator = torch.Generator().manual_seed(seed)
+        masking = sample_mask(torch.zeros(1, 16, 1), 0.75, strategy, generator=generator)
+        return masking.mask[0].reshape(4, 4).bool().numpy()
+
+    for strategy in ("block", "grid"):
+        out = run(
+            "reconstruct", str(photo), "--model", str(saved / "full"),
+            "--output", str(tmp_path / f"{strategy}.png"), "--mask-strategy", strategy,
+            "--seed", "3",
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        assert f"12/16 patches hidden ({strategy} masking, mask ratio 0.75, seed 3)" in out.stdout
+        assert np.array_equal(hidden(tmp_path / f"{strategy}.png"), library(strategy, 3))
+    assert not np.array_equal(library("block", 3), library("random", 3))
+    cells = (~hidden(tmp_path / "grid.png")).reshape(2, 2, 2, 2).transpose(0, 2, 1, 3)
+    assert (cells.sum(axis=(2, 3)) == 1).all()
+    assert "--mask-strategy" in run("reconstruct", "--help").stdout
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--mask-strategy", "blocks"], "unknown mask strategy 'blocks'"),
+        (["--mask-strategy", "grid", "--mask-ratio", "0.5"], "grid masking keeps one patch"),
+    ],
+)
+def test_reconstruct_refuses_a_bad_mask_strategy(
+    saved: Path, photo: Path, tmp_path: Path, extra: list[str], message: str
+) -> None:
+    """One line naming the choices (or the ratio grid needs), status 2, nothing written."""
+    out = run(
+        "reconstruct", str(photo), "--model", str(saved / "full"),
+        "--output", str(tmp_path / "x.png"), *extra,
+    )  # fmt: skip
+    assert out.returncode == 2, out.stdout
+    assert out.stderr.startswith("mae: error: ") and out.stderr.count("\n") == 1, out.stderr
+    assert message in out.stderr and "Traceback" not in out.stderr
+    if "blocks" in extra:
+        assert "random, block, grid, centre" in out.stderr
+    assert not (tmp_path / "x.png").exists()
+
+
 @pytest.mark.parametrize(
     ("image", "model", "extra", "message"),
     [
