@@ -61,14 +61,16 @@ def add_info(sub: Any) -> None:
 
 
 # -- mae train --------------------------------------------------------------------------
-def add_settings_flags(parser: argparse.ArgumentParser, settings: type) -> None:
+def add_settings_flags(
+    parser: argparse.ArgumentParser, settings: type, skip: tuple[str, ...] = ()
+) -> None:
     """One flag per field of the dataclass `settings` that carries help text: `--kebab-name`,
     typed by the field's annotation, `--name/--no-name` for booleans, the default shown.
     The parser must use `argument_default=argparse.SUPPRESS`, so that only the flags given
     reach the namespace (a resumed run takes the others from its checkpoint)."""
     hints = typing.get_type_hints(settings)
     for f in dataclasses.fields(settings):
-        if "help" not in f.metadata:
+        if "help" not in f.metadata or f.name in skip:
             continue
         kind = hints[f.name]
         base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
@@ -121,6 +123,46 @@ def add_train(sub: Any) -> None:
     add_settings_flags(p, TrainConfig)
     p.add_argument("--config", metavar="FILE", help="JSON or YAML file of these settings")
     p.set_defaults(func=cmd_train)
+
+
+# -- mae finetune -----------------------------------------------------------------------
+def cmd_finetune(args: argparse.Namespace) -> int:
+    import logging
+
+    from .config import load_config_file
+    from .finetune import FinetuneConfig, finetune
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    settings = load_config_file(args.config) if getattr(args, "config", None) else {}
+    settings.update({k: v for k, v in vars(args).items() if k in FinetuneConfig.fields()})
+    for key in ("data", "output"):
+        if key not in settings:
+            raise CLIError(f"finetune needs --{key} (on the command line or in --config)")
+    final = finetune(settings)
+    if final is not None:
+        print(f"classifier: {final}")
+    return 0
+
+
+def add_finetune(sub: Any) -> None:
+    from .finetune import FinetuneConfig
+
+    p = sub.add_parser(
+        "finetune",
+        help="fine-tune a pretrained encoder into a classifier (the paper's recipe)",
+        description="Fine-tune MODEL's encoder on labelled images with the paper's recipe "
+        "(layer-wise lr decay, drop path, RandAugment, random erasing, Mixup/CutMix, label "
+        "smoothing; timm's parts), scoring held-out images after each epoch. SOURCE: class "
+        "folders, an archive of them, cifar10 or tinyimagenet. DIR/final/ is a timm classifier "
+        "folder (timm.create_model('local-dir:DIR/final', pretrained=True)). --from-scratch "
+        "trains the same network from random weights: the baseline. Resumable, torchrun-ready "
+        "as mae train. See docs/finetune.md.",
+        argument_default=argparse.SUPPRESS,
+    )
+    p.add_argument("model", metavar="MODEL", help="the pretrained encoder: any model id")
+    add_settings_flags(p, FinetuneConfig, skip=("model",))
+    p.add_argument("--config", metavar="FILE", help="JSON or YAML file of these settings")
+    p.set_defaults(func=cmd_finetune)
 
 
 # -- mae shard --------------------------------------------------------------------------
@@ -640,6 +682,7 @@ def add_serve(sub: Any) -> None:
 SUBCOMMANDS: list[Callable[[Any], None]] = [
     add_info,
     add_train,
+    add_finetune,
     add_shard,
     add_eval,
     add_reconstruct,

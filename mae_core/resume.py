@@ -233,6 +233,7 @@ def write_checkpoint(
     model_config: Any,
     bad_steps: int,
     world_size: int,
+    extra: dict[str, Any] | None = None,
 ) -> Path:
     """Save the state of a run after optimiser step `step` as the newest checkpoint of
     `output`, then delete all but the `keep` newest. `settings` and `model_config` are
@@ -253,6 +254,7 @@ def write_checkpoint(
             "world_size": world_size,  # a resume must keep batch x world x accum
             "elastic_run_id": elastic_run_id(),
             "rng": rng_state(),
+            **(extra or {}),
         },
     )
     for old in checkpoint_paths(output)[keep:]:
@@ -538,7 +540,15 @@ def check_schedule(resumed: Resumed | None, schedule: Schedule) -> None:
 def restore(resumed: Resumed, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
     """Load a checkpoint's weights, optimiser and random generators into a fresh run."""
     from .checkpoint import assign_state_dict
+    from .model import MaskedAutoencoder
 
-    assign_state_dict(model, resumed.payload["model"], source=str(resumed.path))
+    if isinstance(model, MaskedAutoencoder):
+        assign_state_dict(model, resumed.payload["model"], source=str(resumed.path))
+    else:  # another network trained by the same loop (a fine-tuned classifier)
+        try:
+            model.load_state_dict(resumed.payload["model"], strict=True)
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()[0]
+            raise CheckpointError(f"{resumed.path} does not fit this run's model: {first}") from e
     optimizer.load_state_dict(resumed.payload["optimizer"])
     set_rng_state(resumed.payload["rng"])

@@ -29,7 +29,7 @@ import math
 import shutil
 import signal
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,8 @@ from .errors import DeviceMemoryError, MAEValueError, TrainingError
 from .model import MaskedAutoencoder
 from .resume import (
     DISK_FULL,
+    RESUMABLE_CHANGES,
+    Resumed,
     agree_on_resume,
     check_same_step,
     check_schedule,
@@ -96,23 +98,45 @@ class Trainer:
     (`TrainConfig.given`).
     """
 
-    def __init__(self, settings: TrainSettings) -> None:
+    # The settings' dataclass and those a resume may change: a subclass that trains
+    # something else (finetune.Finetuner) gives its own.
+    config_class: type = TrainConfig
+    resumable: set[str] = RESUMABLE_CHANGES
+
+    def __init__(self, settings: TrainSettings | Mapping[str, Any]) -> None:
+        resumed = self._start(self._given(settings))
+        self._build(resumed)
+        self._go_on(resumed)
+
+    def _given(self, settings: Any) -> dict[str, Any]:
+        cls = self.config_class
         given = settings.given() if isinstance(settings, TrainConfig) else dict(settings)
-        unknown = sorted(set(given) - TrainConfig.fields())
+        unknown = sorted(set(given) - cls.fields())
         if unknown:
             raise MAEValueError(f"unknown training setting(s): {', '.join(unknown)}")
         missing = [k for k in ("data", "output") if not given.get(k)]
         if missing:
             raise MAEValueError(f"a training run needs the setting(s) {', '.join(missing)}")
+        return given
+
+    def _start(self, given: dict[str, Any]) -> Resumed | None:
+        """Processes, device, the checkpoint to go on from, the settings, the threads."""
         self.output = output = Path(given["output"])
         self.dist = d = init_distributed(given.get("device", "auto"))
         self.device = resolve_device(given.get("device", "auto"), d.local_rank)
         if output.exists() and not output.is_dir():
             raise TrainingError(f"--output {output} is a file, not a folder")
         resumed = agree_on_resume(d, self.device, output, given.get("resume"))
-        self.cfg = cfg = resume_settings(resumed, given, d.world, d.main)
+        self.cfg = resume_settings(
+            resumed, given, d.world, d.main, self.config_class, self.resumable
+        )
+        self.threads = math_threads(self.cfg.threads)
+        return resumed
+
+    def _build(self, resumed: Resumed | None) -> None:
+        """The data, the schedule, the model and the optimiser of an MAE pretraining run."""
+        cfg, d = self.cfg, self.dist
         self.model_cfg = cfg.model_config()
-        self.threads = math_threads(cfg.threads)
         self.index = index_source(cfg.data, cfg.limit)
         self.schedule = s = Schedule.from_settings(cfg, len(self.index), d.world, self.index.name)
         if d.main:
@@ -138,6 +162,10 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(
             param_groups(self.model, cfg.weight_decay), lr=s.base_lr, betas=(0.9, 0.95)
         )
+
+    def _go_on(self, resumed: Resumed | None) -> None:
+        """Restore the checkpoint (if any), check every rank starts at one step, wrap."""
+        d, output = self.dist, self.output
         self.step = self.bad_steps = 0
         if resumed is not None:
             restore(resumed, self.model, self.optimizer)
@@ -150,7 +178,7 @@ class Trainer:
         if d.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = DistributedDataParallel(self.model, device_ids=ids)
-        if cfg.compile:
+        if self.cfg.compile:
             self.net = torch.compile(self.net)
         self.log = RunLog(output, enabled=d.main)
 
@@ -238,7 +266,8 @@ class Trainer:
             self.step += 1
             self.log.advance()
             if ok and (self.step % cfg.log_every == 0 or self.step == end):
-                lr = self.optimizer.param_groups[0]["lr"]
+                group = self.optimizer.param_groups[0]
+                lr = group["lr"] / group.get("lr_scale", 1.0)  # the schedule's, undecayed
                 rate = seen / (time.perf_counter() - t0)
                 self.log.record(
                     self.step, epoch, self.step / s.steps_per_epoch, loss, lr, grad_norm, rate
@@ -257,17 +286,16 @@ class Trainer:
     def _step(self, batches: Iterator[Any], autocast: Any) -> tuple[float, float, bool]:
         """One optimiser step over `accum_iter` micro-batches -> (loss, grad norm, applied)."""
         accum = self.cfg.accum_iter
+        lr = self.schedule.lr(self.step)
         for group in self.optimizer.param_groups:
-            group["lr"] = self.schedule.lr(self.step)
+            group["lr"] = lr * group.get("lr_scale", 1.0)  # layer-wise lr decay, when set
         total = 0.0
         for micro in range(accum):
-            imgs, noise, _ = next(batches)
-            imgs = imgs.to(self.device, non_blocking=True)
-            noise = noise.to(self.device, non_blocking=True)
+            batch = next(batches)
             sync = micro == accum - 1 or not isinstance(self.net, DistributedDataParallel)
             ctx = contextlib.nullcontext() if sync else self.net.no_sync()
             with ctx, autocast:
-                loss = self.net(imgs, mask_ratio=self.cfg.mask_ratio, noise=noise).loss
+                loss = self._loss(batch)
             with ctx:
                 (loss / accum).backward()
             total += loss.item() / accum
@@ -281,6 +309,13 @@ class Trainer:
             self._skip(total, grad_norm)
         self.optimizer.zero_grad(set_to_none=True)
         return self.dist.all_mean(total, self.device), grad_norm, ok
+
+    def _loss(self, batch: Any) -> torch.Tensor:
+        """The loss of one micro-batch from the feed: the MAE's, on its masking noise."""
+        imgs, noise, _ = batch
+        imgs = imgs.to(self.device, non_blocking=True)
+        noise = noise.to(self.device, non_blocking=True)
+        return self.net(imgs, mask_ratio=self.cfg.mask_ratio, noise=noise).loss
 
     def _skip(self, loss: float, grad_norm: float) -> None:
         """A non-finite step is not applied; too many in a row stop the run."""
@@ -329,7 +364,12 @@ class Trainer:
             model_config=self.model_cfg,
             bad_steps=self.bad_steps,
             world_size=self.dist.world,
+            extra=self._checkpoint_extra(),
         )
+
+    def _checkpoint_extra(self) -> dict[str, Any]:
+        """What a subclass keeps in its checkpoints besides the run's state."""
+        return {}
 
     def _panels(self, epoch: int) -> None:
         every = self.cfg.panel_every
@@ -363,13 +403,19 @@ class Trainer:
             "world_size": self.dist.world,
             "versions": versions(),
         }
-        final = self.output / "final"
         self.model.eval()
-        # Written beside, then renamed: a full disk leaves the old final/ (or none), not half.
+        final = self._write_final(lambda part: self.model.save_pretrained(part, training=summary))
+        log.info("done: %d steps; final model in %s", self.step, final)
+        return final
+
+    def _write_final(self, write: Callable[[Path], Any]) -> Path:
+        """DIR/final written by `write(folder)` beside, then renamed into place: a full disk
+        leaves the old final/ (or none), never half of one."""
+        final = self.output / "final"
         part = self.output / ".final.partial"
         shutil.rmtree(part, ignore_errors=True)
         try:
-            self.model.save_pretrained(part, training=summary)
+            write(part)
             shutil.rmtree(final, ignore_errors=True)
             part.rename(final)
         except OSError as e:
@@ -380,15 +426,20 @@ class Trainer:
                 f"complete in {last[0] if last else 'its checkpoints'}: make room and run the "
                 "same command with --resume auto to write final/ again"
             ) from e
-        log.info("done: %d steps; final model in %s", self.step, final)
         return final
 
 
 def train(settings: TrainSettings) -> Path | None:
     """Run (or resume) a pretraining run; returns DIR/final, or None if stopped by a signal.
     `settings`: as for `Trainer`."""
+    return run_guarded(lambda: Trainer(settings))
+
+
+def run_guarded(make: Callable[[], Trainer]) -> Path | None:
+    """Make a trainer and run it, with a full disk and device memory said plainly, and
+    the processes' group closed whatever happens."""
     try:
-        return Trainer(settings).run()
+        return make().run()
     except OSError as e:
         if e.errno not in DISK_FULL:
             raise
