@@ -309,6 +309,24 @@ def is_device_name(name: str) -> bool:
     return name in ("auto", "cpu", "cuda") or (name.startswith("cuda:") and name[5:].isdigit())
 
 
+def given_settings(settings: Any) -> dict[str, Any]:
+    """The fields of the settings dataclass `settings` that differ from their defaults, and
+    the required ones: what a run's settings ask of a resumed run."""
+    out = {}
+    for f in dataclasses.fields(settings):
+        value = getattr(settings, f.name)
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:  # required
+            out[f.name] = value
+            continue
+        if value != default:
+            out[f.name] = value
+    return out
+
+
 def _setting(default: Any = dataclasses.MISSING, *, help: str, metavar: str | None = None) -> Any:
     """A `TrainConfig` field with the help text its command-line flag shows."""
     meta = {"help": help, "metavar": metavar}
@@ -580,19 +598,7 @@ class TrainConfig:
     def given(self) -> dict[str, Any]:
         """The settings that differ from their defaults (data and output always): what
         this config asks of a resumed run, whose other settings come from its checkpoint."""
-        out = {}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if f.default is not dataclasses.MISSING:
-                default = f.default
-            elif f.default_factory is not dataclasses.MISSING:
-                default = f.default_factory()
-            else:  # required
-                out[f.name] = value
-                continue
-            if value != default:
-                out[f.name] = value
-        return out
+        return given_settings(self)
 
     def model_config(self) -> MAEConfig:
         """The `MAEConfig` these settings train: the variant's, with the image size, the

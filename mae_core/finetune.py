@@ -42,7 +42,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset
 
 from .checkpoint import CONFIG_FILE, ENCODER_FILE, CheckpointError, timm_config
-from .config import MAEConfig, _setting, default_workers
+from .config import MAEConfig, _setting, default_workers, given_settings
 from .data import EpochSampler, EvalDataset, sample_generator
 from .errors import MAEValueError, TrainingError
 from .resume import check_schedule
@@ -161,6 +161,9 @@ class FinetuneConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def given(self) -> dict[str, Any]:
+        return given_settings(self)
+
     @property
     def policy(self) -> str | None:
         return None if self.auto_augment in (None, "", "none") else self.auto_augment
@@ -192,19 +195,8 @@ RESUMABLE_CHANGES = {
 def classifier_args(cfg: MAEConfig, num_classes: int) -> dict[str, Any]:
     """timm `VisionTransformer` arguments of a classifier on `cfg`'s encoder: global average
     pooling of the patch tokens, then `fc_norm` and the head (the paper's fine-tuning)."""
-    return {
-        "img_size": cfg.img_size,
-        "patch_size": cfg.patch_size,
-        "in_chans": cfg.in_chans,
-        "embed_dim": cfg.embed_dim,
-        "depth": cfg.depth,
-        "num_heads": cfg.num_heads,
-        "mlp_ratio": cfg.mlp_ratio,
-        "qkv_bias": True,
-        "num_classes": num_classes,
-        "global_pool": "avg",
-        "fc_norm": True,
-    }
+    args = timm_config(cfg)["model_args"]  # the encoder's, as its config.json gives them
+    return {**args, "num_classes": num_classes, "global_pool": "avg", "fc_norm": True}
 
 
 def build_classifier(cfg: MAEConfig, num_classes: int, drop_path: float = 0.0) -> torch.nn.Module:
@@ -457,7 +449,7 @@ class Finetuner(Trainer):
     resumable = RESUMABLE_CHANGES
 
     def _given(self, settings: Any) -> dict[str, Any]:
-        given = dict(settings) if isinstance(settings, Mapping) else _given_fields(settings)
+        given = dict(settings) if isinstance(settings, Mapping) else settings.given()
         if not given.get("model"):
             raise MAEValueError("a fine-tuning run needs the pretrained model (MODEL)")
         check_sources(given)
@@ -543,7 +535,7 @@ class Finetuner(Trainer):
             self.criterion = LabelSmoothingCrossEntropy(smoothing=cfg.smoothing)
         else:
             self.criterion = torch.nn.CrossEntropyLoss()
-        self.best: dict[str, Any] | None = None
+        self._scored: tuple[int, dict[str, Any]] | None = None  # (step, its score)
 
     def _loss(self, batch: Any) -> torch.Tensor:
         imgs, labels = batch
@@ -578,8 +570,13 @@ class Finetuner(Trainer):
         )
 
     def score(self) -> dict[str, Any]:
+        """The held-out score of the weights at this step, computed once: the last epoch's
+        is also the final model's."""
         assert self.val_index is not None
-        return accuracy(self.model, self.val_index, self.model_cfg, self.device)
+        if self._scored is None or self._scored[0] != self.step:
+            score = accuracy(self.model, self.val_index, self.model_cfg, self.device)
+            self._scored = (self.step, score)
+        return self._scored[1]
 
     def _described(self) -> dict[str, Any]:
         described = super()._described()
@@ -649,15 +646,6 @@ class Finetuner(Trainer):
         else:
             log.info("done: %d steps; classifier in %s", self.step, final)
         return final
-
-
-def _given_fields(settings: FinetuneConfig) -> dict[str, Any]:
-    out = {}
-    for f in dataclasses.fields(settings):
-        value = getattr(settings, f.name)
-        if f.default is dataclasses.MISSING or value != f.default:
-            out[f.name] = value
-    return out
 
 
 def _class_diff(a: list[str], b: list[str]) -> str:
