@@ -251,6 +251,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_sources, format_table
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if args.method == "classifier":
+        return _eval_classifier(args)
+    if args.confusion:
+        raise CLIError(
+            "--confusion draws a classifier's confusion matrix: give --method classifier"
+        )
     result = evaluate_sources(
         args.model,
         args.data,
@@ -276,23 +282,64 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_classifier(args: argparse.Namespace) -> int:
+    from .classify import evaluate_classifier, format_classifier, plot_confusion
+
+    if args.backend != "torch":
+        raise CLIError("--method classifier runs the classifier with torch: drop --backend")
+    result = evaluate_classifier(
+        args.model,
+        args.data,
+        args.test_data,
+        revision=args.revision,
+        limit=args.limit,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        device=args.device,
+    )
+    print(format_classifier(result))
+    if args.confusion:
+        print(f"wrote {plot_confusion(result, args.confusion)}")
+    if args.output:
+        out = Path(args.output)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {out}")
+    return 0
+
+
 def add_eval(sub: Any) -> None:
     from .config import default_workers
     from .export import BACKENDS
 
     p = sub.add_parser(
         "eval",
-        help="k-NN and linear-probe accuracy of a model's frozen features, beside random init",
+        help="k-NN and linear-probe accuracy of a model's frozen features, beside random init; "
+        "a fine-tuned classifier's accuracy",
         description="Evaluate frozen features by weighted k-NN (k=20, T=0.07) and a linear probe "
         "(BatchNorm without affine + linear), each beside the same architecture with random "
         "weights; and, when the model has its decoder, its reconstruction loss on the test "
         "images beside the random-init twin's (same masks). SOURCE is cifar10 or tinyimagenet "
-        "(their held-out split is the test set), or a labelled folder/archive with --test-data.",
+        "(their held-out split is the test set), or a labelled folder/archive with --test-data. "
+        "--method classifier scores a classifier of mae finetune instead (top-1, top-5, per "
+        "class, --confusion PNG) on --test-data, the held-out split of a named SOURCE, or "
+        "SOURCE itself.",
     )
     p.add_argument("model", metavar="MODEL", help="model id (folder, .pth, local:, hf-hub:)")
     p.add_argument("--data", required=True, metavar="SOURCE", help="labelled training images")
     p.add_argument("--test-data", metavar="SOURCE", help="labelled test images")
-    p.add_argument("--method", choices=("knn", "linear", "all"), default="all")
+    p.add_argument(
+        "--method",
+        choices=("knn", "linear", "all", "classifier"),
+        default="all",
+        help="knn, linear, all (both: the default) for an encoder's frozen features; "
+        "classifier for a fine-tuned classifier's own predictions",
+    )
+    p.add_argument(
+        "--confusion",
+        metavar="PNG",
+        help="with --method classifier: draw the confusion matrix there (needs matplotlib)",
+    )
     p.add_argument("--pooling", choices=("cls", "mean", "both"), default="cls")
     p.add_argument("--output", metavar="FILE", help="write the results as JSON")
     p.add_argument("--revision", help="branch or commit for local:/hf-hub: ids")

@@ -1,5 +1,6 @@
-"""`mae curve RUN`: the training curve of a run (loss and learning rate against epochs) as a
-PNG, from the run's `metrics.jsonl`. Needs matplotlib (`pip install 'mae-hub[plot]'`)."""
+"""`mae curve RUN`: the training curve of a run (loss and learning rate against epochs; for
+a run of `mae finetune` also its held-out accuracy per epoch) as a PNG, from the run's
+`metrics.jsonl`. Needs matplotlib (`pip install 'mae-hub[plot]'`)."""
 
 from __future__ import annotations
 
@@ -31,6 +32,16 @@ def read_metrics(run: str | os.PathLike[str]) -> list[dict]:
     return [by_step[s] for s in sorted(by_step)]
 
 
+def read_val(run: str | os.PathLike[str]) -> list[dict]:
+    """The held-out scores `mae finetune` logs after each epoch (`event: "val"`: epoch,
+    top1, top5 as fractions), one per epoch (a resumed run's repeat: the last wins)."""
+    by_epoch: dict[float, dict] = {}
+    for rec in read_records(Path(run) / "metrics.jsonl"):
+        if rec.get("event") == "val" and isinstance(rec.get("top1"), (int, float)):
+            by_epoch[rec.get("epoch", rec.get("step", 0))] = rec
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
 def plot_curve(run: str | os.PathLike[str], output: str | os.PathLike[str]) -> Path:
     """Write the curve of `run` to `output` (PNG); returns its path."""
     try:
@@ -43,23 +54,57 @@ def plot_curve(run: str | os.PathLike[str], output: str | os.PathLike[str]) -> P
             "mae curve needs matplotlib: pip install 'mae-hub[plot]' (or matplotlib)"
         ) from None
     records = read_metrics(run)
-    title = Path(run).name
+    val = read_val(run)
+    title, loss_name = Path(run).name, "loss (MSE on masked patches)"
     cfg_path = Path(run) / "config.json"
     if cfg_path.is_file():
         cfg = json.loads(cfg_path.read_text())
         train, model = cfg.get("train", {}), cfg.get("model", {})
         batch = cfg.get("effective_batch") or train.get("batch_size")
-        title = (
-            f"{train.get('variant')} at {model.get('img_size') or train.get('img_size')} px on "
-            f"{train.get('data')}: batch {batch}, blr {train.get('blr')}, "
-            f"mask {train.get('mask_ratio')}"
-        )
+        size = f"{model.get('img_size') or train.get('img_size')} px"
+        if "finetune" in cfg:  # a run of mae finetune
+            origin = (cfg["finetune"].get("from") or {}).get("model") or "random init"
+            title = (
+                f"fine-tuning {origin} at {size} on {train.get('data')}: batch {batch}, "
+                f"blr {train.get('blr')}, layer decay {train.get('layer_decay')}"
+            )
+            loss_name = "training loss (cross-entropy)"
+        else:
+            title = (
+                f"{train.get('variant')} at {size} on {train.get('data')}: batch {batch}, "
+                f"blr {train.get('blr')}, mask {train.get('mask_ratio')}"
+            )
     epochs = [r.get("epoch", r["step"]) for r in records]
     losses = [r["loss"] for r in records]
-    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
-    ax.plot(epochs, losses, color="tab:blue", linewidth=1.2)
-    ax.set_xlabel("epoch" if "epoch" in records[0] else "step")
-    ax.set_ylabel("loss (MSE on masked patches)", color="tab:blue")
+    if val:  # a second panel: held-out accuracy per epoch, on the same epochs
+        fig, (ax, acc) = plt.subplots(
+            2, 1, figsize=(8, 7), dpi=100, sharex=True, height_ratios=(3, 2)
+        )
+        xs = [r.get("epoch", r.get("step")) for r in val]
+        acc.plot(xs, [100 * r["top1"] for r in val], "o-", color="tab:green", label="top-1")
+        if all(isinstance(r.get("top5"), (int, float)) for r in val):
+            top5 = [100 * r["top5"] for r in val]
+            acc.plot(xs, top5, "s--", color="tab:olive", label="top-5", lw=1)
+        acc.set_ylabel("held-out accuracy (%)")
+        acc.set_xlabel("epoch")
+        acc.set_ylim(0, 100)
+        acc.grid(alpha=0.3)
+        acc.legend(loc="best", fontsize=8)
+        last = val[-1]
+        acc.annotate(
+            f"{100 * last['top1']:.1f}%",
+            (xs[-1], 100 * last["top1"]),
+            textcoords="offset points",
+            xytext=(0, 6),
+            ha="center",
+            fontsize=8,
+        )
+    else:
+        fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
+        ax.set_xlabel("epoch" if "epoch" in records[0] else "step")
+    marker = "o" if len(records) < 10 else None  # a short run's few records stay visible
+    ax.plot(epochs, losses, color="tab:blue", linewidth=1.2, marker=marker)
+    ax.set_ylabel(loss_name, color="tab:blue")
     finite = [v for v in losses if math.isfinite(v)]
     if finite:
         ax.set_ylim(0, max(finite) * 1.05)

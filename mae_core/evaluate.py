@@ -291,6 +291,13 @@ def evaluate_sources(
         require_onnxruntime()
     if device:
         resolve_device(device)  # a missing GPU fails before any data is read
+    from .classify import resolve_classifier
+
+    if resolve_classifier(model_id, revision) is not None:
+        raise MAEValueError(
+            f"{model_id} is a fine-tuned classifier: k-NN and the linear probe score an "
+            "encoder's frozen features; score the classifier with --method classifier"
+        )
     test_source = test_data or held_out_source(data)
     if test_source is None:
         raise DataError(

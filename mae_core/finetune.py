@@ -45,6 +45,7 @@ from .checkpoint import CONFIG_FILE, ENCODER_FILE, CheckpointError, timm_config
 from .config import MAEConfig, _setting, default_workers, given_settings
 from .data import EpochSampler, EvalDataset, sample_generator
 from .errors import MAEValueError, TrainingError
+from .files import sha256_file
 from .resume import check_schedule
 from .sources import DataError, ImageIndex, held_out_source, index_source, open_rgb, train_split
 from .train import Trainer, run_guarded
@@ -347,16 +348,22 @@ def accuracy(
     device: torch.device,
     batch_size: int = 256,
     num_workers: int = 0,
+    label_of: list[int] | None = None,
+    num_classes: int | None = None,
 ) -> dict[str, Any]:
     """Top-1 and top-5 of `model` on `index` (the eval transform), and the confusion
-    matrix (rows: true class, columns: predicted)."""
+    matrix (rows: true class, columns: predicted). `label_of` maps the index's labels to
+    the model's classes (`num_classes` of them) when those differ, e.g. a subset."""
     was_training = model.training
     model.eval()
     loader = DataLoader(EvalDataset(index, cfg), batch_size=batch_size, num_workers=num_workers)
-    k = len(index.classes)
+    k = num_classes or len(index.classes)
+    to_model = None if label_of is None else torch.tensor(label_of)
     confusion = torch.zeros(k, k, dtype=torch.long)
     top5 = 0
     for x, y in loader:
+        if to_model is not None:
+            y = to_model[y]
         logits = model(x.to(device)).float().cpu()
         pred = logits.argmax(1)
         confusion += torch.bincount(y * k + pred, minlength=k * k).view(k, k)
@@ -588,11 +595,19 @@ class Finetuner(Trainer):
         return described
 
     def _origin(self) -> dict[str, Any]:
+        """Where the encoder came from: the id given, the commit it resolved to (for a hub
+        or embedded-hub id: its snapshot folder is named by it) and the encoder file's
+        sha256, so a card can say exactly which weights were fine-tuned."""
         info = self.source_info
+        source = Path(str(info.get("source", "")))
+        weights = [Path(f) for f in info.get("weights") or []]
+        encoder = next((f for f in weights if f.name == ENCODER_FILE), None)
         return {
             "model": self.cfg.model,
             "source": info.get("source"),
             "weights": info.get("weights"),
+            "revision": source.name if source.parent.name == "snapshots" else None,
+            "encoder_sha256": sha256_file(encoder) if encoder and encoder.is_file() else None,
         }
 
     def _finish(self) -> Path | None:

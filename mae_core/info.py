@@ -36,6 +36,12 @@ def describe(model_id: str, revision: str | None = None, hashes: bool = True) ->
             "weights": [],
         }
     else:
+        from .classify import describe_classifier, resolve_classifier
+
+        folder = resolve_classifier(model_id, revision)
+        if folder is not None:  # a fine-tuned classifier: its head and labels, no MAE
+            shown = model_id if revision is None else f"{model_id}@{revision}"
+            return describe_classifier(folder, shown, hashes)
         model = load_model(model_id, revision)
         source = model.source_info
     c = model.config
@@ -78,6 +84,10 @@ def describe(model_id: str, revision: str | None = None, hashes: bool = True) ->
 
 def format_info(d: dict[str, Any]) -> str:
     """A `describe` result as two aligned columns, one fact per line."""
+    if d.get("kind") == "classifier":
+        from .classify import format_classifier_info
+
+        return format_classifier_info(d)
     enc, dec, params = d["encoder"], d["decoder"], d["params"]
     g = d["img_size"] // d["patch_size"]
     rows = [

@@ -21,6 +21,21 @@ DATASET_NOTES = {
 }
 
 
+CITATION = [
+    "## Citation",
+    "",
+    "```bibtex",
+    "@inproceedings{he2022masked,",
+    "  title={Masked Autoencoders Are Scalable Vision Learners},",
+    "  author={He, Kaiming and Chen, Xinlei and Xie, Saining and Li, Yanghao and Doll{\\'a}r, Piotr and Girshick, Ross},",
+    "  booktitle={CVPR},",
+    "  year={2022}",
+    "}",
+    "```",
+    "",
+]
+
+
 def _dataset_name(source: str) -> str:
     return source.partition(":")[0].partition("[")[0]
 
@@ -260,19 +275,175 @@ def render_card(
         lines += ["## Reconstructions", "", f"![reconstruction]({picture})", ""]
         if picture_caption:
             lines += [picture_caption, ""]
-    lines += [
-        "## Citation",
+    lines += CITATION
+    return "\n".join(lines)
+
+
+_RECIPE_ROWS = (
+    ("epochs", "epochs"),
+    ("blr", "base lr (x batch / 256)"),
+    ("min_lr", "min lr"),
+    ("warmup_epochs", "warmup epochs"),
+    ("weight_decay", "weight decay"),
+    ("layer_decay", "layer-wise lr decay"),
+    ("drop_path", "drop path"),
+    ("smoothing", "label smoothing"),
+    ("mixup", "Mixup alpha"),
+    ("cutmix", "CutMix alpha"),
+    ("auto_augment", "RandAugment"),
+    ("reprob", "random erasing"),
+    ("seed", "seed"),
+)
+
+
+def render_classifier_card(
+    repo_id: str,
+    config: dict[str, Any],
+    params: dict[str, int],
+    *,
+    license: str = "apache-2.0",
+    eval_result: dict[str, Any] | None = None,
+    picture: str | None = None,
+) -> str:
+    """The card of a fine-tuned classifier (`mae finetune`'s `config.json`): what it was
+    fine-tuned from (id, commit, encoder sha256), the recipe, its accuracy (held-out during
+    fine-tuning, and `mae eval --method classifier` when given), the labels, how to use it
+    with timm. The YAML header has pipeline_tag image-classification and a model-index."""
+    ft = config.get("mae_finetune") or {}
+    data = ft.get("data") or {}
+    dataset = _dataset(str(data.get("source", "")))
+    labels = list(config.get("label_names") or [])
+    origin = ft.get("from") or {}
+    header: dict[str, Any] = {
+        "library_name": "timm",
+        "license": license,
+        "tags": ["image-classification", "timm", "mae", "vision-transformer", "mae-hub"],
+        "pipeline_tag": "image-classification",
+    }
+    if dataset:
+        header["datasets"] = [dataset]
+    model_from = str(origin.get("model") or "")
+    if model_from.startswith("hf-hub:"):
+        header["base_model"] = model_from.removeprefix("hf-hub:").partition("@")[0]
+    scores = []  # (where, images, top-1 %, top-5 %)
+    if eval_result:
+        scores.append(
+            (
+                str(eval_result.get("test_data")),
+                eval_result.get("test_size"),
+                eval_result["top1"],
+                eval_result.get("top5"),
+            )
+        )
+    acc = ft.get("accuracy")
+    if acc:
+        where = f"{ft.get('val_data')} (held out, scored at the end of fine-tuning)"
+        scores.append((where, acc.get("images"), 100 * acc["top1"], 100 * acc.get("top5", 0)))
+    if scores:
+        where, _, top1, top5 = scores[0]
+        header["model-index"] = [
+            {
+                "name": repo_id,
+                "results": [
+                    {
+                        "task": {"type": "image-classification"},
+                        "dataset": {"name": where.partition(" ")[0], "type": dataset or "custom"},
+                        "metrics": [
+                            {"type": "accuracy", "name": "top-1", "value": round(top1, 2)},
+                            {"type": "accuracy", "name": "top-5", "value": round(top5 or 0, 2)},
+                        ],
+                    }
+                ],
+            }
+        ]
+    args = config.get("model_args", {})
+    size = f"{args.get('img_size')}x{args.get('img_size')} px, patch {args.get('patch_size')}"
+    enc = f"{args.get('embed_dim')}-d, {args.get('depth')} blocks, {args.get('num_heads')} heads"
+    if ft.get("from_scratch"):
+        came = (
+            "trained from random initialisation with the same recipe (`mae finetune "
+            "--from-scratch`): the baseline an MAE-pretrained encoder is measured against"
+        )
+    else:
+        rev = origin.get("revision")
+        came = f"fine-tuned from the MAE encoder `{model_from or '?'}`" + (
+            f" at commit `{rev}`" if rev else ""
+        )
+        if origin.get("encoder_sha256"):
+            came += f" (its `model.safetensors`: sha256 `{origin['encoder_sha256']}`)"
+        came += f", pretrained as in {PAPER}"
+    shown = ", ".join(labels[:20]) + (f", ... ({len(labels)} in all)" if len(labels) > 20 else "")
+    lines = [
+        "---",
+        yaml.safe_dump(header, sort_keys=False).rstrip(),
+        "---",
         "",
-        "```bibtex",
-        "@inproceedings{he2022masked,",
-        "  title={Masked Autoencoders Are Scalable Vision Learners},",
-        "  author={He, Kaiming and Chen, Xinlei and Xie, Saining and Li, Yanghao and Doll{\\'a}r, Piotr and Girshick, Ross},",
-        "  booktitle={CVPR},",
-        "  year={2022}",
-        "}",
+        f"# {repo_id}",
+        "",
+        f"A ViT image classifier ({enc}, {size}; {params.get('total', 0) / 1e6:.1f}M "
+        f"parameters) for {config.get('num_classes')} classes, {came}. Global average pooling "
+        "of the patch tokens, `fc_norm`, then a linear head, as the paper fine-tunes.",
+        "",
+        f"Labels (`label_names` in `config.json`, in output order): {shown}.",
+        "",
+        "## Use",
+        "",
+        "```python",
+        "import timm, torch  # timm >= 1.0.16; HF_ENDPOINT may point at a self-hosted mae-hub",
+        f'model = timm.create_model("hf-hub:{repo_id}", pretrained=True).eval()',
+        "transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))",
+        "with torch.no_grad():",
+        "    probs = model(transform(image).unsqueeze(0)).softmax(-1)[0]",
+        'labels = model.pretrained_cfg["label_names"]',
+        "print(labels[int(probs.argmax())], float(probs.max()))",
         "```",
         "",
+        f"Score it on your labelled images: `mae eval hf-hub:{repo_id} --data SOURCE --method "
+        "classifier --confusion confusion.png`.",
+        "",
     ]
+    if scores:
+        lines += [
+            "## Accuracy",
+            "",
+            "| images | count | top-1 (%) | top-5 (%) |",
+            "|---|--:|--:|--:|",
+        ]
+        for where, n, top1, top5 in scores:
+            lines.append(f"| {where} | {n} | {_fmt(top1)} | {_fmt(top5)} |")
+        lines.append("")
+    if picture:
+        lines += [
+            "## Confusion matrix",
+            "",
+            f"![confusion matrix]({picture})",
+            "",
+            "Rows are the true classes, columns the predictions, each row in % of its class.",
+            "",
+        ]
+    recipe = ft.get("recipe") or {}
+    lines += [
+        "## Fine-tuning",
+        "",
+        "The paper's recipe (its Table 9) with timm's parts: AdamW, warmup then cosine, "
+        "layer-wise lr decay, drop path, RandAugment, random erasing, Mixup/CutMix with label "
+        "smoothing.",
+        "",
+        "| setting | value |",
+        "|---|---|",
+        f"| data | {data.get('source', '?')} ({data.get('images', '?')} images) |",
+        f"| steps / epochs | {ft.get('steps')} / {ft.get('epochs')}"
+        + ("" if ft.get("schedule_complete", True) else " (stopped before the schedule's end)")
+        + " |",
+        f"| effective batch / lr | {ft.get('effective_batch')} / {ft.get('lr')} |",
+        *(f"| {name} | {recipe[key]} |" for key, name in _RECIPE_ROWS if key in recipe),
+        f"| final training loss | {_loss(ft.get('final_loss'))} |",
+        "",
+    ]
+    note = DATASET_NOTES.get(_dataset_name(str(data.get("source", ""))))
+    if note:
+        lines += ["## Data and licence", "", note, ""]
+    lines += CITATION
     return "\n".join(lines)
 
 

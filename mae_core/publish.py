@@ -1,5 +1,6 @@
 """Publishing a model: stage its repo (weights in our layout, the model card, evaluation,
-a reconstruction picture) and push it as one commit to a Hugging Face-compatible hub, or
+a reconstruction picture; for a fine-tuned classifier its timm folder, card and confusion
+matrix) and push it as one commit to a Hugging Face-compatible hub, or
 straight into a models folder (the embedded hub)."""
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import MAEError, MAEValueError
+from .errors import MAEError, MAEValueError, MissingDependency
 from .hub import load_model
 from .pull import transport_errors
 
@@ -56,6 +57,24 @@ def stage_repo(
 
     src = Path(model_dir)
     dest.mkdir(parents=True, exist_ok=True)
+    from .finetune import is_classifier_dir
+
+    if src.is_dir() and is_classifier_dir(src):
+        if encoder_only or card_image is not None or with_onnx:
+            given = [
+                flag
+                for flag, on in (
+                    ("--encoder-only", encoder_only),
+                    ("--card-image", card_image is not None),
+                    ("--with-onnx", with_onnx),
+                )
+                if on
+            ]
+            raise MAEValueError(
+                f"{src} is a fine-tuned classifier: {', '.join(given)} apply to an MAE; push "
+                "the classifier without them (its card shows the confusion matrix of --eval)"
+            )
+        return _stage_classifier(src, repo_id, dest, license=license, eval_file=eval_file)
     model = load_model(src, with_decoder=False if encoder_only else None)
     ours = src.is_dir() and (src / MAE_CONFIG_FILE).is_file() and (src / ENCODER_FILE).is_file()
     if ours:  # byte for byte: the pushed weights hash the same as the local ones
@@ -133,6 +152,73 @@ def stage_repo(
         picture=picture,
         picture_caption=caption,
         onnx=onnx,
+    )
+    (dest / "README.md").write_text(card)
+    return sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file())
+
+
+def _stage_classifier(
+    src: Path,
+    repo_id: str,
+    dest: Path,
+    *,
+    license: str,
+    eval_file: str | os.PathLike[str] | list[str | os.PathLike[str]] | None,
+) -> list[str]:
+    """`stage_repo` of a `mae finetune` classifier folder: `config.json` and
+    `model.safetensors` byte for byte, the card, and with an evaluation (`mae eval
+    --method classifier --output FILE`: `eval_file`, else `eval.json` beside or above the
+    folder) `eval_results.json` and its confusion matrix as `confusion.png`."""
+    import json
+    import shutil
+
+    from .checkpoint import CONFIG_FILE, ENCODER_FILE
+    from .finetune import load_classifier
+    from .model_card import render_classifier_card
+
+    model, config = load_classifier(src)  # refuses weights that do not fit their config
+    for name in (CONFIG_FILE, ENCODER_FILE):
+        shutil.copyfile(src / name, dest / name)
+    if isinstance(eval_file, (list, tuple)):
+        if len(eval_file) > 1:
+            raise MAEValueError("a classifier's card takes one evaluation: give --eval once")
+        eval_file = eval_file[0] if eval_file else None
+    named = [Path(eval_file)] if eval_file else [src / "eval.json", src.parent / "eval.json"]
+    result = None
+    for cand in named:
+        if not cand.is_file():
+            if eval_file:
+                raise FileNotFoundError(f"no evaluation file {cand}")
+            continue
+        found = _read_eval(cand)
+        if isinstance(found, dict) and found.get("method") == "classifier":
+            result = found
+            break
+        if eval_file:
+            raise MAEValueError(
+                f"{cand} is not a classifier's evaluation: write one with mae eval {src} "
+                "--data SOURCE --method classifier --output FILE"
+            )
+    picture = None
+    if result is not None:
+        if result.get("num_classes") != config.get("num_classes") or result.get(
+            "label_names"
+        ) != config.get("label_names"):
+            raise MAEValueError(
+                f"the evaluation {cand} scored another classifier ({result.get('num_classes')} "
+                f"classes, not this one's {config.get('num_classes')}, or other labels)"
+            )
+        (dest / "eval_results.json").write_text(json.dumps(result, indent=2) + "\n")
+        try:
+            from .classify import plot_confusion
+
+            plot_confusion(result, dest / "confusion.png")
+            picture = "confusion.png"
+        except MissingDependency:
+            pass  # the card states the accuracy; the picture needs matplotlib
+    total = sum(p.numel() for p in model.parameters())
+    card = render_classifier_card(
+        repo_id, config, {"total": total}, license=license, eval_result=result, picture=picture
     )
     (dest / "README.md").write_text(card)
     return sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file())

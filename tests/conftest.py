@@ -53,3 +53,17 @@ def cifar_splits(cifar_folder, tmp_path_factory: pytest.TempPathFactory):
     from tests.data_fixtures import split_two_to_one
 
     return split_two_to_one(cifar_folder, tmp_path_factory.mktemp("cifar_split"))
+
+
+@pytest.fixture(scope="session")
+def finetuned_run(cifar_splits, tmp_path_factory: pytest.TempPathFactory):
+    """A run folder of `mae finetune` from the default model: 2 epochs of 3 steps on the 200
+    train JPEGs, scored on the 100 test ones after each epoch; `final/` is the classifier."""
+    from mae_core.finetune import finetune
+    from tests.mae_core.test_finetune import DEFAULT, QUICK
+
+    train, test = cifar_splits
+    out = tmp_path_factory.mktemp("finetuned") / "run"
+    settings = {"model": DEFAULT, "data": str(train), "val_data": str(test), "output": str(out)}
+    finetune({**settings, **QUICK, "batch_size": 64, "epochs": 2})
+    return out
