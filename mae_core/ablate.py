@@ -28,6 +28,7 @@ Fig. 5: a line for numbers, bars for names; needs matplotlib).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -40,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import TrainConfig, default_workers, did_you_mean
+from .config import MAEConfig, TrainConfig, default_workers, did_you_mean, variant_config
 from .errors import MAEError, MAEValueError, MissingDependency, TrainingError
 from .files import sha256_file, write_atomic
 
@@ -114,6 +115,7 @@ class AblationSpec:
 
 _FLAGS = [f for f in dataclasses.fields(TrainConfig) if "help" in f.metadata]
 _DEFAULTS = {f.name: f.default for f in _FLAGS if f.default is not dataclasses.MISSING}
+_MODEL_FIELDS = {f.name for f in dataclasses.fields(MAEConfig)}
 
 
 def load_spec(path: str | Path) -> AblationSpec:
@@ -214,7 +216,7 @@ def _plan(
         for i, v in enumerate(values):
             if v in values[:i]:
                 raise fail(f"vary {key} lists {v!r} twice")
-        base_value = base.get(key, _DEFAULTS.get(key))
+        base_value = _base_value(base, key)
         names = []
         for v in values:
             overrides = {} if v == base_value else {key: v}
@@ -230,6 +232,17 @@ def _plan(
         except MAEValueError as e:
             raise fail(f"run {run.name}: {e}") from None
     return factors, list(runs.values())
+
+
+def _base_value(base: Mapping[str, Any], key: str) -> Any:
+    """The value `key` has in the base run: the base's own, else mae train's default, and
+    where that default is "the variant's" (None: the decoder's size), the variant's value,
+    so that `decoder_depth: 4` on ViT-Ti is the base run rather than a copy of it."""
+    value = base.get(key, _DEFAULTS.get(key))
+    if value is None and key in _MODEL_FIELDS:
+        with contextlib.suppress(MAEValueError):  # an unknown variant: the settings check says
+            value = getattr(variant_config(base.get("variant", _DEFAULTS["variant"])), key)
+    return value
 
 
 def run_name(overrides: Mapping[str, Any]) -> str:

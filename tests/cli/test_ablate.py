@@ -233,17 +233,40 @@ def test_runs_are_named_by_their_overrides_and_the_base_run_is_shared() -> None:
     )
 
 
-@pytest.mark.parametrize(
-    "name", ["mask-ratio", "decoder-depth", "mask-strategy", "target", "augment"]
-)
+SHIPPED = {  # spec -> (the setting it varies, how many values)
+    "mask-ratio": ("mask_ratio", 5),
+    "mask-strategy": ("mask_strategy", 4),
+    "decoder-depth": ("decoder_depth", 4),
+    "decoder-width": ("decoder_embed_dim", 3),
+    "target": ("target", 3),
+    "encoder-mask-tokens": ("encoder_mask_tokens", 2),
+    "augment": ("augment", 4),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
 def test_shipped_specs_are_valid_and_mark_their_base(name: str) -> None:
     s = load_spec(SPECS / f"{name}.yaml")
     assert s.name == name and len(s.factors) == 1 and s.eval.methods == ("knn", "linear")
     (factor,) = s.factors
-    assert factor.key == name.replace("-", "_") and factor.base_value in factor.values
-    assert "base" in factor.runs and len(s.runs) == len(factor.values) >= 3
+    assert (factor.key, len(factor.values)) == SHIPPED[name] and factor.base_value in factor.values
+    assert "base" in factor.runs and len(s.runs) == len(factor.values)
     assert (s.base["data"], s.eval.data, s.base["seed"]) == ("cifar10", "cifar10", 0)
     assert "paper" in (SPECS / f"{name}.yaml").read_text().lower()
+
+
+def test_the_shipped_specs_share_one_base_run() -> None:
+    """Every shipped spec has the same base and eval, so its `base` run is one training run
+    (copy `runs/base` between sweeps rather than train it seven times); a decoder size equal
+    to the variant's own (ViT-Ti/4: 4 blocks, 128-d) is that base run, not a copy of it."""
+    assert sorted(p.stem for p in SPECS.glob("*.yaml")) == sorted(SHIPPED)
+    specs = [load_spec(SPECS / f"{name}.yaml") for name in SHIPPED]
+    assert all(s.base == specs[0].base and s.eval == specs[0].eval for s in specs)
+    depth = next(s for s in specs if s.name == "decoder-depth").factors[0]
+    width = next(s for s in specs if s.name == "decoder-width").factors[0]
+    assert (depth.base_value, width.base_value) == (4, 128)
+    assert depth.runs == ["decoder_depth=1", "decoder_depth=2", "base", "decoder_depth=8"]
+    assert width.runs == ["decoder_embed_dim=64", "base", "decoder_embed_dim=256"]
 
 
 def _fake_result(tmp_path: Path) -> AblationResult:
