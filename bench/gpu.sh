@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check in one run: on a machine with one CUDA GPU and this checkout, run the
 # gpu-marked tests and every bench on CUDA, each step bounded in time, and write the
-# figures into bench/results/gpu-*.{json,md}. About 8 minutes on an H100/H200 (the longest
+# figures into bench/results/gpu-*.{json,md}. About 9 minutes on an H100/H200 (the longest
 # steps: the MAE-B/16 training bench with and without torch.compile, ~2 min each, and the
 # serving bench, ~1.5 min); seconds on a machine without a GPU, where every GPU step says
 # it is skipped and the script still ends with status 0.
@@ -14,7 +14,7 @@
 # '.[dev]' first when they are missing; the device machines have torch, timm and
 # transformers preinstalled).
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 PY=${PYTHON:-.venv/bin/python}
 OUT=bench/results
 mkdir -p "$OUT"
@@ -60,4 +60,11 @@ done
 step serve-b16 300 "$PY" bench/serve.py --variant mae_vit_base_patch16 --img-size 224 \
   --device cuda --concurrency 1,16,64 --rounds 3 --max-batch-images 128 \
   --json "$OUT/gpu-serve-b16.json"
+# Decoding: the server's Pillow path against torchvision's batched decode_jpeg on the GPU
+# (nvJPEG), photos as sent and at 2x (about 1000 px); a GPU decode setting is built only if
+# this shows it ahead.
+step decode 120 "$PY" bench/decode.py --device cuda --batch 1,16,64,256 --rounds 5 \
+  --json "$OUT/gpu-decode.json"
+step decode-2x 120 "$PY" bench/decode.py --device cuda --batch 16,64,256 --rounds 5 \
+  --upscale 2 --json "$OUT/gpu-decode-2x.json"
 exit $status

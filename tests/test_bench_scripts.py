@@ -13,7 +13,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("script", ["serve", "backends", "train_threads"])
+@pytest.mark.parametrize("script", ["serve", "backends", "train_threads", "decode"])
 def test_help(script: str) -> None:
     out = subprocess.run(
         [sys.executable, f"bench/{script}.py", "--help"],
@@ -59,6 +59,25 @@ def test_train_threads_runs_real_training_per_layout(cifar_folder: Path, tmp_pat
 
     rates = json.loads((tmp_path / "t.json").read_text())["rates"]
     assert set(rates) == {"1:0", "1:1:passive"} and all(r[0] > 0 for r in rates.values())
+
+
+def test_decode_compares_the_server_path_with_torchvision(tmp_path: Path) -> None:
+    """On the CPU: the server's Pillow path and torchvision's decode_jpeg, on the same real
+    JPEGs, give close input tensors (the decoders and resizes differ, not the content)."""
+    out = subprocess.run(
+        [sys.executable, "bench/decode.py", "--batch", "4", "--rounds", "1", "--device", "cpu",
+         "--json", str(tmp_path / "d.json")],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    import json
+
+    rows = {r["path"]: r for r in json.loads((tmp_path / "d.json").read_text())["rows"]}
+    assert set(rows) == {"server", "torchvision-cpu"}
+    assert rows["server"]["max_abs_diff"] == 0 and rows["server"]["vs_server"] == 1
+    assert (
+        rows["torchvision-cpu"]["mean_abs_diff"] < 0.05 and "| torchvision-cpu | 4 |" in out.stdout
+    )
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU this runs the whole check")
