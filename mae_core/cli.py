@@ -574,8 +574,10 @@ def add_push(sub: Any) -> None:
         description="Upload MODEL_DIR (a save_pretrained folder, e.g. a run's final/, or any model "
         "mae can load) to REPO_ID as one commit, with a generated model card (README.md): "
         "training recipe, evaluation beside the random-init baseline (eval.json in the folder "
-        "or its parent, or --eval), a reconstruction picture, and how to load it. The token "
-        "comes from HF_TOKEN or --token and is never printed.",
+        "or its parent, or --eval), a reconstruction picture, and how to load it. A classifier "
+        "of mae finetune (DIR/final) is pushed as timm's folder with an image-classification "
+        "card and, from mae eval --method classifier --output, its accuracy and confusion "
+        "matrix. The token comes from HF_TOKEN or --token and is never printed.",
     )
     p.add_argument("model_dir", metavar="MODEL_DIR")
     p.add_argument("repo_id", metavar="REPO_ID", help="<namespace>/<name>")
