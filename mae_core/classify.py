@@ -11,14 +11,19 @@ long as it names a classifier folder (a `config.json` with `num_classes` and
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .checkpoint import ENCODER_FILE
 from .config import MAEConfig
 from .errors import MAEValueError, MissingDependency
+from .files import sha256_file
+
+log = logging.getLogger("mae_core.classify")
 
 
 def resolve_classifier(
@@ -88,10 +93,20 @@ def evaluate_classifier(
             "encoder's frozen features with --method knn, linear or all"
         )
     model, config = load_classifier(folder)
+    weights_sha256 = sha256_file(folder / ENCODER_FILE)
     labels = list(config.get("label_names") or [])
     if len(labels) != config["num_classes"]:
         labels = [str(i) for i in range(config["num_classes"])]
     source = scored_source(data, test_data)
+    trained_on = str(((config.get("mae_finetune") or {}).get("data") or {}).get("source", ""))
+    on_training_data = bool(trained_on) and _base_source(source) == _base_source(trained_on)
+    if on_training_data:
+        log.warning(
+            "%s is the data the classifier was fine-tuned on (%s): its accuracy there says "
+            "little about new images; give held-out images with --test-data",
+            source,
+            trained_on,
+        )
     index = index_source(source, limit)
     if not index.classes or min(index.labels, default=-1) < 0:
         raise DataError(f"{source} has no labels: scoring needs one subfolder per class")
@@ -128,11 +143,21 @@ def evaluate_classifier(
         "num_classes": len(labels),
         "top1": 100 * score["top1"],
         "top5": 100 * score["top5"],
+        "on_training_data": on_training_data,
+        "weights_sha256": weights_sha256,
         "label_names": labels,
         "per_class": per_class,
         "confusion": confusion,
         "finetune": config.get("mae_finetune", {}),
     }
+
+
+def _base_source(source: str) -> str:
+    """A source without its `[:N]` subset and with a named source's split spelt out:
+    `cifar10:train[:200]` and `cifar10` are the same images' source."""
+    from .sources import train_split
+
+    return train_split(source.partition("[")[0]).rstrip("/")
 
 
 def most_confused(result: dict[str, Any], n: int = 5) -> list[tuple[str, str, int, float]]:
@@ -150,7 +175,10 @@ def most_confused(result: dict[str, Any], n: int = 5) -> list[tuple[str, str, in
 def format_classifier(result: dict[str, Any]) -> str:
     """The score as text: top-1 and top-5, per class, the most frequent confusions."""
     lines = [
-        f"{result['test_size']} images of {result['test_data']}, {result['num_classes']} classes",
+        f"{result['test_size']} images of {result['test_data']}, {result['num_classes']} classes"
+        + (
+            " (the fine-tuning data itself, not held out)" if result.get("on_training_data") else ""
+        ),
         "",
         "| method | top-1 | top-5 |",
         "|---|--:|--:|",
@@ -167,6 +195,17 @@ def format_classifier(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def confusion_percent(result: dict[str, Any]) -> tuple[list[str], torch.Tensor]:
+    """The classes that have images, and the confusion matrix between them, each row in %
+    of its class's images: the diagonal is each class's top-1. A row need not add up to
+    100 when some images went to classes with no images of their own."""
+    confusion = torch.tensor(result["confusion"], dtype=torch.float64)
+    seen = [i for i in range(len(confusion)) if confusion[i].sum() > 0]
+    rows = confusion[seen]
+    pct = (100 * rows / rows.sum(1, keepdim=True))[:, seen]
+    return [result["label_names"][i] for i in seen], pct
+
+
 def plot_confusion(result: dict[str, Any], output: str | os.PathLike[str]) -> Path:
     """The confusion matrix of an `evaluate_classifier` result as a PNG, each row as % of
     its true class; the classes with images only, so a subset stays readable."""
@@ -179,11 +218,7 @@ def plot_confusion(result: dict[str, Any], output: str | os.PathLike[str]) -> Pa
         raise MissingDependency(
             "the confusion matrix needs matplotlib: pip install 'mae-hub[plot]' (or matplotlib)"
         ) from None
-    confusion = torch.tensor(result["confusion"], dtype=torch.float64)
-    seen = [i for i in range(len(confusion)) if confusion[i].sum() > 0]
-    m = confusion[seen][:, seen]
-    pct = 100 * m / m.sum(1, keepdim=True)
-    names = [result["label_names"][i] for i in seen]
+    names, pct = confusion_percent(result)
     k = len(names)
     side = min(max(4.5, 0.45 * k + 2.5), 24)
     fig, ax = plt.subplots(figsize=(side, side * 0.9), dpi=100)

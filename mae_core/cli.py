@@ -298,13 +298,13 @@ def _eval_classifier(args: argparse.Namespace) -> int:
         device=args.device,
     )
     print(format_classifier(result))
-    if args.confusion:
-        print(f"wrote {plot_confusion(result, args.confusion)}")
-    if args.output:
+    if args.output:  # before the picture: a missing matplotlib must not lose the scores
         out = Path(args.output)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2) + "\n")
         print(f"wrote {out}")
+    if args.confusion:
+        print(f"wrote {plot_confusion(result, args.confusion)}")
     return 0
 
 

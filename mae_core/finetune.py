@@ -52,8 +52,6 @@ from .train import Trainer, run_guarded
 
 log = logging.getLogger("mae_core.train")  # the training loop's logger: one log per run
 
-FINETUNE_FILE = "finetune.json"  # in final/: the recipe, the model it came from, accuracy
-
 
 @dataclass
 class FinetuneConfig:
@@ -476,6 +474,20 @@ class Finetuner(Trainer):
         if cfg.img_size is not None and cfg.img_size != self.model_cfg.img_size:
             self.model_cfg = self.model_cfg.replace(img_size=cfg.img_size)
         self.source_info = getattr(encoder, "source_info", {}) or {}
+        # Where the encoder came from, fixed when the run starts: a resume that finds the id
+        # resolving elsewhere (a branch moved on) keeps the origin of the weights it resumes.
+        self.origin = None if cfg.from_scratch else self._origin()
+        saved_origin = resumed.payload.get("origin") if resumed is not None else None
+        if saved_origin and self.origin and saved_origin != self.origin:
+            log.warning(
+                "%s now resolves to other weights (sha256 %s) than this run started from "
+                "(%s); the run goes on from its checkpoint and records where it started",
+                cfg.model,
+                str(self.origin.get("encoder_sha256"))[:16],
+                str(saved_origin.get("encoder_sha256"))[:16],
+            )
+        if saved_origin:
+            self.origin = saved_origin
         self.index = labelled_index(train_split(cfg.data), cfg.limit, "--data")
         self.classes = list(self.index.classes)
         if resumed is not None:
@@ -553,7 +565,8 @@ class Finetuner(Trainer):
         return self.criterion(self.net(imgs), labels)
 
     def _checkpoint_extra(self) -> dict[str, Any]:
-        return {"classes": self.classes}  # a resume on other classes is refused by name
+        # a resume on other classes is refused by name; the origin stays the first one
+        return {"classes": self.classes, "origin": self.origin}
 
     def _panels(self, epoch: int) -> None:
         """After each epoch: the score on the held-out images, logged (rank 0)."""
@@ -588,7 +601,7 @@ class Finetuner(Trainer):
     def _described(self) -> dict[str, Any]:
         described = super()._described()
         described["finetune"] = {
-            "from": None if self.cfg.from_scratch else self._origin(),
+            "from": self.origin,
             "classes": self.classes,
             "val_data": val_source(self.cfg),
         }
@@ -602,10 +615,9 @@ class Finetuner(Trainer):
         source = Path(str(info.get("source", "")))
         weights = [Path(f) for f in info.get("weights") or []]
         encoder = next((f for f in weights if f.name == ENCODER_FILE), None)
-        return {
+        return {  # file names only: the folder is this machine's and goes into a pushed card
             "model": self.cfg.model,
-            "source": info.get("source"),
-            "weights": info.get("weights"),
+            "weights": [f.name for f in weights],
             "revision": source.name if source.parent.name == "snapshots" else None,
             "encoder_sha256": sha256_file(encoder) if encoder and encoder.is_file() else None,
         }
@@ -616,7 +628,7 @@ class Finetuner(Trainer):
         cfg, s = self.cfg, self.schedule
         score = self.score() if self.val_index is not None else None
         recipe = {
-            "from": None if cfg.from_scratch else self._origin(),
+            "from": self.origin,
             "from_scratch": cfg.from_scratch,
             "data": self.index.summary(),
             "val_data": val_source(cfg),

@@ -296,6 +296,24 @@ _RECIPE_ROWS = (
 )
 
 
+def _shown(source: str) -> str:
+    """A data source as a card shows it: a named one as given, a folder by its name."""
+    if _dataset(source.partition(":")[0].partition("[")[0]):
+        return source
+    return _index_dataset(source)["name"] + source.partition("[")[1] + source.partition("[")[2]
+
+
+def _index_dataset(source: str) -> dict[str, str]:
+    """The `dataset` of a model-index result for the images a score is on: a named source
+    by its Hub id and split (`cifar10:test[:200]` -> cifar10, test), a folder by its own
+    name only (no path of this machine goes into a card)."""
+    name, _, split = source.partition("[")[0].partition(":")
+    known = _dataset(name)
+    if known:
+        return {"name": name, "type": known, "split": split or "train"}
+    return {"name": name.rstrip("/").rpartition("/")[2] or name, "type": "imagefolder"}
+
+
 def render_classifier_card(
     repo_id: str,
     config: dict[str, Any],
@@ -325,33 +343,41 @@ def render_classifier_card(
     model_from = str(origin.get("model") or "")
     if model_from.startswith("hf-hub:"):
         header["base_model"] = model_from.removeprefix("hf-hub:").partition("@")[0]
-    scores = []  # (where, images, top-1 %, top-5 %)
+    # (where, images, top-1 %, top-5 %, source, whether it may stand in the model-index:
+    # held out and every class scored)
+    scores: list[tuple[str, Any, float, float | None, str, bool]] = []
     if eval_result:
+        source = str(eval_result.get("test_data"))
+        classes = len(eval_result.get("per_class") or []) or eval_result.get("num_classes")
+        trained = bool(eval_result.get("on_training_data"))
+        where = _shown(source) + (" (the fine-tuning data, not held out)" if trained else "")
+        if classes != config.get("num_classes"):
+            where += f" ({classes} of the {config.get('num_classes')} classes)"
+        full = not trained and classes == config.get("num_classes")
+        top5 = eval_result.get("top5")
         scores.append(
-            (
-                str(eval_result.get("test_data")),
-                eval_result.get("test_size"),
-                eval_result["top1"],
-                eval_result.get("top5"),
-            )
+            (where, eval_result.get("test_size"), eval_result["top1"], top5, source, full)
         )
     acc = ft.get("accuracy")
     if acc:
-        where = f"{ft.get('val_data')} (held out, scored at the end of fine-tuning)"
-        scores.append((where, acc.get("images"), 100 * acc["top1"], 100 * acc.get("top5", 0)))
-    if scores:
-        where, _, top1, top5 = scores[0]
+        source = str(ft.get("val_data"))
+        where = f"{_shown(source)} (held out, scored at the end of fine-tuning)"
+        top5 = None if acc.get("top5") is None else 100 * acc["top5"]
+        scores.append((where, acc.get("images"), 100 * acc["top1"], top5, source, True))
+    indexed = next((s for s in scores if s[5]), None)
+    if indexed is not None:
+        _, _, top1, top5, source, _ = indexed
+        metrics = [{"type": "accuracy", "name": "top-1", "value": round(top1, 2)}]
+        if top5 is not None:
+            metrics.append({"type": "accuracy", "name": "top-5", "value": round(top5, 2)})
         header["model-index"] = [
             {
                 "name": repo_id,
                 "results": [
                     {
                         "task": {"type": "image-classification"},
-                        "dataset": {"name": where.partition(" ")[0], "type": dataset or "custom"},
-                        "metrics": [
-                            {"type": "accuracy", "name": "top-1", "value": round(top1, 2)},
-                            {"type": "accuracy", "name": "top-5", "value": round(top5 or 0, 2)},
-                        ],
+                        "dataset": _index_dataset(source),
+                        "metrics": metrics,
                     }
                 ],
             }
@@ -409,7 +435,7 @@ def render_classifier_card(
             "| images | count | top-1 (%) | top-5 (%) |",
             "|---|--:|--:|--:|",
         ]
-        for where, n, top1, top5 in scores:
+        for where, n, top1, top5, _, _ in scores:
             lines.append(f"| {where} | {n} | {_fmt(top1)} | {_fmt(top5)} |")
         lines.append("")
     if picture:
@@ -431,7 +457,7 @@ def render_classifier_card(
         "",
         "| setting | value |",
         "|---|---|",
-        f"| data | {data.get('source', '?')} ({data.get('images', '?')} images) |",
+        f"| data | {_shown(str(data.get('source', '?')))} ({data.get('images', '?')} images) |",
         f"| steps / epochs | {ft.get('steps')} / {ft.get('epochs')}"
         + ("" if ft.get("schedule_complete", True) else " (stopped before the schedule's end)")
         + " |",

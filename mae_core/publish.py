@@ -5,6 +5,7 @@ straight into a models folder (the embedded hub)."""
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,8 @@ from typing import Any
 from .errors import MAEError, MAEValueError, MissingDependency
 from .hub import load_model
 from .pull import transport_errors
+
+log = logging.getLogger("mae_core.publish")
 
 
 class PushError(MAEError, RuntimeError):
@@ -173,6 +176,7 @@ def _stage_classifier(
     import shutil
 
     from .checkpoint import CONFIG_FILE, ENCODER_FILE
+    from .files import sha256_file
     from .finetune import load_classifier
     from .model_card import render_classifier_card
 
@@ -192,6 +196,16 @@ def _stage_classifier(
             continue
         found = _read_eval(cand)
         if isinstance(found, dict) and found.get("method") == "classifier":
+            scored = found.get("weights_sha256")
+            if scored and scored != sha256_file(src / ENCODER_FILE):
+                if eval_file:
+                    raise MAEValueError(
+                        f"the evaluation {cand} scored other weights than {src / ENCODER_FILE} "
+                        "(its sha256 differs: the run went on since?); score these with mae "
+                        f"eval {src} --method classifier --output FILE"
+                    )
+                log.warning("%s scored other weights than %s: left out of the card", cand, src)
+                continue
             result = found
             break
         if eval_file:

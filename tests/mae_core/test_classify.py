@@ -11,6 +11,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from mae_core.classify import confusion_percent
+from mae_core.files import sha256_file
 from tests.mae_core.test_finetune import DEFAULT
 
 MAE = str(Path(sys.executable).parent / "mae")
@@ -67,6 +69,21 @@ def test_eval_on_a_subset_of_the_classes_and_bad_input(
     labels = result["label_names"]
     seen = [labels.index(c) for c in ("cat", "dog", "ship")]
     assert [sum(row) for row in result["confusion"]] == [10 if i in seen else 0 for i in range(10)]
+    # The picture's numbers: each row in % of its class's images, so the diagonal is the
+    # class's top-1 even when most predictions went to the 7 classes not scored here.
+    names, pct = confusion_percent(result)
+    assert names == ["cat", "dog", "ship"] and pct.shape == (3, 3)
+    for i, c in enumerate(result["per_class"]):
+        assert abs(float(pct[i, i]) - c["top1"]) < 1e-9
+    assert result["on_training_data"] is False
+    assert result["weights_sha256"] == sha256_file(final / "model.safetensors")
+
+    train, _ = cifar_splits
+    seen_before = mae("eval", str(final), "--data", str(train), "--method", "classifier",
+                      "--num-workers", "0")  # fmt: skip
+    assert seen_before.returncode == 0, seen_before.stderr
+    assert "is the data the classifier was fine-tuned on" in seen_before.stderr
+    assert "(the fine-tuning data itself, not held out)" in seen_before.stdout
 
     (tmp_path / "odd" / "zebra").mkdir(parents=True)
     (tmp_path / "odd" / "zebra" / "a.jpg").symlink_to(next((test / "cat").iterdir()))
@@ -108,3 +125,6 @@ def test_curve_has_the_held_out_accuracy_panel(finetuned_run: Path, tmp_path: Pa
     assert done.returncode == 0, done.stderr
     with Image.open(png) as img:
         assert img.size == (800, 700)  # two panels: loss and lr above, accuracy below
+        below = img.convert("RGB").crop((0, 420, 800, 700))
+        colours = {rgb for _, rgb in below.getcolors(1 << 20) or []}
+    assert (44, 160, 44) in colours  # matplotlib's tab:green: the top-1 line is drawn

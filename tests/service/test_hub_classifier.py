@@ -56,8 +56,14 @@ def test_push_pull_keeps_the_logits_labels_and_card(
     assert meta["pipeline_tag"] == "image-classification" and meta["library_name"] == "timm"
     metrics = meta["model-index"][0]["results"][0]["metrics"]
     assert metrics[0] == {"type": "accuracy", "name": "top-1", "value": round(result["top1"], 2)}
+    assert meta["model-index"][0]["results"][0]["dataset"] == {
+        "name": "test",
+        "type": "imagefolder",
+    }
+    assert str(test.parent) not in card  # no folder of this machine in a published card
     origin = json.loads((final / "config.json").read_text())["mae_finetune"]["from"]
     assert origin["revision"] in card and origin["encoder_sha256"] in card
+    assert all("/" not in w for w in origin["weights"])  # file names, no local paths
     assert "![confusion matrix](confusion.png)" in card
 
     # timm in a fresh process, through HF_ENDPOINT: the same logits, the labels in order
@@ -94,6 +100,11 @@ def test_push_pull_keeps_the_logits_labels_and_card(
     assert rescored.returncode == 0, rescored.stderr
     assert f"| fine-tuned classifier | {result['top1']:.2f} |" in rescored.stdout
 
+    stale = tmp_path / "stale.json"  # an evaluation of other weights (the run went on since)
+    stale.write_text(json.dumps({**result, "weights_sha256": "0" * 64}))
+    refused = mae("push", str(final), "team/cls", "--endpoint", hub.url, "--token", TOKEN,
+                  "--eval", str(stale))  # fmt: skip
+    assert refused.returncode == 2 and "scored other weights than" in refused.stderr
     onnx = mae("push", str(final), "team/cls", "--endpoint", hub.url, "--token", TOKEN,
                "--with-onnx")  # fmt: skip
     assert onnx.returncode == 2 and "is a fine-tuned classifier: --with-onnx" in onnx.stderr
