@@ -668,11 +668,9 @@ def plot_factor(result: AblationResult, factor: Factor) -> Path:
     ax.legend(fontsize=8)
     limit = f", {spec.eval.limit} images" if spec.eval.limit else ""
     ax.set_title(f"{spec.name}: {factor.key} (eval on {spec.eval.data}{limit})", fontsize=9)
-    fig.tight_layout()
-    out = result.output / f"{re.sub(r'[^A-Za-z0-9._-]', '_', factor.key)}.png"
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    from .curve import save_figure
+
+    return save_figure(fig, result.output / f"{re.sub(r'[^A-Za-z0-9._-]', '_', factor.key)}.png")
 
 
 def format_summary(result: AblationResult) -> str:

@@ -239,12 +239,9 @@ def plot_confusion(result: dict[str, Any], output: str | os.PathLike[str]) -> Pa
         f"{result['model_id']}: top-1 {result['top1']:.1f}% on {result['test_size']} images",
         fontsize=9,
     )
-    fig.tight_layout()
-    out = Path(output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    from .curve import save_figure
+
+    return save_figure(fig, output)
 
 
 def describe_classifier(folder: Path, model_id: str, hashes: bool = True) -> dict[str, Any]:

@@ -8,9 +8,22 @@ import json
 import math
 import os
 from pathlib import Path
+from typing import Any
 
 from .errors import MAEValueError, MissingDependency
 from .runlog import read_records
+
+
+def save_figure(fig: Any, output: str | os.PathLike[str]) -> Path:
+    """Lay out a matplotlib figure, write it as `output` (its folder made) and free it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    out = Path(output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+    return out
 
 
 def read_metrics(run: str | os.PathLike[str]) -> list[dict]:
@@ -115,9 +128,4 @@ def plot_curve(run: str | os.PathLike[str], output: str | os.PathLike[str]) -> P
         lr.set_ylabel("learning rate", color="tab:orange")
         lr.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    out = Path(output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    return save_figure(fig, output)
