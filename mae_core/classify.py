@@ -247,8 +247,8 @@ def plot_confusion(result: dict[str, Any], output: str | os.PathLike[str]) -> Pa
 def describe_classifier(folder: Path, model_id: str, hashes: bool = True) -> dict[str, Any]:
     """`mae info` of a classifier folder: architecture, head, labels, where it came from
     and its held-out accuracy, the weights' sha256."""
-    from .files import sha256_file
     from .finetune import load_classifier
+    from .info import weight_files
 
     model, config = load_classifier(folder)
     c = preprocessing(config)
@@ -256,12 +256,7 @@ def describe_classifier(folder: Path, model_id: str, hashes: bool = True) -> dic
         p.numel() for n, p in model.named_parameters() if n.startswith(("head.", "fc_norm."))
     )
     total = sum(p.numel() for p in model.parameters())
-    weights = []
-    for f in sorted(folder.glob("*.safetensors")):
-        entry: dict[str, Any] = {"file": str(f), "size": f.stat().st_size}
-        if hashes:
-            entry["sha256"] = sha256_file(f)
-        weights.append(entry)
+    weights = weight_files(sorted(folder.glob("*.safetensors")), hashes)
     recipe = config.get("mae_finetune", {})
     return {
         "model_id": model_id,
@@ -287,7 +282,7 @@ def describe_classifier(folder: Path, model_id: str, hashes: bool = True) -> dic
 
 def format_classifier_info(d: dict[str, Any]) -> str:
     """A `describe_classifier` result as two aligned columns."""
-    from .info import human
+    from .info import aligned, human
 
     enc, head, recipe = d["encoder"], d["head"], d["finetune"]
     g = d["img_size"] // d["patch_size"]
@@ -343,8 +338,4 @@ def format_classifier_info(d: dict[str, Any]) -> str:
         ),
         ("source", f"{d['source']} ({d['format']})"),
     ]
-    for w in d["weights"]:
-        size = human(w["size"], "B")
-        rows.append(("weights", f"{Path(w['file']).name}  {size}  sha256:{w.get('sha256', '-')}"))
-    width = max(len(k) for k, _ in rows)
-    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+    return aligned(rows, d["weights"])

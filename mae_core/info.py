@@ -45,12 +45,7 @@ def describe(model_id: str, revision: str | None = None, hashes: bool = True) ->
         model = load_model(model_id, revision)
         source = model.source_info
     c = model.config
-    weights = []
-    for f in source.get("weights", []):
-        entry = {"file": f, "size": Path(f).stat().st_size}
-        if hashes:
-            entry["sha256"] = sha256_file(f)
-        weights.append(entry)
+    weights = weight_files(source.get("weights", []), hashes)
     return {
         "model_id": model_id if revision is None else f"{model_id}@{revision}",
         "variant": c.variant,
@@ -113,7 +108,23 @@ def format_info(d: dict[str, Any]) -> str:
         ("loss", _loss_line(d)),
         ("source", f"{d['source']}" + (f" ({d['format']})" if d["format"] else "")),
     ]
-    for w in d["weights"]:
+    return aligned(rows, d["weights"])
+
+
+def weight_files(files: Any, hashes: bool = True) -> list[dict[str, Any]]:
+    """Each weights file's path and size, and its sha256 when `hashes`."""
+    out = []
+    for f in files:
+        entry: dict[str, Any] = {"file": str(f), "size": Path(f).stat().st_size}
+        if hashes:
+            entry["sha256"] = sha256_file(f)
+        out.append(entry)
+    return out
+
+
+def aligned(rows: list[tuple[str, str]], weights: list[dict[str, Any]]) -> str:
+    """`rows` and a line per weights file as two aligned columns, one fact per line."""
+    for w in weights:
         size = human(w["size"], "B")
         rows.append(("weights", f"{Path(w['file']).name}  {size}  sha256:{w.get('sha256', '-')}"))
     width = max(len(k) for k, _ in rows)
