@@ -36,6 +36,11 @@ CITATION = [
 ]
 
 
+def _top(header: dict[str, Any], repo_id: str) -> list[str]:
+    """A card's first lines: the YAML header the Hub reads, then the repo's name as title."""
+    return ["---", yaml.safe_dump(header, sort_keys=False).rstrip(), "---", "", f"# {repo_id}", ""]
+
+
 def _dataset_name(source: str) -> str:
     return source.partition(":")[0].partition("[")[0]
 
@@ -168,12 +173,7 @@ def render_card(
     size = f"{c['img_size']}x{c['img_size']} px, patch {c['patch_size']}"
     enc = f"{c['embed_dim']}-d, {c['depth']} blocks, {c['num_heads']} heads"
     lines = [
-        "---",
-        yaml.safe_dump(header, sort_keys=False).rstrip(),
-        "---",
-        "",
-        f"# {repo_id}",
-        "",
+        *_top(header, repo_id),
         f"A Masked Autoencoder ({PAPER}) `{c.get('variant') or 'custom'}`: a ViT encoder ({enc}, "
         f"{params.get('encoder', 0) / 1e6:.1f}M parameters) at {size}, pretrained by hiding "
         f"{round(100 * c.get('mask_ratio', 0.75))}% of the patches"
@@ -400,12 +400,7 @@ def render_classifier_card(
         came += f", pretrained as in {PAPER}"
     shown = ", ".join(labels[:20]) + (f", ... ({len(labels)} in all)" if len(labels) > 20 else "")
     lines = [
-        "---",
-        yaml.safe_dump(header, sort_keys=False).rstrip(),
-        "---",
-        "",
-        f"# {repo_id}",
-        "",
+        *_top(header, repo_id),
         f"A ViT image classifier ({enc}, {size}; {params.get('total', 0) / 1e6:.1f}M "
         f"parameters) for {config.get('num_classes')} classes, {came}. Global average pooling "
         "of the patch tokens, `fc_norm`, then a linear head, as the paper fine-tunes.",
