@@ -143,6 +143,31 @@ def elastic_run_id() -> str | None:
     return os.environ.get("TORCHELASTIC_RUN_ID")
 
 
+def uses_bf16(precision: str, device: torch.device) -> bool:
+    """Whether a training step under `precision` (config.PRECISIONS) runs in bf16 autocast."""
+    return precision == "bf16" or (precision == "auto" and device.type == "cuda")
+
+
+def autocast(precision: str, device: torch.device) -> torch.autocast:
+    """The autocast context of a training step's forward under `precision`."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=uses_bf16(precision, device))
+
+
+def native_cpu_bf16() -> bool | None:
+    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX-BF16), read from
+    /proc/cpuinfo; None where that cannot be read. Elsewhere bf16 is emulated and slower
+    than fp32."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return None
+
+
 def resolve_device(name: str | torch.device, local_rank: int | None = None) -> torch.device:
     """Device names to a torch.device: "auto" -> CUDA when available, else the CPU;
     "cuda" / "cuda:N" must exist here. Other torch device types ("mps", "xpu", ...) pass

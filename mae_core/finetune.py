@@ -42,7 +42,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset
 
 from .checkpoint import CONFIG_FILE, ENCODER_FILE, CheckpointError, timm_config
-from .config import MAEConfig, _setting, default_workers, given_settings
+from .config import PRECISIONS, MAEConfig, _setting, default_workers, given_settings
 from .data import EpochSampler, EvalDataset, sample_generator
 from .errors import MAEValueError, TrainingError
 from .files import sha256_file
@@ -118,6 +118,12 @@ class FinetuneConfig:
     threads: int | None = _setting(None, help="math threads of each training process")
     max_bad_steps: int = _setting(5, help="non-finite steps in a row that stop the run")
     compile: bool = _setting(False, help="torch.compile the training step")
+    precision: str = _setting(
+        "auto",
+        help="auto (bf16 autocast on CUDA, fp32 on a CPU), fp32, or bf16 (autocast on any "
+        "device); weights and optimiser state stay fp32",
+        metavar="auto|fp32|bf16",
+    )
 
     def __post_init__(self) -> None:
         self.check(relations=not self.resume)
@@ -145,6 +151,10 @@ class FinetuneConfig:
             problems.append(
                 f"Mixup/CutMix pair images within a batch: --batch-size must be even, got "
                 f"{self.batch_size} (or --mixup 0 --cutmix 0)"
+            )
+        if self.precision not in PRECISIONS:
+            problems.append(
+                f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
             )
         if relations and self.warmup_epochs > self.epochs:
             problems.append(
@@ -182,6 +192,7 @@ RESUMABLE_CHANGES = {
     "num_workers",
     "threads",
     "compile",
+    "precision",
     "resume",
     "output",
     "batch_size",

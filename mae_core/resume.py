@@ -62,6 +62,7 @@ RESUMABLE_CHANGES = {
     "threads",
     "data_on_device",  # same crops and masks; pixels differ by resampling rounding only
     "compile",
+    "precision",  # fp32 weights and optimiser state either way
     "resume",
     "output",
     "batch_size",  # per process: allowed when the global batch stays (check_global_batch)

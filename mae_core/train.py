@@ -2,7 +2,7 @@
 
 Recipe (paper, Sec. A.1): AdamW(0.9, 0.95), weight decay 0.05 except on norms, biases and
 tokens, lr = blr x effective batch / 256 with blr 1.5e-4, per-step linear warmup then a
-half-cycle cosine to min_lr; bf16 autocast on CUDA, fp32 on CPU.
+half-cycle cosine to min_lr; bf16 autocast on CUDA, fp32 on CPU unless `--precision bf16`.
 
 A run writes into DIR: `config.json` (every resolved setting), `metrics.jsonl` (a record
 per logged step), `checkpoints/ckpt-<step>.pt` (atomic, last N kept), `panels/` (PNG
@@ -38,7 +38,15 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .config import TrainConfig
 from .data import PCA_IMAGES, PretrainFeed, pca_batches
-from .distributed import close_distributed, init_distributed, math_threads, resolve_device
+from .distributed import autocast as distributed_autocast
+from .distributed import (
+    close_distributed,
+    init_distributed,
+    math_threads,
+    native_cpu_bf16,
+    resolve_device,
+    uses_bf16,
+)
 from .errors import DeviceMemoryError, MAEValueError, TrainingError
 from .model import MaskedAutoencoder
 from .resume import (
@@ -220,12 +228,13 @@ class Trainer:
         if d.main:
             log.info(
                 "training %s on %s (%d images): %d steps/epoch x %d epochs, effective batch %d, "
-                "lr %.3g, device %s, %d process(es)",
+                "lr %.3g, device %s (%s), %d process(es)",
                 *(self.model_cfg.variant, self.index.name, len(self.index), s.steps_per_epoch),
-                *(cfg.epochs, s.effective_batch, s.base_lr, self.device, d.world),
+                *(cfg.epochs, s.effective_batch, s.base_lr, self.device, self._precision_line()),
+                d.world,
             )
             log.info("threads: %s", self._threads_line())
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+        autocast = distributed_autocast(cfg.precision, self.device)
         self.model.train()
         stopped_by = None
         with StopFlag() as stop, contextlib.closing(self.log):
@@ -239,6 +248,16 @@ class Trainer:
                 )
             return None
         return self._finish()
+
+    def _precision_line(self) -> str:
+        if not uses_bf16(self.cfg.precision, self.device):
+            return "fp32"
+        if self.device.type == "cpu" and native_cpu_bf16() is False:
+            log.warning(
+                "--precision bf16 on a CPU without AVX512-BF16 or AMX: bf16 is emulated there "
+                "and likely slower than fp32 (--precision fp32)"
+            )
+        return "bf16 autocast"
 
     def _threads_line(self) -> str:
         threads, source = self.threads

@@ -103,6 +103,33 @@ def test_the_classifier_loads_in_timm_with_its_head(cifar_splits, tmp_path: Path
         torch.testing.assert_close(vit(x), ours(x), rtol=0, atol=0)
 
 
+def test_bf16_precision_on_the_cpu(cifar_splits, tmp_path: Path) -> None:
+    """--precision bf16: the head's logits come out of bf16 autocast (Mixup's soft targets
+    on), the loss stays finite, the classifier's weights are fp32 and the setting is kept."""
+    train, test = cifar_splits
+    settings = {"model": DEFAULT, "data": str(train), "val_data": str(test)}
+    out = tmp_path / "run"
+    ft = Finetuner(
+        {
+            **settings,
+            "output": str(out),
+            **QUICK,
+            "mixup": 0.8,
+            "epochs": 1,
+            "max_steps": 3,
+            "precision": "bf16",
+        }
+    )
+    seen = set()
+    ft.model.head.register_forward_hook(lambda m, i, o: seen.add(o.dtype))
+    final = ft.run()
+    assert torch.bfloat16 in seen  # training steps (the held-out scoring may run in fp32)
+    assert all(map(lambda r: r["loss"] == r["loss"], rows(out))) and len(rows(out)) == 3
+    model, _ = load_classifier(final)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert json.loads((out / "config.json").read_text())["train"]["precision"] == "bf16"
+
+
 def test_bad_input_is_one_clear_line(cifar_splits, cifar_folder: Path, tmp_path: Path) -> None:
     flat = tmp_path / "flat"
     flat.mkdir()
@@ -116,6 +143,8 @@ def test_bad_input_is_one_clear_line(cifar_splits, cifar_folder: Path, tmp_path:
         Finetuner({**base, "model": str(tmp_path), "data": str(train)})
     with pytest.raises(MAEError, match="batch-size must be even"):
         Finetuner({**base, "data": str(train), "batch_size": 31, "mixup": 0.8})
+    with pytest.raises(MAEError, match="precision must be one of auto, fp32, bf16, got 'fp16'"):
+        Finetuner({**base, "data": str(train), "precision": "fp16"})
     # A checkpoint of 10 classes, resumed after 5 class folders left the data folder.
     mine = tmp_path / "mine"
     for cls in sorted(train.iterdir()):

@@ -80,6 +80,25 @@ def test_short_run_learns_and_writes_a_loadable_model(cifar_folder: Path, tmp_pa
     assert len(list((out / "checkpoints").glob("ckpt-*.pt"))) == 3  # last 3 kept
 
 
+def test_bf16_precision_on_the_cpu_trains_in_bf16(cifar_folder: Path, tmp_path: Path, caplog):
+    """--precision bf16 runs the step's matrix products in bf16 autocast on the CPU too;
+    the weights stay fp32, the setting is recorded, the start line says it."""
+    caplog.set_level("INFO", logger="mae_core.train")
+    out = tmp_path / "run"
+    trainer = Trainer(run_cfg(cifar_folder, out, epochs=6, precision="bf16"))
+    seen = set()
+    qkv = trainer.model.blocks[0].attn.qkv
+    qkv.register_forward_hook(lambda m, i, o: seen.add(o.dtype))
+    final = trainer.run()
+    assert seen == {torch.bfloat16}
+    rows = metrics(out)
+    first, last = sum(r["loss"] for r in rows[:5]) / 5, sum(r["loss"] for r in rows[-5:]) / 5
+    assert last < 0.8 * first, (first, last)
+    assert "device cpu (bf16 autocast)" in caplog.text
+    assert json.loads((out / "config.json").read_text())["train"]["precision"] == "bf16"
+    assert all(p.dtype == torch.float32 for p in load_model(final).parameters())
+
+
 def test_stop_and_resume_equals_the_uninterrupted_run(cifar_folder: Path, tmp_path: Path):
     train(run_cfg(cifar_folder, tmp_path / "full", epochs=2))
     train(run_cfg(cifar_folder, tmp_path / "split", epochs=2, max_steps=7, checkpoint_every=100))
@@ -266,6 +285,7 @@ def test_sigterm_leaves_a_resumable_checkpoint(cifar_folder: Path, tmp_path: Pat
         (["--blr=-1e-3"], "blr (base learning rate) must be positive"),
         (["--batch-size", "512"], "batch larger than the data: 300 images"),
         (["--batch-size", "0"], "must be a positive integer"),
+        (["--precision", "fp16"], "precision must be one of auto, fp32, bf16, got 'fp16'"),
         (["--output", "{file}"], "is a file, not a folder"),
         (["--output", "{run}"], "already holds a run (1 checkpoints, newest ckpt-00000009.pt)"),
     ],
