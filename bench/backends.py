@@ -1,18 +1,22 @@
-"""The encoder in ONNX Runtime (fp32, int8) against torch eager: speed and what int8 costs.
+"""The encoder in ONNX Runtime (fp32, int8), and torch in bf16 autocast, against torch eager
+in fp32: speed and what the lower precisions cost.
 
 Exports the model (`mae_core.export.export_onnx`, checked against torch as it writes),
 then, in this one process with the same number of math threads for all three:
 
 1. speed: `forward_features` in torch under `inference_mode` against the ONNX Runtime
-   session of `model.onnx` and of `model_quantized.onnx`, at each batch size, in
+   session of `model.onnx` and of `model_quantized.onnx` (and, with `--torch-bf16`, torch
+   under bf16 autocast, what `mae serve --dtype bfloat16` runs), at each batch size, in
    interleaved rounds (torch, fp32, int8, torch, ...) so that drift on a shared machine
-   hits all three alike; the median seconds per call of each, and ratios (torch / ONNX:
-   above 1, ONNX Runtime is faster);
+   hits all alike; the median seconds per call of each, and ratios (torch / it: above 1,
+   it is faster than torch in fp32);
 2. quality (`--knn`): weighted k-NN top-1 on labelled images (default CIFAR-10, an evenly
-   strided subset) from each runtime's features, mean pooling: what int8 costs in points.
+   strided subset) from each runtime's features, mean pooling: what int8 (or bf16) costs
+   in points.
 
     .venv/bin/python bench/backends.py
     .venv/bin/python bench/backends.py --model local:mae/vit-tiny-tinyimagenet --knn --limit 5000
+    .venv/bin/python bench/backends.py --torch-bf16 --knn
 """
 
 from __future__ import annotations
@@ -47,7 +51,15 @@ from mae_core.probe import knn_classify
 from mae_core.sources import index_source
 
 
-def speed(model, sessions: dict, batches: list[int], rounds: int, calls: int) -> list[dict]:
+def bf16_features(model, x: torch.Tensor) -> torch.Tensor:
+    """`forward_features` under bf16 autocast, as the torch backend runs `--dtype bfloat16`."""
+    with torch.autocast(x.device.type, dtype=torch.bfloat16):
+        return model.forward_features(x).float()
+
+
+def speed(
+    model, sessions: dict, batches: list[int], rounds: int, calls: int, bf16: bool = False
+) -> list[dict]:
     cfg = model.config
     rows = []
     for b in batches:
@@ -55,6 +67,7 @@ def speed(model, sessions: dict, batches: list[int], rounds: int, calls: int) ->
         xn = x.numpy()
         runners = {
             "torch": lambda x=x: model.forward_features(x),
+            **({"torch-bf16": lambda x=x: bf16_features(model, x)} if bf16 else {}),
             **{
                 name: (lambda s=s, xn=xn: s.run([OUTPUT], {INPUT: xn}))
                 for name, s in sessions.items()
@@ -72,21 +85,27 @@ def speed(model, sessions: dict, batches: list[int], rounds: int, calls: int) ->
                     times[name].append((time.perf_counter() - t0) / calls)
         med = {name: statistics.median(t) for name, t in times.items()}
         row = {"batch": b, **{f"{k}_ms": 1000 * v for k, v in med.items()}}
-        for name in sessions:
+        for name in list(runners)[1:]:
             row[f"{name}_speedup"] = med["torch"] / med[name]
         rows.append(row)
     return rows
 
 
-def features(model, sessions: dict, dataset, batch: int) -> tuple[dict, np.ndarray]:
-    """Mean-pooled features of every image by torch and by each session."""
+def features(
+    model, sessions: dict, dataset, batch: int, bf16: bool = False
+) -> tuple[dict, np.ndarray]:
+    """Mean-pooled features of every image by torch (and torch in bf16) and by each session."""
     from torch.utils.data import DataLoader
 
     out: dict[str, list[np.ndarray]] = {"torch": [], **{n: [] for n in sessions}}
+    if bf16:
+        out["torch-bf16"] = []
     labels = []
     with torch.inference_mode():
         for x, y in DataLoader(dataset, batch_size=batch, num_workers=0):
             out["torch"].append(model.forward_features(x)[:, 1:].mean(1).numpy())
+            if bf16:
+                out["torch-bf16"].append(bf16_features(model, x)[:, 1:].mean(1).numpy())
             for name, s in sessions.items():
                 out[name].append(s.run([OUTPUT], {INPUT: x.numpy()})[0][:, 1:].mean(1))
             labels.append(np.asarray(y))
@@ -100,6 +119,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=7, help="interleaved rounds (default 7)")
     ap.add_argument("--calls", type=int, default=5, help="calls per round and runtime")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="math threads")
+    ap.add_argument(
+        "--torch-bf16",
+        action="store_true",
+        help="also torch under bf16 autocast (mae serve --dtype bfloat16)",
+    )
     ap.add_argument("--knn", action="store_true", help="also k-NN top-1 on --data")
     ap.add_argument("--data", default="cifar10", help="labelled source (train/test splits)")
     ap.add_argument("--limit", type=int, default=5000, help="images per split for --knn")
@@ -116,15 +140,15 @@ def main() -> None:
             "onnxruntime-int8": session(result.folder / QUANTIZED_FILE, args.threads),
         }
         batches = [int(b) for b in args.batches.split(",")]
-        rows = speed(model, sessions, batches, args.rounds, args.calls)
+        rows = speed(model, sessions, batches, args.rounds, args.calls, args.torch_bf16)
         knn = None
         if args.knn:
             from mae_core.sources import held_out_source, train_split
 
             train = EvalDataset(index_source(train_split(args.data), args.limit), model.config)
             test = EvalDataset(index_source(held_out_source(args.data), args.limit), model.config)
-            tr, ytr = features(model, sessions, train, 64)
-            te, yte = features(model, sessions, test, 64)
+            tr, ytr = features(model, sessions, train, 64, args.torch_bf16)
+            te, yte = features(model, sessions, test, 64, args.torch_bf16)
             knn = {
                 name: knn_classify(
                     torch.from_numpy(tr[name]),
@@ -142,14 +166,12 @@ def main() -> None:
         + "; ".join(c.line() for c in result.checks)
     )
     print(head)
-    print("| batch | torch ms | onnxruntime ms (x) | onnxruntime-int8 ms (x) |")
-    print("| ---: | ---: | ---: | ---: |")
+    others = [k[: -len("_speedup")] for k in rows[0] if k.endswith("_speedup")]
+    print("| batch | torch ms | " + " | ".join(f"{o} ms (x)" for o in others) + " |")
+    print("| ---: | ---: | " + " | ".join("---:" for _ in others) + " |")
     for r in rows:
-        print(
-            f"| {r['batch']} | {r['torch_ms']:.1f} | {r['onnxruntime_ms']:.1f} "
-            f"({r['onnxruntime_speedup']:.2f}) | {r['onnxruntime-int8_ms']:.1f} "
-            f"({r['onnxruntime-int8_speedup']:.2f}) |"
-        )
+        cells = [f"{r[o + '_ms']:.1f} ({r[o + '_speedup']:.2f})" for o in others]
+        print(f"| {r['batch']} | {r['torch_ms']:.1f} | " + " | ".join(cells) + " |")
     if knn:
         print(
             f"k-NN top-1 (k=20, mean pooling), {args.data}, {args.limit} train / {args.limit} "

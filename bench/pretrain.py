@@ -1,11 +1,14 @@
 """Training-step throughput: mae_core vs transformers' ViTMAEForPreTraining.
 
 Same configuration, same initial weights, same batch, same masking noise, same optimiser
-(AdamW 0.9/0.95, the recipe's weight-decay groups), in one process, one step of each in turn (so neither gains from going first). On CUDA both run under
-bf16 autocast and the model FLOPs utilisation (MFU) is reported against the device's
-measured bf16 matmul peak (an 8192^3 GEMM), not a datasheet number.
+(AdamW 0.9/0.95, the recipe's weight-decay groups), in one process, one step of each in
+turn (so neither gains from going first), both in the same precision (`--dtype`: by default
+bf16 autocast on CUDA and fp32 on a CPU, as `mae train --precision auto`). On CUDA the
+model FLOPs utilisation (MFU) is reported against the device's measured bf16 matmul peak
+(an 8192^3 GEMM), not a datasheet number.
 
     .venv/bin/python bench/pretrain.py --variant mae_vit_tiny_patch8 --batch 64
+    .venv/bin/python bench/pretrain.py --variant mae_vit_tiny_patch8 --batch 64 --dtype bf16
     .venv/bin/python bench/pretrain.py --variant mae_vit_base_patch16 --batch 256 --device cuda
 
 Prints a Markdown table; the last column is transformers' time over ours (above 1: we are
@@ -82,9 +85,16 @@ def main() -> None:
         help="AdamW implementation(s) for ours, comma-separated: default, for-loop, foreach, "
         "fused; several are timed side by side, interleaved (the peer keeps the default)",
     )
+    ap.add_argument(
+        "--dtype",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="precision of both: auto (bf16 autocast on CUDA, fp32 on a CPU), fp32 or bf16",
+    )
     ap.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     args = ap.parse_args()
     dev = args.device
+    bf16 = args.dtype == "bf16" or (args.dtype == "auto" and dev.startswith("cuda"))
 
     torch.manual_seed(0)
     hf = ViTMAEForPreTraining(
@@ -98,7 +108,7 @@ def main() -> None:
     cfg = ours.config
     x = torch.randn(args.batch, 3, cfg.img_size, cfg.img_size, device=dev)
     noise = torch.rand(args.batch, cfg.num_patches, device=dev)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev == "cuda")
+    autocast = torch.autocast(torch.device(dev).type, dtype=torch.bfloat16, enabled=bf16)
 
     impls = {
         "default": {},
@@ -146,11 +156,15 @@ def main() -> None:
     t_ours, t_hf = t[next(iter(ours_steps))], t["transformers"]
 
     flops = step_flops(cfg, args.batch)
-    if dev == "cuda":
+    precision = "bf16 autocast" if bf16 else "fp32"
+    if dev.startswith("cuda"):
         peak = bf16_peak(dev)
-        name = f"{torch.cuda.get_device_name()}, bf16 autocast, measured bf16 peak {peak / 1e12:.0f} TFLOP/s"
+        name = (
+            f"{torch.cuda.get_device_name()}, {precision}, measured bf16 peak "
+            f"{peak / 1e12:.0f} TFLOP/s"
+        )
     else:
-        peak, name = None, f"CPU, {torch.get_num_threads()} threads, fp32"
+        peak, name = None, f"CPU, {torch.get_num_threads()} threads, {precision}"
     head = (
         f"{args.variant}, {cfg.img_size} px, batch {args.batch}, {name}, torch "
         f"{torch.__version__}{', ours compiled' if args.compile else ''}, median of "

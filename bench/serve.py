@@ -331,7 +331,8 @@ class BareEncoder:
     def __init__(self, model_id: str, args: argparse.Namespace) -> None:
         cmd = [
             *(sys.executable, __file__, "--bare-worker", "--model", model_id),
-            *("--device", args.device, "--dtype", args.dtype, "--threads", str(args.threads)),
+            *("--device", args.device, "--dtype", args.peer_dtype or args.dtype),
+            *("--threads", str(args.threads)),
         ]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self._ask({})  # loaded and warm
@@ -418,6 +419,12 @@ def parse_args() -> argparse.Namespace:
         choices=("auto", "float32", "bfloat16", "float16"),
         default="auto",
         help="MAE_DTYPE, for both (default auto: bfloat16 on CUDA, else float32)",
+    )
+    ap.add_argument(
+        "--peer-dtype",
+        choices=("auto", "float32", "bfloat16", "float16"),
+        help="the bare encoder's dtype when not --dtype's: --dtype bfloat16 --peer-dtype "
+        "float32 says what bf16 serving costs against the model run by hand in fp32",
     )
     ap.add_argument(
         "--threads",
@@ -521,7 +528,8 @@ def main() -> None:
     body = "base64 JSON" if args.body == "json" else "multipart upload"
     head = (
         f"{args.variant if args.model is None else args.model} ({info['image_size']} px, "
-        f"{info['dtype']}{', ' + info['backend'] if 'backend' in info else ''}), "
+        f"{info['dtype']}{', ' + info['backend'] if 'backend' in info else ''}"
+        f"{'; bare encoder ' + args.peer_dtype if args.peer_dtype else ''}), "
         f"{device_name(args.device, args.threads)}, torch {torch.__version__}, "
         f"{datetime.date.today()}; one JPEG per request ({sizes}; {', '.join(PHOTOS)}), "
         f"{body}, encoding_format {args.encoding_format}; load from "

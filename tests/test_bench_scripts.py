@@ -3,6 +3,7 @@ check (bench/gpu.sh) ends cleanly, its GPU steps skipped, on a machine without o
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("script", ["serve", "backends", "train_threads", "decode"])
+@pytest.mark.parametrize(
+    "script",
+    ["serve", "backends", "train_threads", "decode", "pretrain", "features", "shards", "load"],
+)
 def test_help(script: str) -> None:
     out = subprocess.run(
         [sys.executable, f"bench/{script}.py", "--help"],
@@ -24,6 +28,26 @@ def test_help(script: str) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert "usage:" in out.stdout
+
+
+def test_pretrain_compares_both_in_the_precision_asked(tmp_path: Path) -> None:
+    """One interleaved step of ours and of transformers', both in bf16 autocast on the CPU."""
+    out = subprocess.run(
+        [
+            *(sys.executable, "bench/pretrain.py", "--variant", "mae_vit_tiny_patch8"),
+            *("--batch", "4", "--steps", "1", "--warmup", "1", "--dtype", "bf16"),
+            *("--device", "cpu", "--json", str(tmp_path / "p.json")),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "CPU, " in out.stdout and "bf16 autocast" in out.stdout
+    assert "| mae_core |" in out.stdout and "| transformers ViTMAEForPreTraining |" in out.stdout
+    result = json.loads((tmp_path / "p.json").read_text())
+    assert result["args"]["dtype"] == "bf16" and result["img_s"]["ours"] > 0
 
 
 def test_train_threads_runs_real_training_per_layout(cifar_folder: Path, tmp_path: Path) -> None:
