@@ -3,7 +3,8 @@
 Runs `mae train` (a real run: data loader workers decoding real images, the optimiser,
 the log) for a few steps per layout and reads its images/s from metrics.jsonl. A layout is
 THREADS:WORKERS (math threads of the training process, data loader processes; "auto" is
-the defaults), optionally with the OpenMP wait policy. With `--busy N`, N other processes
+the defaults), optionally with the OpenMP wait policy (`:passive`, `:active`) and the
+precision (`:bf16`: `--precision bf16`, bf16 autocast on the CPU). With `--busy N`, N other processes
 spin on the CPU while each run trains, as on a shared machine (a CI runner, a notebook
 server, a second job). The layouts take turns round after round, so drift on the machine
 hits all of them alike; the table gives each one's median.
@@ -11,6 +12,7 @@ hits all of them alike; the table gives each one's median.
     .venv/bin/python bench/train_threads.py
     .venv/bin/python bench/train_threads.py --busy 1 --layouts auto,1:1,2:1
     .venv/bin/python bench/train_threads.py --layouts 2:2,2:2:passive --rounds 3
+    .venv/bin/python bench/train_threads.py --layouts auto,auto:bf16
 
 Prints a Markdown table.
 """
@@ -50,6 +52,8 @@ def run_layout(args: argparse.Namespace, layout: str, out: Path) -> float:
         env["OMP_WAIT_POLICY"] = "PASSIVE"
     if "active" in parts:
         env["OMP_WAIT_POLICY"] = "ACTIVE"
+    if "bf16" in parts:
+        cmd += ["--precision", "bf16"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
@@ -63,7 +67,9 @@ def run_layout(args: argparse.Namespace, layout: str, out: Path) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--layouts", default="auto,2:2,2:1,1:1", help="THREADS:WORKERS[:passive]")
+    ap.add_argument(
+        "--layouts", default="auto,2:2,2:1,1:1", help="THREADS:WORKERS[:passive][:bf16]"
+    )
     ap.add_argument("--busy", type=int, default=0, help="processes spinning beside each run")
     ap.add_argument("--rounds", type=int, default=2, help="rounds over the layouts (default 2)")
     ap.add_argument("--data", default="cifar10", help="training images (default cifar10)")

@@ -66,7 +66,7 @@ def test_train_threads_runs_real_training_per_layout(cifar_folder: Path, tmp_pat
             "--steps",
             "10",
             "--layouts",
-            "1:0,1:1:passive",
+            "1:0,1:1:passive:bf16",
             "--rounds",
             "1",
             "--json",
@@ -78,11 +78,9 @@ def test_train_threads_runs_real_training_per_layout(cifar_folder: Path, tmp_pat
         timeout=300,
     )
     assert out.returncode == 0, out.stderr
-    assert "| 1:0 |" in out.stdout and "| 1:1:passive |" in out.stdout
-    import json
-
+    assert "| 1:0 |" in out.stdout and "| 1:1:passive:bf16 |" in out.stdout
     rates = json.loads((tmp_path / "t.json").read_text())["rates"]
-    assert set(rates) == {"1:0", "1:1:passive"} and all(r[0] > 0 for r in rates.values())
+    assert set(rates) == {"1:0", "1:1:passive:bf16"} and all(r[0] > 0 for r in rates.values())
 
 
 def test_decode_compares_the_server_path_with_torchvision(tmp_path: Path) -> None:
