@@ -207,3 +207,28 @@ def test_a_hub_only_server_says_it_serves_no_models(hub) -> None:
         assert error["code"] == "model_not_found" and "serves no models" in error["message"]
     assert httpx.get(hub.url + "/ready").status_code == 200
     assert metric(hub.url, "mae_ready") == 1
+
+
+def test_bfloat16_on_the_cpu_answers_close_to_float32(
+    small_model_dir: Path, cifar_folder: Path, tmp_path: Path
+) -> None:
+    """MAE_DTYPE=bfloat16 on a CPU: the forward runs in bf16 autocast (natively on a CPU with
+    AVX512-BF16 or AMX), the embeddings stay close to fp32's but are not fp32's, the card
+    says the dtype, and a reconstruction works in it too."""
+    photos = _photos(cifar_folder, 6)
+    answers = {}
+    for dtype in ("float32", "bfloat16"):
+        for url in serve(model_settings(small_model_dir, tmp_path, dtype=dtype), ready=True):
+            answers[dtype] = _embed(url, photos, pooling="mean")
+            (card,) = httpx.get(f"{url}/v1/models", timeout=10).json()["data"]
+            assert card["dtype"] == dtype and card["device"] == "cpu"
+            r = httpx.post(
+                f"{url}/v1/reconstructions",
+                files={"file": ("a.jpg", photos[0], "image/jpeg")},
+                timeout=60,
+            )
+            assert r.status_code == 200, r.text
+    a, b = answers["float32"], answers["bfloat16"]
+    cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cosine.min() > 0.995, cosine
+    assert not np.allclose(a, b, rtol=0, atol=1e-6)  # bf16 did run
