@@ -523,7 +523,16 @@ def main() -> None:
                 bare.close()
             stop_server(proc)
 
-        started = re.search(r"threads: .*? images", log.read_text())
+        text = log.read_text()
+        started = re.search(r"threads: .*? images", text)
+        errors = text.count("Traceback (most recent call last)")
+        if errors:  # wrk closing its connections must be the clients' 499s, never 500s
+            last = re.findall(r"^\S[^\n]*(?:Error|Exception)\b[^\n]*$", text, re.MULTILINE)
+            print(
+                f"warning: the server logged {errors} traceback(s), the last: "
+                f"{last[-1] if last else '?'}",
+                file=sys.stderr,
+            )
     sizes = ", ".join(f"{len(b) // 1024} KiB" for b in jpegs)
     body = "base64 JSON" if args.body == "json" else "multipart upload"
     head = (
@@ -558,6 +567,7 @@ def main() -> None:
         )
     if args.json:
         out = {"setup": head, "model": info, "args": vars(args), "rows": rows}
+        out["server_tracebacks"] = errors
         Path(args.json).write_text(json.dumps(out, indent=2, default=str) + "\n")
 
 

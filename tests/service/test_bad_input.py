@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -527,3 +528,37 @@ def test_a_body_cut_mid_way_is_the_clients_499_not_a_500(
         assert time.monotonic() < deadline, "the server never finished the cut request"
         time.sleep(0.02)
     assert_alive(client)
+
+
+@pytest.mark.parametrize("path", [EMB, UPLOAD])
+def test_a_client_gone_while_its_images_wait_is_a_499_not_a_500(
+    small_model_dir: Path, tmp_path: Path, path: str
+) -> None:
+    """A client that sends its whole request and then goes away while its images wait
+    for a batch (wrk and load balancers do this at the end of a run) is the client's 499:
+    the wait is cancelled, no 500, no traceback, and the server goes on."""
+    from .test_hub_faults import answered
+
+    # A lone image waits up to 3 s for others to batch with: time for the client to leave.
+    settings = model_settings(small_model_dir, tmp_path, max_batch_wait_ms=3000.0)
+    if path == EMB:
+        headers, body = {"Content-Type": "application/json"}, json.dumps(images(GOOD_PNG))
+        body = body.encode()
+    else:
+        form = multipart(("file", GOOD_PNG, "a.png"))
+        headers, body = form["headers"], form["content"]
+    for url in serve(settings, ready=True):
+        host, port = url.removeprefix("http://").split(":")
+        head = [f"POST {path} HTTP/1.1", f"Host: {host}:{port}", f"Content-Length: {len(body)}"]
+        head += [f"{k}: {v}" for k, v in headers.items()]
+        with socket.create_connection((host, int(port))) as sock:
+            sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode() + body)
+            time.sleep(0.3)  # read, decoded, waiting in the batcher
+        deadline = time.monotonic() + 10
+        route = path.split("?")[0]
+        while answered(url, route, 499) < 1:
+            assert answered(url, route, 500) == 0, "a client gone was a server error"
+            assert time.monotonic() < deadline, "the server never finished the request"
+            time.sleep(0.02)
+        r = httpx.post(f"{url}{EMB}", json=images(GOOD_PNG), timeout=30)
+        assert r.status_code == 200, r.text
