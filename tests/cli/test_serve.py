@@ -123,3 +123,20 @@ def test_mae_port_and_host_are_read_and_the_flags_override_them(tmp_path: Path) 
         env = env_without_mae(MAE_MODELS_DIR=str(tmp_path), MAE_PORT=str(busy))
         output = _serve_until_healthy(["--hub-only", "--port", str(port)], env, port)
     assert f"HF_ENDPOINT=http://127.0.0.1:{port}" in output and str(busy) not in output
+
+
+def test_the_start_lines_say_when_bf16_would_pay(model_dir: Path, tmp_path: Path) -> None:
+    """On a CPU that multiplies bf16 in hardware, serving fp32 says that --dtype bfloat16
+    would embed faster; asked for bfloat16 (or on a CPU without it) it says nothing."""
+    from mae_core.distributed import native_cpu_bf16
+    from service.server import preflight
+    from service.settings import Settings
+
+    def lines(**kw: object) -> str:
+        settings = Settings(model=[str(model_dir)], models_dir=tmp_path, device="cpu", **kw)
+        return "\n".join(preflight(settings))
+
+    hint = "--dtype bfloat16 (MAE_DTYPE) embeds about 2x faster"
+    assert (hint in lines()) == bool(native_cpu_bf16())
+    assert (hint in lines(dtype="float32")) == bool(native_cpu_bf16())
+    assert hint not in lines(dtype="bfloat16")
