@@ -573,7 +573,8 @@ class Finetuner(Trainer):
         labels = labels.to(self.device, non_blocking=True)
         if self.mixup is not None:
             imgs, labels = self.mixup(imgs, labels)
-        return self.criterion(self.net(imgs), labels)
+        # The loss in fp32 under any autocast: CPU autocast leaves log_softmax in bf16.
+        return self.criterion(self.net(imgs).float(), labels)
 
     def _checkpoint_extra(self) -> dict[str, Any]:
         # a resume on other classes is refused by name; the origin stays the first one
@@ -605,6 +606,8 @@ class Finetuner(Trainer):
         is also the final model's."""
         assert self.val_index is not None
         if self._scored is None or self._scored[0] != self.step:
+            # fp32 whatever --precision trained in, so that `mae eval --method classifier`
+            # reproduces the recorded score exactly
             score = accuracy(self.model, self.val_index, self.model_cfg, self.device)
             self._scored = (self.step, score)
         return self._scored[1]
