@@ -154,15 +154,15 @@ def autocast(precision: str, device: torch.device) -> torch.autocast:
 
 
 def native_cpu_bf16() -> bool | None:
-    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX-BF16), read from
-    /proc/cpuinfo; None where that cannot be read. Elsewhere bf16 is emulated and slower
-    than fp32."""
+    """Whether this CPU multiplies bf16 in hardware (x86: AVX512-BF16 or AMX-BF16; Arm: the
+    BF16 extension), read from /proc/cpuinfo; None where that cannot be read. Elsewhere
+    bf16 is emulated and slower than fp32."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+                key, _, value = line.partition(":")
+                if key.strip() in ("flags", "Features"):  # x86, Arm
+                    return bool(set(value.split()) & {"avx512_bf16", "amx_bf16", "bf16"})
     except OSError:
         pass
     return None

@@ -125,18 +125,33 @@ def test_mae_port_and_host_are_read_and_the_flags_override_them(tmp_path: Path) 
     assert f"HF_ENDPOINT=http://127.0.0.1:{port}" in output and str(busy) not in output
 
 
-def test_the_start_lines_say_when_bf16_would_pay(model_dir: Path, tmp_path: Path) -> None:
+def test_the_start_lines_say_which_cpu_dtype_suits(
+    model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """On a CPU that multiplies bf16 in hardware, serving fp32 says that --dtype bfloat16
-    would embed faster; asked for bfloat16 (or on a CPU without it) it says nothing."""
-    from mae_core.distributed import native_cpu_bf16
+    would pay; on one that emulates it, asking for bfloat16 is warned of; otherwise, and
+    for the onnxruntime backends, nothing is said."""
+    import mae_core.distributed
     from service.server import preflight
     from service.settings import Settings
 
+    for name in [k for k in os.environ if k.startswith("MAE_")]:
+        monkeypatch.delenv(name)
+    port = free_port()
+
     def lines(**kw: object) -> str:
-        settings = Settings(model=[str(model_dir)], models_dir=tmp_path, device="cpu", **kw)
+        settings = Settings(
+            model=[str(model_dir)], models_dir=tmp_path, device="cpu", port=port, **kw
+        )
         return "\n".join(preflight(settings))
 
-    hint = "--dtype bfloat16 (MAE_DTYPE) embeds about 2x faster"
-    assert (hint in lines()) == bool(native_cpu_bf16())
-    assert (hint in lines(dtype="float32")) == bool(native_cpu_bf16())
-    assert hint not in lines(dtype="bfloat16")
+    hint = "--dtype bfloat16 (MAE_DTYPE) serves about 1.5x the images per second"
+    warning = "bfloat16 is emulated here and likely slower than --dtype float32"
+    monkeypatch.setattr(mae_core.distributed, "native_cpu_bf16", lambda: True)
+    assert hint in lines() and hint in lines(dtype="float32")
+    assert hint not in lines(dtype="bfloat16") and warning not in lines(dtype="bfloat16")
+    assert hint not in lines(backend="onnxruntime")
+    monkeypatch.setattr(mae_core.distributed, "native_cpu_bf16", lambda: False)
+    assert hint not in lines() and warning in lines(dtype="bfloat16")
+    monkeypatch.setattr(mae_core.distributed, "native_cpu_bf16", lambda: None)  # unknown
+    assert hint not in lines() and warning not in lines(dtype="bfloat16")
