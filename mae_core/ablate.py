@@ -395,7 +395,9 @@ def check_run_folder(run: Run, folder: Path) -> None:
         return
     saved = json.loads(saved_file.read_text()).get("train", {})
     now = TrainConfig(**{**run.settings, "output": str(folder)}).to_dict()
-    skip = (RESUMABLE_CHANGES - {"batch_size"}) | {"extra"}  # one process: batch is global
+    # One process: the batch is global. The precision a resume may change is still part of
+    # a sweep's run: runs of one table are trained alike.
+    skip = (RESUMABLE_CHANGES - {"batch_size", "precision"}) | {"extra"}
     diffs = [
         f"{k}: run {saved.get(k, _DEFAULTS.get(k))!r} vs spec {v!r}"
         for k, v in now.items()

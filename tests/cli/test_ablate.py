@@ -152,6 +152,10 @@ def test_an_interrupted_run_is_resumed_and_an_edited_spec_refused(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("mae: error: run mask_ratio=0.5 in ")
     assert "(blr: run 0.001 vs spec 0.002)" in err and "the spec was edited" in err
+    # A resume may change the precision, but the runs of one table are trained alike.
+    bf16 = spec(vary=only_half, base={"data": str(cifar_folder), **TINY, "precision": "bf16"})
+    assert main(["ablate", str(bf16), "--output", str(out)]) == 2
+    assert "(precision: run 'auto' vs spec 'bf16')" in capsys.readouterr().err
     assert sorted(p.name for p in (folder / "checkpoints").iterdir()) == [
         "ckpt-00000001.json",
         "ckpt-00000001.pt",
