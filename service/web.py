@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
 import time
 from collections.abc import Awaitable
 from typing import Annotated, Any, TypeVar
@@ -17,6 +18,7 @@ from .errors import ClientClosed, Unauthorized, error_response
 from .registry import Registry
 
 T = TypeVar("T")
+log = logging.getLogger("mae.service")
 
 
 # The dependencies are `async def`: FastAPI would run a plain `def` in a worker thread,
@@ -67,7 +69,7 @@ async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
         await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         watcher.cancel()
-        if not task.done():  # the client left first, or this request itself was cancelled
+        if not task.done():  # the client left first (or this coroutine was cancelled)
             task.cancel()
             # The cancellation lands on the loop's next turn; whatever the work ends with
             # then is nobody's to read, so read it here (no "never retrieved" warning).
@@ -78,8 +80,8 @@ async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
 
 
 def _drop_outcome(task: asyncio.Future[Any]) -> None:
-    if not task.cancelled():
-        task.exception()
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("work of a client gone ended with %r", task.exception())
 
 
 async def _disconnected(request: Request) -> None:
