@@ -157,12 +157,14 @@ def main() -> None:
 
     flops = step_flops(cfg, args.batch)
     precision = "bf16 autocast" if bf16 else "fp32"
-    if dev.startswith("cuda"):
+    if dev.startswith("cuda") and bf16:  # MFU against the bf16 peak only for bf16 work
         peak = bf16_peak(dev)
         name = (
             f"{torch.cuda.get_device_name()}, {precision}, measured bf16 peak "
             f"{peak / 1e12:.0f} TFLOP/s"
         )
+    elif dev.startswith("cuda"):
+        peak, name = None, f"{torch.cuda.get_device_name()}, {precision}"
     else:
         peak, name = None, f"CPU, {torch.get_num_threads()} threads, {precision}"
     head = (
