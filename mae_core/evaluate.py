@@ -17,7 +17,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .errors import DeviceMemoryError
+from .distributed import autocast as precision_autocast
+from .errors import DeviceMemoryError, MAEValueError
 from .export import encoder_forward
 from .model import MaskedAutoencoder
 from .probe import (
@@ -47,6 +48,7 @@ def evaluate_model(
     progress: bool = True,
     num_workers: int = 0,
     backend: str = "torch",
+    precision: str = "auto",
     **probe_kwargs: Any,
 ) -> dict[str, Any]:
     """k-NN and/or linear-probe accuracy of `model`'s frozen features, per pooling, and of
@@ -54,7 +56,9 @@ def evaluate_model(
 
     `backend` runs the encoders' forward (one of `export.BACKENDS`): torch, or their ONNX
     export by ONNX Runtime on the CPU, in fp32 or int8, to measure what a serving backend
-    costs in accuracy. The baseline runs under the same backend.
+    costs in accuracy. The baseline runs under the same backend. `precision` is the torch
+    forward's (as `mae train --precision`: auto is bf16 autocast on CUDA, fp32 elsewhere;
+    bf16 asks for autocast on the CPU too).
 
     `probe_kwargs`: `k`, `temperature`, `chunk` go to `knn_classify`; `epochs`, `lr`,
     `weight_decay`, `probe_batch_size` to `linear_probe`. Features are extracted once per
@@ -66,6 +70,7 @@ def evaluate_model(
         raise ValueError(f"poolings must be a non-empty subset of {POOLINGS}")
     for p in poolings:
         check_pooling(p)
+    check_precision(precision, backend)
     unknown = set(probe_kwargs) - KNN_OPTIONS - LINEAR_OPTIONS
     if unknown:
         raise TypeError(
@@ -91,6 +96,7 @@ def evaluate_model(
         models["baseline_"] = random_init.to(device=dev, dtype=next(model.parameters()).dtype)
 
     kw = {"batch_size": batch_size, "num_workers": num_workers, "progress": progress}
+    kw["precision"] = precision
     features = {}
     for prefix, net in models.items():
         kw["forward"] = encoder_forward(net, backend)
@@ -139,7 +145,26 @@ def evaluate_model(
         },
         "source": str(model.source_info.get("model_id", "")),
     }
-    return {"model": summary, "backend": backend, "results": rows, **sizes}
+    return {
+        "model": summary,
+        "backend": backend,
+        "precision": precision,
+        "results": rows,
+        **sizes,
+    }
+
+
+def check_precision(precision: str, backend: str = "torch") -> None:
+    """`precision` is one of config.PRECISIONS, and bf16 only with the torch backend."""
+    from .config import PRECISIONS
+
+    if precision not in PRECISIONS:
+        raise MAEValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "bf16" and backend != "torch":
+        raise MAEValueError(
+            f"--precision bf16 is the torch forward's; the {backend} backend has its own "
+            "(drop one of them)"
+        )
 
 
 def random_twin(model: MaskedAutoencoder, seed: int, with_decoder: bool) -> MaskedAutoencoder:
@@ -160,10 +185,12 @@ def reconstruction_loss(
     batch_size: int = 256,
     num_workers: int = 0,
     progress: bool = True,
+    precision: str = "auto",
 ) -> float:
     """The MAE loss (MSE on the masked patches, against per-patch-normalised pixels when the
     model was trained so) averaged over every image of `dataset`, with masks drawn from a
-    generator seeded by `seed`: the same seed and dataset give every model the same masks."""
+    generator seeded by `seed`: the same seed and dataset give every model the same masks.
+    The forward runs under `precision` (auto: bf16 autocast on CUDA, fp32 elsewhere)."""
     model._require_decoder("reconstruction_loss")
     if len(dataset) == 0:  # type: ignore[arg-type]
         raise ValueError("dataset is empty: no images to reconstruct")
@@ -172,7 +199,7 @@ def reconstruction_loss(
     from tqdm.auto import tqdm
 
     gen = torch.Generator(device=dev).manual_seed(seed)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda")
+    autocast = precision_autocast(precision, dev)
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
@@ -222,7 +249,8 @@ def format_table(result: dict[str, Any]) -> str:
     lines = [
         f"{result['train_size']} train / {result['test_size']} test images, "
         f"{result['num_classes']} classes"
-        + ("" if backend == "torch" else f"; features by {backend}"),
+        + ("" if backend == "torch" else f"; features by {backend}")
+        + ("; bf16 autocast" if result.get("precision") == "bf16" else ""),
         "",
         "| method | pooling | top-1 | top-5 | random-init top-1 | gain (points) |",
         "|---|---|--:|--:|--:|--:|",
@@ -266,6 +294,7 @@ def evaluate_sources(
     device: str | None = None,
     seed: int = 0,
     backend: str = "torch",
+    precision: str = "auto",
 ) -> dict[str, Any]:
     """`mae eval`: load `model_id`, evaluate its frozen features on labelled images (train
     on `data`, test on `test_data`, by default the held-out split of a named source) and,
@@ -277,13 +306,13 @@ def evaluate_sources(
     means the CPU then; a GPU is refused) and the reconstruction loss by torch."""
     from .data import EvalDataset
     from .distributed import resolve_device
-    from .errors import MAEValueError
     from .export import BACKENDS, require_onnxruntime
     from .hub import load_model
     from .sources import DataError, held_out_source, index_source, train_split
 
     if backend not in BACKENDS:
         raise MAEValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    check_precision(precision, backend)
     if backend != "torch":
         if device not in (None, "auto", "cpu"):
             raise MAEValueError(f"the {backend} backend runs on the CPU: use --device cpu")
@@ -337,11 +366,12 @@ def evaluate_sources(
             baseline=baseline,
             seed=seed,
             backend=backend,
+            precision=precision,
             **loader,
         )
         if model.has_decoder and reconstruction:
             result["reconstruction"] = evaluate_reconstruction(
-                model, test_ds, baseline=baseline, seed=seed, **loader
+                model, test_ds, baseline=baseline, seed=seed, precision=precision, **loader
             )
     except torch.OutOfMemoryError as e:
         raise DeviceMemoryError(

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from .distributed import autocast as precision_autocast
 from .errors import MAEValueError
 from .model import MaskedAutoencoder
 
@@ -45,14 +46,16 @@ def extract_features(
     device: str | torch.device | None = None,
     num_workers: int = 0,
     progress: bool = True,
+    precision: str = "auto",
 ) -> tuple[Tensor, Tensor]:
     """Embed every image of `dataset`: -> features (N, D) float32 and labels (N,) int64, on CPU.
 
-    The model runs in eval mode (restored afterwards) under bf16 autocast on CUDA. With
-    `device` the model is moved there (in place); by default it runs where it is.
+    The model runs in eval mode (restored afterwards) under `precision` (as `mae train
+    --precision`: auto is bf16 autocast on CUDA, fp32 elsewhere). With `device` the model is
+    moved there (in place); by default it runs where it is.
     """
     feats, labels = extract_pooled(
-        model, dataset, (pooling,), batch_size, device, num_workers, progress
+        model, dataset, (pooling,), batch_size, device, num_workers, progress, precision=precision
     )
     return feats[pooling], labels
 
@@ -66,6 +69,7 @@ def extract_pooled(
     num_workers: int = 0,
     progress: bool = True,
     forward: Callable[[Tensor], Tensor] | None = None,
+    precision: str = "auto",
 ) -> tuple[dict[str, Tensor], Tensor]:
     """As `extract_features`, for several poolings from one pass: -> ({pooling: (N, D)}, labels).
     `forward` (pixel_values -> last_hidden_state) stands in for `model.forward_features`,
@@ -94,7 +98,7 @@ def extract_pooled(
     feats: dict[str, list[Tensor]] = {p: [] for p in poolings}
     labels = []
     bar = tqdm(loader, desc="features", unit="batch", disable=None if progress else True)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda")
+    autocast = precision_autocast(precision, dev)
     try:
         for imgs, ys in bar:
             with torch.inference_mode(), autocast:

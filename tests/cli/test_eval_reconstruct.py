@@ -100,6 +100,25 @@ def test_eval_by_onnxruntime_matches_torch(saved: Path, cifar_splits, tmp_path: 
     assert len(list(tmp_path.iterdir())) == 3  # the exports lived in temporary folders
 
 
+def test_eval_in_bf16_says_so(saved: Path, cifar_splits, tmp_path: Path) -> None:
+    """`--precision bf16`: the same evaluation with the torch forward in bf16 autocast on the
+    CPU, said in the table and recorded in the JSON, accuracies close to fp32's."""
+    train, test = cifar_splits
+    results = {}
+    for precision in ("fp32", "bf16"):
+        out = run(
+            "eval", str(saved / "encoder"), "--data", str(train), "--test-data", str(test),
+            "--method", "knn", "--precision", precision, "--num-workers", "0",
+            "--output", str(tmp_path / f"{precision}.json"),
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        assert ("; bf16 autocast" in out.stdout) == (precision == "bf16")
+        results[precision] = json.loads((tmp_path / f"{precision}.json").read_text())
+        assert results[precision]["precision"] == precision
+    a, b = results["fp32"]["results"][0], results["bf16"]["results"][0]
+    assert abs(a["top1"] - b["top1"]) <= 5.0  # the tiny random model, 100 test images
+
+
 def test_eval_help() -> None:
     out = run("eval", "--help")
     assert out.returncode == 0 and "--test-data" in out.stdout and "random" in out.stdout
@@ -118,6 +137,14 @@ def test_eval_help() -> None:
         (["--data", "{train}", "--method", "svm"], "invalid choice: 'svm'"),
         (["--data", "cifar10:test"], "is the held-out split itself"),
         (["--data", "{train}", "--backend", "tensorrt"], "invalid choice: 'tensorrt'"),
+        (["--data", "{train}", "--precision", "fp16"], "invalid choice: 'fp16'"),
+        (
+            [
+                *("--data", "{train}", "--test-data", "{test}"),
+                *("--backend", "onnxruntime", "--precision", "bf16"),
+            ],
+            "the onnxruntime backend has its own",
+        ),
         (
             [
                 "--data",

@@ -206,6 +206,39 @@ def test_reconstruction_loss_is_the_mae_loss_under_seeded_masks(
     assert f"{result['loss']:.4f}" in table and "random-init twin" in table
 
 
+def test_bf16_precision_runs_the_forward_in_bf16_on_the_cpu(
+    tiny_model: MaskedAutoencoder, cifar_splits
+) -> None:
+    """precision="bf16" (`mae eval --precision bf16`): the encoder's matmuls in bf16 on the
+    CPU too, features back in fp32 and close to fp32's, the same for the reconstruction
+    loss, recorded in the result; a bad value and bf16 with an ONNX backend refused."""
+    ds = EvalDataset(index_folder(cifar_splits[1], limit=20), tiny_model.config)
+    seen: set[torch.dtype] = set()
+    hook = tiny_model.blocks[0].attn.qkv.register_forward_hook(lambda m, i, o: seen.add(o.dtype))
+    f32, _ = extract_pooled(tiny_model, ds, ("cls",), batch_size=8, progress=False)
+    assert seen == {torch.float32}
+    seen.clear()
+    b16, _ = extract_pooled(
+        tiny_model, ds, ("cls",), batch_size=8, progress=False, precision="bf16"
+    )
+    hook.remove()
+    assert seen == {torch.bfloat16} and b16["cls"].dtype == torch.float32
+    cosine = torch.nn.functional.cosine_similarity(f32["cls"], b16["cls"]).min()
+    assert cosine > 0.99 and not torch.equal(f32["cls"], b16["cls"])
+    kw = {"seed": 3, "batch_size": 8, "progress": False}
+    loss32 = reconstruction_loss(tiny_model, ds, 0.75, **kw)
+    loss16 = reconstruction_loss(tiny_model, ds, 0.75, precision="bf16", **kw)
+    assert loss16 == pytest.approx(loss32, rel=0.05) and loss16 != loss32
+    result = evaluate_model(
+        tiny_model, ds, ds, methods=("knn",), baseline=False, progress=False, precision="bf16"
+    )
+    assert result["precision"] == "bf16" and "; bf16 autocast" in format_table(result)
+    with pytest.raises(ValueError, match="precision must be one of auto, fp32, bf16"):
+        evaluate_model(tiny_model, ds, ds, precision="fp16")
+    with pytest.raises(ValueError, match="the onnxruntime backend has its own"):
+        evaluate_model(tiny_model, ds, ds, precision="bf16", backend="onnxruntime")
+
+
 def test_reconstruction_loss_needs_the_decoder(tiny_cfg, cifar_splits) -> None:
     encoder = MaskedAutoencoder(tiny_cfg, with_decoder=False)
     ds = EvalDataset(index_folder(cifar_splits[1], limit=4), tiny_cfg)
