@@ -31,6 +31,8 @@ from features import hf_config, timed
 from transformers import ViTMAEForPreTraining
 
 import mae_core
+from mae_core.config import PRECISIONS
+from mae_core.distributed import uses_bf16
 from mae_core.schedule import param_groups
 
 
@@ -87,14 +89,14 @@ def main() -> None:
     )
     ap.add_argument(
         "--dtype",
-        choices=("auto", "fp32", "bf16"),
+        choices=PRECISIONS,
         default="auto",
         help="precision of both: auto (bf16 autocast on CUDA, fp32 on a CPU), fp32 or bf16",
     )
     ap.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     args = ap.parse_args()
     dev = args.device
-    bf16 = args.dtype == "bf16" or (args.dtype == "auto" and dev.startswith("cuda"))
+    bf16 = uses_bf16(args.dtype, torch.device(dev))  # as `mae train --precision` decides
 
     torch.manual_seed(0)
     hf = ViTMAEForPreTraining(

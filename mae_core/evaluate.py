@@ -156,10 +156,11 @@ def evaluate_model(
 
 def check_precision(precision: str, backend: str = "torch") -> None:
     """`precision` is one of config.PRECISIONS, and bf16 only with the torch backend."""
-    from .config import PRECISIONS
+    from .config import PRECISIONS, _one_of
 
-    if precision not in PRECISIONS:
-        raise MAEValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    ok, message = _one_of("precision", precision, PRECISIONS)
+    if not ok:
+        raise MAEValueError(message)
     if precision == "bf16" and backend != "torch":
         raise MAEValueError(
             f"--precision bf16 is the torch forward's; the {backend} backend has its own "

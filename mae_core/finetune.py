@@ -42,7 +42,14 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset
 
 from .checkpoint import CONFIG_FILE, ENCODER_FILE, CheckpointError, timm_config
-from .config import PRECISIONS, MAEConfig, _setting, default_workers, given_settings
+from .config import (
+    PRECISIONS,
+    MAEConfig,
+    _one_of,
+    _setting,
+    default_workers,
+    given_settings,
+)
 from .data import EpochSampler, EvalDataset, sample_generator
 from .errors import MAEValueError, TrainingError
 from .files import sha256_file
@@ -152,10 +159,9 @@ class FinetuneConfig:
                 f"Mixup/CutMix pair images within a batch: --batch-size must be even, got "
                 f"{self.batch_size} (or --mixup 0 --cutmix 0)"
             )
-        if self.precision not in PRECISIONS:
-            problems.append(
-                f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
-            )
+        ok, message = _one_of("precision", self.precision, PRECISIONS)
+        if not ok:
+            problems.append(message)
         if relations and self.warmup_epochs > self.epochs:
             problems.append(
                 f"warmup_epochs ({self.warmup_epochs}) is longer than epochs ({self.epochs})"
