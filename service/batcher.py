@@ -4,9 +4,15 @@ Every request's images are queued as jobs of at most `max_batch_images` (a large
 is split and its answers reassembled in order). The worker takes the oldest job, adds the
 queued jobs that fit in `max_batch_images`, keeps waiting for more while `max_wait_s` has
 not passed since that job arrived (0, the default: no waiting), then runs one forward on
-the stacked batch in its own thread and hands each job its rows. Requests that arrive
+the stacked batch in a device thread and hands each job its rows. Requests that arrive
 during a forward form the next batch, so batches grow by themselves when the device is
 the bottleneck. Other device work (a reconstruction) runs alone, in turn.
+
+`workers` forwards may run at once, each in its own device thread with `worker_threads`
+math threads (on a CPU, two forwards of one thread each cost less CPU per image than one
+forward on two threads that wait for each other at every layer; BENCHMARKS.md). The next
+batch is gathered only when a worker is free, so it takes everything queued meanwhile. A
+reconstruction waits for the forwards in flight and runs alone, on every math thread.
 
 Admission is bounded in images: a request that would push the queue past
 `max_queue_images` is refused at once (`QueueFull`, with a retry time from the measured
@@ -20,6 +26,7 @@ size, so they would all fail alone too). No HTTP here: `errors.py` maps these to
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import time
@@ -75,18 +82,30 @@ class Batcher:
         max_wait_s: float,
         max_queue_images: int,
         metrics: Metrics | None = None,
+        workers: int = 1,
+        worker_threads: int | None = None,
     ) -> None:
+        if workers < 1:
+            raise ValueError(f"workers must be at least 1, got {workers}")
         self.engine = engine
         self.max_batch_images = max_batch_images
         self.max_wait_s = max_wait_s
         self.max_queue_images = max_queue_images
         self.metrics = metrics or Metrics()
+        self.workers = workers
+        self.worker_threads = worker_threads
         self._label = engine.id
         self._jobs: deque[_Job] = deque()
         self._queued = 0  # images of jobs whose forward has not started
         self._wake: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mae-device")
+        self._inflight: set[asyncio.Task] = set()  # forwards running now, at most `workers`
+        self._executor = ThreadPoolExecutor(
+            max_workers=workers,
+            thread_name_prefix="mae-device",
+            initializer=_set_threads if worker_threads else None,
+            initargs=(worker_threads,) if worker_threads else (),
+        )
         self._closing = False
         self._rate = 0.0  # images/s of recent forwards (exponential average), for Retry-After
 
@@ -241,13 +260,26 @@ class Batcher:
         return live
 
     async def _run(self) -> None:
+        try:
+            await self._gather_and_launch()
+        finally:
+            await self._drain(0)
+
+    async def _drain(self, below: int) -> None:
+        """Wait until fewer than `below` forwards run (0: none at all)."""
+        while self._inflight and len(self._inflight) >= max(below, 1):
+            await asyncio.wait(self._inflight, return_when=asyncio.FIRST_COMPLETED)
+
+    async def _gather_and_launch(self) -> None:
         while True:
+            await self._drain(self.workers)  # a free worker first, then the batch
             first = await self._next(None)
             if first is None:
                 return  # closing and drained
             if not self._take(first):
                 continue
             if first.call is not None:
+                await self._drain(0)  # alone on the device
                 await self._run_call(first)
                 continue
             batch, n = [first], first.n
@@ -259,15 +291,30 @@ class Batcher:
                 if self._take(nxt):
                     batch.append(nxt)
                     n += nxt.n
-            await self._run_batch(batch)
+            if self.workers == 1:
+                await self._run_batch(batch)
+                continue
+            task = asyncio.create_task(self._run_batch(batch))
+            self._inflight.add(task)
+            task.add_done_callback(self._forward_done)
+
+    def _forward_done(self, task: asyncio.Task) -> None:
+        self._inflight.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("a forward task failed", exc_info=task.exception())
 
     async def _run_call(self, job: _Job) -> None:
         if not self._start([job]):
             return
         loop = asyncio.get_running_loop()
         t0 = time.perf_counter()
+        call = job.call
+        if self.workers > 1 and self.worker_threads:  # alone: every worker's threads
+            call = functools.partial(
+                _with_threads, self.workers * self.worker_threads, self.worker_threads, call
+            )
         try:
-            result = await loop.run_in_executor(self._executor, job.call)
+            result = await loop.run_in_executor(self._executor, call)
         except Exception as exc:
             _settle(job, exc=_as_service_error(exc))
             return
@@ -298,7 +345,9 @@ class Batcher:
         m.batch_images.labels(label).observe(n)
         m.batch_requests.labels(label).observe(len(batch))
         m.images.labels(label, "embedding").inc(n)
-        rate = n / max(seconds, 1e-9)
+        # What the model answers per second at this forward's pace, through every worker
+        # (the queue drains through all of them): the gauge and Retry-After's estimate.
+        rate = n / max(seconds, 1e-9) * self.workers
         m.images_per_second.labels(label).set(rate)
         self._rate = rate if self._rate == 0 else 0.8 * self._rate + 0.2 * rate
         start = 0
@@ -319,6 +368,19 @@ class Batcher:
             log.warning("out of device memory at %d images: splitting the batch", batch.shape[0])
             half = batch.shape[0] // 2
             return torch.cat([self._forward(batch[:half]), self._forward(batch[half:])])
+
+
+def _set_threads(n: int) -> None:
+    """A device thread's math threads (torch keeps the count per calling thread)."""
+    torch.set_num_threads(n)
+
+
+def _with_threads(alone: int, usual: int, call: Callable[[], Any]) -> Any:
+    torch.set_num_threads(alone)
+    try:
+        return call()
+    finally:
+        torch.set_num_threads(usual)
 
 
 def _settle(job: _Job, *, result: Any = None, exc: BaseException | None = None) -> None:

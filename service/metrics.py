@@ -67,7 +67,8 @@ class Metrics:
         )
         self.images_per_second = Gauge(
             "mae_images_per_second",
-            "throughput of the last embedding forward",
+            "images per second at the last embedding forward's pace, times the forwards "
+            "that run at once (MAE_FORWARD_WORKERS)",
             ["model"],
             registry=r,
         )

@@ -25,7 +25,7 @@ from .engine import Engine
 from .engine_errors import NotReady, UnknownModel
 from .imaging import ImageLimits
 from .metrics import Metrics
-from .settings import Settings
+from .settings import Settings, Threads
 
 log = logging.getLogger("mae.service")
 
@@ -63,15 +63,16 @@ class Registry:
     ready: bool = False
     error: str | None = None  # why loading failed
     decoders: ThreadPoolExecutor | None = None
-    forward_threads: int | None = None  # chosen in load()
+    threads: Threads | None = None  # chosen in load()
+    forward_threads: int | None = None  # all the forwards' math threads together
 
     async def load(self) -> None:
         """Load, warm up and start every model; `ready` turns true only at the end."""
-        forward, decode = self.settings.threads()
-        self.forward_threads = forward
-        torch.set_num_threads(forward)
-        self.decoders = ThreadPoolExecutor(decode, thread_name_prefix="mae-decode")
-        log.info("threads: %d for the forward, %d to decode images", forward, decode)
+        self.threads = layout = self.settings.threads()
+        self.forward_threads = layout.forward_workers * layout.forward_threads
+        torch.set_num_threads(self.forward_threads)  # loading, warm-up, the ONNX session
+        self.decoders = ThreadPoolExecutor(layout.decode, thread_name_prefix="mae-decode")
+        log.info(layout.describe())
         try:
             for model_id in self.settings.model:
                 await self._load(model_id)
@@ -109,6 +110,8 @@ class Registry:
             max_wait_s=s.max_batch_wait_ms / 1000.0,
             max_queue_images=s.max_queue_images,
             metrics=self.metrics,
+            workers=self.threads.forward_workers,
+            worker_threads=self.threads.forward_threads,
         )
         batcher.start()
         limits = ImageLimits(max_bytes=s.max_image_bytes, max_pixels=s.max_image_pixels)

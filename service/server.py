@@ -72,12 +72,11 @@ def preflight(settings: Settings) -> list[str]:
         ]
     for model_id in settings.model:
         resolve(parse_model_id(model_id, models_root=settings.models_dir), settings.models_dir)
-    forward, decode = settings.threads()
     lines = [
         f"mae serve: {', '.join(settings.model)} on http://{address}:{port}",
         "  demo page /, API docs /docs, readiness /ready, metrics /metrics",
-        f"  threads: {forward} for the forward, {decode} to decode images "
-        "(MAE_TORCH_THREADS, MAE_DECODE_THREADS)",
+        f"  {settings.threads().describe()} "
+        "(MAE_TORCH_THREADS, MAE_FORWARD_WORKERS, MAE_DECODE_THREADS)",
     ]
     hint = _cpu_dtype_hint(settings)
     if hint:

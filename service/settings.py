@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal, NamedTuple
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -19,6 +19,22 @@ if TYPE_CHECKING:
 
 ENV_PREFIX = "MAE_"
 CommaList = Annotated[list[str], NoDecode]
+
+
+class Threads(NamedTuple):
+    """The server's thread layout (`Settings.threads`)."""
+
+    forward_workers: int  # forwards that run at once, per model
+    forward_threads: int  # math threads of each
+    decode: int  # threads that decode and preprocess images
+
+    def describe(self) -> str:
+        forward = (
+            f"{self.forward_threads} for the forward"
+            if self.forward_workers == 1
+            else f"{self.forward_workers} forwards at once with {self.forward_threads} each"
+        )
+        return f"threads: {forward}, {self.decode} to decode images"
 
 
 class Settings(BaseSettings):
@@ -59,6 +75,13 @@ class Settings(BaseSettings):
     )
     torch_threads: int | None = Field(
         default=None, ge=1, le=1024, description="math threads of the forward (default: all cores)"
+    )
+    forward_workers: int | None = Field(
+        default=None,
+        ge=1,
+        le=64,
+        description="forwards that run at once for each model, sharing MAE_TORCH_THREADS "
+        "between them (default: 2 for the torch backend on a CPU of 2 cores or more, else 1)",
     )
     decode_threads: int | None = Field(
         default=None,
@@ -194,14 +217,16 @@ class Settings(BaseSettings):
             raise ValueError(f"no model to serve: set {ENV_PREFIX}MODEL (or pass one to mae serve)")
         return self
 
-    def threads(self) -> tuple[int, int]:
-        """(math threads of the forward, decode threads): the settings, else chosen here.
+    def threads(self) -> Threads:
+        """How the server's threads are laid out: the settings, else chosen here.
 
-        The forward gets every core this process may run on. On the CPU, decoding gets
-        half of them: the forward's threads wait for each other at every layer, so a
-        decode thread that takes a core from one of them costs the whole forward (on 2
-        cores, 1 decode thread instead of 2 cut the server's CPU per image by about a
-        tenth; BENCHMARKS.md). With the forward on a GPU, decoding gets every core."""
+        The forward gets every core this process may run on. On the CPU with the torch
+        backend they are split between two forwards that run at once (one thread each on
+        2 cores): threads of one forward wait for each other at every layer, and two
+        single-thread forwards cost 15-30% less CPU per image than one forward on two
+        threads (BENCHMARKS.md). Decoding gets half the cores on the CPU, for the same
+        reason (on 2 cores, 1 decode thread instead of 2 cut the server's CPU per image by
+        about a tenth), and every core with the forward on a GPU."""
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
         cores = cores or os.cpu_count() or 1
         if self.device == "auto":
@@ -210,8 +235,12 @@ class Settings(BaseSettings):
             on_gpu = torch.cuda.is_available()
         else:
             on_gpu = self.device.startswith("cuda")
+        total = self.torch_threads or cores
+        workers = self.forward_workers or (
+            2 if total >= 2 and not on_gpu and self.backend == "torch" else 1
+        )
         decode = cores if on_gpu else max(1, cores // 2)
-        return self.torch_threads or cores, self.decode_threads or decode
+        return Threads(workers, max(1, total // workers), self.decode_threads or decode)
 
     def resolved_models_dir(self) -> Path:
         from mae_core.hub import models_dir

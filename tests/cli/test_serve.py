@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from pydantic import ValidationError
 
 from tests.cli.test_info import MAE
 
@@ -155,3 +156,35 @@ def test_the_start_lines_say_which_cpu_dtype_suits(
     assert hint not in lines() and warning in lines(dtype="bfloat16")
     monkeypatch.setattr(mae_core.distributed, "native_cpu_bf16", lambda: None)  # unknown
     assert hint not in lines() and warning not in lines(dtype="bfloat16")
+
+
+def test_the_thread_layout_is_chosen_and_said_in_the_start_lines(
+    model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a CPU the torch backend runs two forwards at once, sharing the math threads;
+    ONNX Runtime and the GPU run one; MAE_FORWARD_WORKERS and MAE_TORCH_THREADS set it."""
+    from service.server import preflight
+    from service.settings import Settings, Threads
+
+    for name in [k for k in os.environ if k.startswith("MAE_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    port = free_port()
+
+    def settings(**kw: object) -> Settings:
+        return Settings(model=[str(model_dir)], models_dir=tmp_path, port=port, **kw)
+
+    assert settings(device="cpu").threads() == Threads(2, 4, 4)
+    assert settings(device="cpu", backend="onnxruntime").threads() == Threads(1, 8, 4)
+    assert settings(device="cuda").threads() == Threads(1, 8, 8)
+    assert settings(device="cpu", torch_threads=1).threads() == Threads(1, 1, 4)
+    layout = settings(device="cpu", torch_threads=6, forward_workers=3, decode_threads=2)
+    assert layout.threads() == Threads(3, 2, 2)
+    start = "\n".join(preflight(layout))
+    assert "threads: 3 forwards at once with 2 each, 2 to decode images" in start
+    assert "MAE_FORWARD_WORKERS" in start
+    single = "\n".join(preflight(settings(device="cpu", backend="onnxruntime")))
+    assert "threads: 8 for the forward, 4 to decode images" in single
+    monkeypatch.setenv("MAE_FORWARD_WORKERS", "0")
+    with pytest.raises(ValidationError, match="forward_workers"):
+        Settings(model=[str(model_dir)], models_dir=tmp_path, port=port)

@@ -54,11 +54,14 @@ class FakeEngine:
         self.calls: list[list[int]] = []  # the image numbers of each embed() call, in order
         self.timeline: list[object] = []  # those calls, and what `run` calls add, in order
         self.threads: set[str] = set()  # the threads embed() ran on
+        self.math_threads: list[int] = []  # torch's thread count in each embed() call
+        self.most_active = 0  # the most forwards ever in progress at once
         self.active = 0  # forwards in progress, held ones included
         self.oom_above: int | None = None  # OutOfMemoryError for batches larger than this
         self.fail: Exception | None = None  # raise this from every forward
         self._gate = threading.Event()
         self._gate.set()  # open: forwards run straight through
+        self._count = threading.Lock()  # `active`, from more than one device thread
 
     def hold(self) -> None:
         """Forwards that start from now on wait inside embed() until `release()`."""
@@ -74,7 +77,10 @@ class FakeEngine:
         self.calls.append(ids)
         self.timeline.append(ids)
         self.threads.add(threading.current_thread().name)
-        self.active += 1
+        self.math_threads.append(torch.get_num_threads())
+        with self._count:
+            self.active += 1
+            self.most_active = max(self.most_active, self.active)
         try:
             if not self._gate.wait(HANG_S):
                 raise RuntimeError("the test never released the held forward")
@@ -84,7 +90,8 @@ class FakeEngine:
                 raise torch.OutOfMemoryError(f"fake: no room for {len(ids)} images")
             return torch.tensor(ids, dtype=torch.float32).view(-1, 1, 1).expand(-1, 2, DIM).clone()
         finally:
-            self.active -= 1
+            with self._count:
+                self.active -= 1
 
 
 def images(*ids: int) -> torch.Tensor:
@@ -499,3 +506,90 @@ def test_run_passes_back_errors_and_the_batcher_goes_on() -> None:
             assert batcher.queued_images == 0
 
     asyncio.run(scenario())
+
+
+# -- more than one forward at once (MAE_FORWARD_WORKERS) ----------------------------------
+def test_two_workers_run_two_forwards_at_once_each_on_its_own_math_threads() -> None:
+    async def scenario() -> None:
+        fake = FakeEngine()
+        main_threads = torch.get_num_threads()
+        async with serving(fake, max_batch_images=2, workers=2, worker_threads=1) as batcher:
+            first = await hold_device(batcher, fake, blocker=900)
+            # A worker is free: the next request starts its own forward beside the held one.
+            second = await submit(batcher, 1, 2)
+            await wait_for(lambda: len(fake.calls) == 2, "the second forward to start")
+            assert fake.active == 2
+            # Both are busy now: this one waits in the queue, and so does the next.
+            third = await submit(batcher, 3)
+            fourth = await submit(batcher, 4)
+            assert batcher.queued_images == 2
+            assert len(fake.calls) == 2
+            fake.release()
+            results = await asyncio.gather(first, second, third, fourth)
+        assert [numbers(r) for r in results] == [[900], [1, 2], [3], [4]]
+        # The two that waited were gathered into one batch when a worker came free.
+        assert fake.calls == [[900], [1, 2], [3, 4]]
+        assert fake.most_active == 2
+        assert len(fake.threads) == 2  # two device threads
+        assert set(fake.math_threads) == {1}  # each forward on its worker's thread count
+        assert torch.get_num_threads() == main_threads  # the loop's own count untouched
+
+    asyncio.run(scenario())
+
+
+def test_with_two_workers_run_waits_for_every_forward_and_runs_on_all_their_threads() -> None:
+    async def scenario() -> None:
+        fake = FakeEngine()
+        seen: dict[str, Any] = {}
+
+        def reconstruct() -> str:
+            fake.timeline.append("reconstruction")
+            seen["forwards_in_progress"] = fake.active
+            seen["math_threads"] = torch.get_num_threads()
+            return "reconstructed"
+
+        async with serving(fake, max_batch_images=2, workers=2, worker_threads=1) as batcher:
+            blocker = await hold_device(batcher, fake)
+            beside = await submit(batcher, 1, 2)  # the second worker's forward, held too
+            await wait_for(lambda: fake.active == 2, "both forwards to be in progress")
+            call = asyncio.create_task(batcher.run(reconstruct, far()))
+            await asyncio.sleep(0)
+            after = await submit(batcher, 3)
+            fake.release()
+            assert await call == "reconstructed"
+            assert numbers(await blocker) == [999]
+            assert numbers(await beside) == [1, 2]
+            assert numbers(await after) == [3]
+            # The workers' threads are back to their own count after the call.
+            assert numbers(await (await submit(batcher, 4, 5))) == [4, 5]
+            assert numbers(await (await submit(batcher, 6))) == [6]
+        assert seen["forwards_in_progress"] == 0  # not beside a forward
+        assert seen["math_threads"] == 2  # every worker's threads: it runs alone
+        assert fake.timeline[2:] == ["reconstruction", [3], [4, 5], [6]]
+        assert set(fake.math_threads) == {1}
+
+    asyncio.run(scenario())
+
+
+def test_with_two_workers_close_waits_for_every_forward_in_flight() -> None:
+    async def scenario() -> None:
+        fake = FakeEngine()
+        async with serving(fake, max_batch_images=2, workers=2, worker_threads=1) as batcher:
+            first = await hold_device(batcher, fake)
+            second = await submit(batcher, 1, 2)
+            await wait_for(lambda: fake.active == 2, "both forwards to be in progress")
+            queued = await submit(batcher, 3)
+            closing = asyncio.create_task(batcher.close())
+            await asyncio.sleep(0)
+            assert not closing.done()
+            fake.release()
+            await closing
+            assert fake.active == 0
+            assert [numbers(await t) for t in (first, second, queued)] == [[999], [1, 2], [3]]
+
+    asyncio.run(scenario())
+
+
+def test_workers_below_one_is_refused() -> None:
+    with pytest.raises(ValueError, match="workers must be at least 1"):
+        Batcher(FakeEngine(), max_batch_images=8, max_wait_s=0.0, max_queue_images=64, workers=0)
