@@ -17,11 +17,10 @@ bare encoder's CPU time per image at the batch size the server formed (`model.em
 with the same number of math threads). 1.00 would be serving at no cost at all. Load on a
 shared machine drifts, so each level runs `--rounds` rounds, each a server burst followed
 at once by a bare-encoder burst of as many images, and the table gives medians (the CPU
-ratio is the median of the rounds' ratios). Also given: images/s of both, and a stricter
-peer, the bare encoder at the largest batch the server may form (`--max-batch-images`,
-default 32), which is what a user with a pile of images would run and usually the
-cheapest per image: the server's batches shrink when more forwards run at once
-(`--forward-workers`), and a peer at those smaller batches would flatter it.
+ratio is the median of the rounds' ratios). Also given: images/s of both, and, when the
+server runs W forwards at once (`--forward-workers`, 2 by default on a CPU), a second peer
+at W x the server's batch: each of W forwards holds about 1/W of what one forward would,
+and a peer at the smaller batch alone could flatter the server.
 
     .venv/bin/python bench/serve.py
     .venv/bin/python bench/serve.py --model local:mae/vit-tiny-tinyimagenet --body multipart
@@ -284,6 +283,7 @@ def measure(
     bare: BareEncoder,
     wrk: Wrk | None,
     args: argparse.Namespace,
+    workers: int = 1,
 ) -> list[dict]:
     rows = []
     for c in args.concurrency:
@@ -305,9 +305,10 @@ def measure(
             images = images1 - images0  # with httpx the warm-up's are in: per image is fair
             batch = images / max(forwards1 - forwards0, 1)
             peer = bare.measure(max(1, round(batch)), n)
-            # The same by hand at the largest batch the server may form, usually the
-            # cheapest per image: a stricter peer than the server's own batch size.
-            full = bare.measure(args.max_batch_images or DEFAULT_MAX_BATCH, n)
+            # With W forwards at once each holds about 1/W of what one forward would: the
+            # bare encoder at W x the batch is the peer of a one-forward server.
+            whole = min(max(1, round(batch * workers)), args.max_batch_images or DEFAULT_MAX_BATCH)
+            full = peer if workers == 1 else bare.measure(whole, n)
             server_cpu = None if cpu0 is None else 1000 * (cpu1 - cpu0) / images
             rounds.append(
                 {
@@ -321,9 +322,9 @@ def measure(
                     "cpu_ratio": None
                     if server_cpu is None
                     else server_cpu / peer["bare_cpu_ms_per_img"],
-                    "full_batch": full["bare_batch"],
-                    "full_bare_cpu_ms_per_img": full["bare_cpu_ms_per_img"],
-                    "full_cpu_ratio": None
+                    "whole_batch": full["bare_batch"],
+                    "whole_bare_cpu_ms_per_img": full["bare_cpu_ms_per_img"],
+                    "whole_cpu_ratio": None
                     if server_cpu is None
                     else server_cpu / full["bare_cpu_ms_per_img"],
                 }
@@ -538,7 +539,9 @@ def main() -> None:
             bare = BareEncoder(model_id, args)
             use_wrk = args.client == "wrk" or (args.client == "auto" and shutil.which("wrk"))
             wrk = Wrk(url, route, bodies, Path(tmp)) if use_wrk else None
-            rows = measure(url, proc.pid, route, bodies, bare, wrk, args)
+            layout = re.search(r"threads: (\d+) forwards at once", log.read_text())
+            workers = int(layout.group(1)) if layout else 1
+            rows = measure(url, proc.pid, route, bodies, bare, wrk, args, workers)
         finally:
             if bare is not None:
                 bare.close()
@@ -573,21 +576,20 @@ def main() -> None:
         )
     )
     print(head)
-    full = rows[0]["full_batch"] if rows else DEFAULT_MAX_BATCH
     print(
         "| concurrency | server img/s | p50 ms | p99 ms | mean batch | server CPU ms/img "
         "| bare CPU ms/img | server CPU / bare | bare img/s | server img/s / bare "
-        f"| bare CPU ms/img at batch {full} | server CPU / that |"
+        f"| bare CPU ms/img at {workers} x the batch | server CPU / that |"
     )
     print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
-        cpu, ratio, strict = r["server_cpu_ms_per_img"], r["cpu_ratio"], r["full_cpu_ratio"]
+        cpu, ratio, strict = r["server_cpu_ms_per_img"], r["cpu_ratio"], r["whole_cpu_ratio"]
         print(
             f"| {r['concurrency']} | {r['server_img_s']:.0f} | {r['p50_ms']:.1f} | "
             f"{r['p99_ms']:.1f} | {r['mean_batch']:.1f} | {'-' if cpu is None else f'{cpu:.1f}'} "
             f"| {r['bare_cpu_ms_per_img']:.1f} | {'-' if ratio is None else f'{ratio:.2f}'} "
             f"| {r['bare_img_s']:.0f} | {r['img_s_ratio']:.2f} "
-            f"| {r['full_bare_cpu_ms_per_img']:.1f} | {'-' if strict is None else f'{strict:.2f}'} |"
+            f"| {r['whole_bare_cpu_ms_per_img']:.1f} | {'-' if strict is None else f'{strict:.2f}'} |"
         )
     if args.json:
         out = {"setup": head, "model": info, "args": vars(args), "rows": rows}

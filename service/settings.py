@@ -222,9 +222,9 @@ class Settings(BaseSettings):
 
         The forward gets every core this process may run on. On the CPU with the torch
         backend they are split between two forwards that run at once (one thread each on
-        2 cores): threads of one forward wait for each other at every layer, and two
-        single-thread forwards cost 15-30% less CPU per image than one forward on two
-        threads (BENCHMARKS.md). Decoding gets half the cores on the CPU, for the same
+        2 cores): threads of one forward wait for each other at every layer, and one
+        forward on two threads costs 1.07-1.26x the CPU per image of two single-thread
+        forwards side by side (`bench/forward_workers.py`, BENCHMARKS.md). Decoding gets half the cores on the CPU, for the same
         reason (on 2 cores, 1 decode thread instead of 2 cut the server's CPU per image by
         about a tenth), and every core with the forward on a GPU."""
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None

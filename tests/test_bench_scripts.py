@@ -16,7 +16,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.parametrize(
     "script",
-    ["serve", "backends", "train_threads", "decode", "pretrain", "features", "shards", "load"],
+    [
+        *("serve", "backends", "train_threads", "decode", "pretrain", "features", "shards"),
+        *("load", "forward_workers"),
+    ],
 )
 def test_help(script: str) -> None:
     out = subprocess.run(
@@ -100,6 +103,25 @@ def test_decode_compares_the_server_path_with_torchvision(tmp_path: Path) -> Non
     assert (
         rows["torchvision-cpu"]["mean_abs_diff"] < 0.05 and "| torchvision-cpu | 4 |" in out.stdout
     )
+
+
+def test_forward_workers_times_both_layouts_on_the_same_calls(tmp_path: Path) -> None:
+    """One loop on 2 threads against 2 loops on 1 each, the default model, real forwards."""
+    out = subprocess.run(
+        [sys.executable, "bench/forward_workers.py", "--batches", "2", "--rounds", "1",
+         "--calls", "3", "--threads", "2", "--json", str(tmp_path / "w.json")],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    (row,) = json.loads((tmp_path / "w.json").read_text())["rows"]
+    assert row["batch"] == 2
+    assert row["one_cpu_ms_per_img"] > 0 and row["w_cpu_ms_per_img"] > 0
+    assert row["w_img_s"] > 0 and "2 loops on 1 each" in out.stdout
+    bad = subprocess.run(
+        [sys.executable, "bench/forward_workers.py", "--workers", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "--workers must be 2 or more" in bad.stderr
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU this runs the whole check")
