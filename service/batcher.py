@@ -1,4 +1,4 @@
-"""Dynamic micro-batching: requests -> one queue -> one worker that owns the device.
+"""Dynamic micro-batching: requests -> one queue -> one worker that feeds the device.
 
 Every request's images are queued as jobs of at most `max_batch_images` (a larger request
 is split and its answers reassembled in order). The worker takes the oldest job, adds the
@@ -100,10 +100,11 @@ class Batcher:
         self._wake: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
         self._inflight: set[asyncio.Task] = set()  # forwards running now, at most `workers`
+        self.call_waiting = False  # an exclusive call waits for the forwards in flight
         self._executor = ThreadPoolExecutor(
             max_workers=workers,
             thread_name_prefix="mae-device",
-            initializer=_set_threads if worker_threads else None,
+            initializer=pin_math_threads if worker_threads else None,
             initargs=(worker_threads,) if worker_threads else (),
         )
         self._closing = False
@@ -279,7 +280,11 @@ class Batcher:
             if not self._take(first):
                 continue
             if first.call is not None:
-                await self._drain(0)  # alone on the device
+                self.call_waiting = True  # for the forwards in flight: it runs alone
+                try:
+                    await self._drain(0)
+                finally:
+                    self.call_waiting = False
                 await self._run_call(first)
                 continue
             batch, n = [first], first.n
@@ -325,6 +330,14 @@ class Batcher:
         _settle(job, result=result)
 
     async def _run_batch(self, batch: list[_Job]) -> None:
+        try:
+            await self._embed_batch(batch)
+        except Exception as exc:  # a fault around the forward: a 500 for each, never a hang
+            error = _as_service_error(exc)
+            for job in batch:
+                _settle(job, exc=error)
+
+    async def _embed_batch(self, batch: list[_Job]) -> None:
         batch = self._start(batch)
         if not batch:
             return
@@ -370,8 +383,14 @@ class Batcher:
             return torch.cat([self._forward(batch[:half]), self._forward(batch[half:])])
 
 
-def _set_threads(n: int) -> None:
-    """A device thread's math threads (torch keeps the count per calling thread)."""
+def pin_math_threads(n: int) -> None:
+    """This thread's torch math threads, for good: a thread pool's initializer.
+
+    torch keeps the count per calling thread, but a thread takes it from the process-wide
+    default at its first torch call, and `set_num_threads` also sets that default: so the
+    thread makes its first call first, or another thread's later `set_num_threads` would
+    become this thread's count."""
+    torch.get_num_threads()
     torch.set_num_threads(n)
 
 

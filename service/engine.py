@@ -11,8 +11,9 @@
   decoder); the mask is sampled by `mask_strategy` (`masking.MASK_STRATEGIES`).
 
 No HTTP here, so it can be used and tested alone; its errors are `engine_errors.py`'s. Only
-the batcher's worker thread calls `embed` and `reconstruct`, so only one thread touches
-the device.
+the batcher's device threads call `embed` and `reconstruct`: with `MAE_FORWARD_WORKERS`
+above 1, two `embed` calls may run at once (the model is read-only under inference mode),
+while a `reconstruct` always runs alone.
 """
 
 from __future__ import annotations
@@ -188,7 +189,7 @@ class Engine:
         cfg = self.model.config.replace(crop_pct=1.0)
         return eval_transform(center_square(image), cfg)
 
-    # -- device work (the batcher's worker thread only) -----------------------------------
+    # -- device work (the batcher's device threads only) ----------------------------------
     def _autocast(self) -> Any:
         enabled = self.dtype != torch.float32
         return torch.autocast(self.device.type, dtype=self.dtype, enabled=enabled)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from anyio import to_thread
 
-from .batcher import Batcher
+from .batcher import Batcher, pin_math_threads
 from .engine import Engine
 from .engine_errors import NotReady, UnknownModel
 from .imaging import ImageLimits
@@ -71,7 +71,12 @@ class Registry:
         self.threads = layout = self.settings.threads()
         self.forward_threads = layout.forward_workers * layout.forward_threads
         torch.set_num_threads(self.forward_threads)  # loading, warm-up, the ONNX session
-        self.decoders = ThreadPoolExecutor(layout.decode, thread_name_prefix="mae-decode")
+        self.decoders = ThreadPoolExecutor(  # one math thread each: the forward has the rest
+            layout.decode,
+            thread_name_prefix="mae-decode",
+            initializer=pin_math_threads,
+            initargs=(1,),
+        )
         log.info(layout.describe())
         try:
             for model_id in self.settings.model:

@@ -81,7 +81,8 @@ class Settings(BaseSettings):
         ge=1,
         le=64,
         description="forwards that run at once for each model, sharing MAE_TORCH_THREADS "
-        "between them (default: 2 for the torch backend on a CPU of 2 cores or more, else 1)",
+        "between them, rounded down (default: 2 for the torch backend on a CPU of 2 cores or "
+        "more, else 1; more than 1 only for the torch backend on a CPU)",
     )
     decode_threads: int | None = Field(
         default=None,
@@ -215,6 +216,18 @@ class Settings(BaseSettings):
             )
         if not self.hub_only and not self.model:
             raise ValueError(f"no model to serve: set {ENV_PREFIX}MODEL (or pass one to mae serve)")
+        workers = self.forward_workers or 1
+        if workers > 1 and (self.backend != "torch" or self.device.startswith("cuda")):
+            raise ValueError(
+                f"{ENV_PREFIX}FORWARD_WORKERS ({workers}): more than one forward at once is for "
+                f"the torch backend on a CPU (here: {self.backend} on {self.device}); ONNX "
+                "Runtime has its own threads, and a GPU runs forwards one after another"
+            )
+        if self.torch_threads is not None and workers > self.torch_threads:
+            raise ValueError(
+                f"{ENV_PREFIX}FORWARD_WORKERS ({workers}) is more than {ENV_PREFIX}TORCH_THREADS "
+                f"({self.torch_threads}): each forward needs a math thread of its own"
+            )
         return self
 
     def threads(self) -> Threads:
@@ -236,9 +249,10 @@ class Settings(BaseSettings):
         else:
             on_gpu = self.device.startswith("cuda")
         total = self.torch_threads or cores
-        workers = self.forward_workers or (
-            2 if total >= 2 and not on_gpu and self.backend == "torch" else 1
-        )
+        if on_gpu:  # device auto that found a GPU: the forwards would queue on it
+            workers = 1
+        else:
+            workers = self.forward_workers or (2 if total >= 2 and self.backend == "torch" else 1)
         decode = cores if on_gpu else max(1, cores // 2)
         return Threads(workers, max(1, total // workers), self.decode_threads or decode)
 

@@ -185,6 +185,18 @@ def test_the_thread_layout_is_chosen_and_said_in_the_start_lines(
     assert "MAE_FORWARD_WORKERS" in start
     single = "\n".join(preflight(settings(device="cpu", backend="onnxruntime")))
     assert "threads: 8 for the forward, 4 to decode images" in single
+    # More than one forward at once: only torch on a CPU, and never more than the threads.
+    for kw, says in [
+        (dict(backend="onnxruntime"), "is for the torch backend on a CPU"),
+        (dict(device="cuda"), "a GPU runs forwards one after another"),
+        (dict(device="cpu", torch_threads=2, forward_workers=3), "each forward needs a math"),
+    ]:
+        with pytest.raises(ValidationError, match=says):
+            settings(**{"forward_workers": 2, **kw})
+    import torch
+
+    auto = settings(device="auto", forward_workers=2).threads()  # auto that finds a GPU: 1
+    assert auto.forward_workers == (1 if torch.cuda.is_available() else 2)
     monkeypatch.setenv("MAE_FORWARD_WORKERS", "0")
     with pytest.raises(ValidationError, match="forward_workers"):
         Settings(model=[str(model_dir)], models_dir=tmp_path, port=port)

@@ -62,6 +62,7 @@ class FakeEngine:
         self._gate = threading.Event()
         self._gate.set()  # open: forwards run straight through
         self._count = threading.Lock()  # `active`, from more than one device thread
+        self._own_gates: dict[int, threading.Event] = {}  # first image -> its forward's gate
 
     def hold(self) -> None:
         """Forwards that start from now on wait inside embed() until `release()`."""
@@ -69,6 +70,16 @@ class FakeEngine:
 
     def release(self) -> None:
         self._gate.set()
+        for gate in self._own_gates.values():
+            gate.set()
+
+    def hold_batch(self, first: int) -> None:
+        """The forward whose first image is `first` waits until `release_batch(first)`
+        (or `release()`), whatever the shared gate says."""
+        self._own_gates[first] = threading.Event()
+
+    def release_batch(self, first: int) -> None:
+        self._own_gates[first].set()
 
     def embed(self, batch: torch.Tensor) -> torch.Tensor:
         # Recorded on entry, before the gate: a test polls `calls` to know that a forward
@@ -82,7 +93,7 @@ class FakeEngine:
             self.active += 1
             self.most_active = max(self.most_active, self.active)
         try:
-            if not self._gate.wait(HANG_S):
+            if not self._own_gates.get(ids[0], self._gate).wait(HANG_S):
                 raise RuntimeError("the test never released the held forward")
             if self.fail is not None:
                 raise self.fail
@@ -517,8 +528,8 @@ def test_two_workers_run_two_forwards_at_once_each_on_its_own_math_threads() -> 
             first = await hold_device(batcher, fake, blocker=900)
             # A worker is free: the next request starts its own forward beside the held one.
             second = await submit(batcher, 1, 2)
-            await wait_for(lambda: len(fake.calls) == 2, "the second forward to start")
-            assert fake.active == 2
+            await wait_for(lambda: fake.active == 2, "the second forward to be in progress")
+            assert len(fake.calls) == 2
             # Both are busy now: this one waits in the queue, and so does the next.
             third = await submit(batcher, 3)
             fourth = await submit(batcher, 4)
@@ -549,21 +560,30 @@ def test_with_two_workers_run_waits_for_every_forward_and_runs_on_all_their_thre
             return "reconstructed"
 
         async with serving(fake, max_batch_images=2, workers=2, worker_threads=1) as batcher:
-            blocker = await hold_device(batcher, fake)
-            beside = await submit(batcher, 1, 2)  # the second worker's forward, held too
+            fake.hold_batch(999)
+            fake.hold_batch(1)
+            blocker = await submit(batcher, 999)
+            beside = await submit(batcher, 1, 2)  # the second worker's forward
             await wait_for(lambda: fake.active == 2, "both forwards to be in progress")
             call = asyncio.create_task(batcher.run(reconstruct, far()))
             await asyncio.sleep(0)
             after = await submit(batcher, 3)
-            fake.release()
+            fake.release_batch(1)  # one forward ends: a worker is free, the other still runs
+            assert numbers(await beside) == [1, 2]
+            await wait_for(
+                lambda: batcher.call_waiting or "reconstruction" in fake.timeline,
+                "the call to be taken from the queue",
+            )
+            assert "reconstruction" not in fake.timeline  # not beside the held forward
+            assert not after.done()  # nor does the request behind it overtake it
+            fake.release_batch(999)
             assert await call == "reconstructed"
             assert numbers(await blocker) == [999]
-            assert numbers(await beside) == [1, 2]
             assert numbers(await after) == [3]
             # The workers' threads are back to their own count after the call.
             assert numbers(await (await submit(batcher, 4, 5))) == [4, 5]
             assert numbers(await (await submit(batcher, 6))) == [6]
-        assert seen["forwards_in_progress"] == 0  # not beside a forward
+        assert seen["forwards_in_progress"] == 0
         assert seen["math_threads"] == 2  # every worker's threads: it runs alone
         assert fake.timeline[2:] == ["reconstruction", [3], [4, 5], [6]]
         assert set(fake.math_threads) == {1}
@@ -575,17 +595,43 @@ def test_with_two_workers_close_waits_for_every_forward_in_flight() -> None:
     async def scenario() -> None:
         fake = FakeEngine()
         async with serving(fake, max_batch_images=2, workers=2, worker_threads=1) as batcher:
-            first = await hold_device(batcher, fake)
+            fake.hold_batch(999)
+            fake.hold_batch(1)
+            first = await submit(batcher, 999)
             second = await submit(batcher, 1, 2)
             await wait_for(lambda: fake.active == 2, "both forwards to be in progress")
             queued = await submit(batcher, 3)
             closing = asyncio.create_task(batcher.close())
             await asyncio.sleep(0)
-            assert not closing.done()
-            fake.release()
+            fake.release_batch(1)
+            assert numbers(await second) == [1, 2]
+            assert numbers(await queued) == [3]  # queued work is done, on the free worker
+            assert not closing.done() and not first.done()  # the held forward still runs
+            fake.release_batch(999)
             await closing
             assert fake.active == 0
-            assert [numbers(await t) for t in (first, second, queued)] == [[999], [1, 2], [3]]
+            assert numbers(await first) == [999]
+
+    asyncio.run(scenario())
+
+
+def test_a_fault_around_the_forward_fails_its_requests_instead_of_hanging(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Something breaks after the forward (here the metrics): with several forwards at
+    once, each request of that batch gets a 500-class error, and the next batch runs."""
+
+    async def scenario() -> None:
+        fake = FakeEngine()
+        async with serving(fake, workers=2, worker_threads=1) as batcher:
+            histogram = batcher.metrics.forward_seconds.labels(MODEL, "embedding")
+            monkeypatch.setattr(
+                type(histogram), "observe", lambda self, v: (_ for _ in ()).throw(KeyError(v))
+            )
+            with pytest.raises(DeviceFailure):
+                await (await submit(batcher, 1, 2))
+            monkeypatch.undo()
+            assert numbers(await (await submit(batcher, 3))) == [3]
 
     asyncio.run(scenario())
 
