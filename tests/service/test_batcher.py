@@ -161,6 +161,21 @@ async def hold_device(
     return task
 
 
+def recording_call(fake: FakeEngine, seen: dict[str, Any]) -> Callable[[], str]:
+    """Exclusive device work (a reconstruction, for the batcher) that notes in the fake's
+    timeline when it ran, and in `seen` the forwards then in progress, its thread and its
+    math threads."""
+
+    def reconstruct() -> str:
+        fake.timeline.append("reconstruction")
+        seen["forwards_in_progress"] = fake.active
+        seen["thread"] = threading.current_thread().name
+        seen["math_threads"] = torch.get_num_threads()
+        return "reconstructed"
+
+    return reconstruct
+
+
 @contextlib.asynccontextmanager
 async def serving(fake: FakeEngine, **limits: Any) -> AsyncIterator[Batcher]:
     settings: dict[str, Any] = dict(max_batch_images=8, max_wait_s=0.0, max_queue_images=64)
@@ -463,12 +478,7 @@ def test_run_takes_its_turn_on_the_device_thread_between_batches() -> None:
     async def scenario() -> None:
         fake = FakeEngine()
         seen: dict[str, Any] = {}
-
-        def reconstruct() -> str:
-            fake.timeline.append("reconstruction")
-            seen["forwards_in_progress"] = fake.active
-            seen["thread"] = threading.current_thread().name
-            return "reconstructed"
+        reconstruct = recording_call(fake, seen)
 
         async with serving(fake) as batcher:
             blocker = await hold_device(batcher, fake)
@@ -552,12 +562,7 @@ def test_with_two_workers_run_waits_for_every_forward_and_runs_on_all_their_thre
     async def scenario() -> None:
         fake = FakeEngine()
         seen: dict[str, Any] = {}
-
-        def reconstruct() -> str:
-            fake.timeline.append("reconstruction")
-            seen["forwards_in_progress"] = fake.active
-            seen["math_threads"] = torch.get_num_threads()
-            return "reconstructed"
+        reconstruct = recording_call(fake, seen)
 
         async with serving(fake, max_batch_images=2, workers=2, worker_threads=1) as batcher:
             fake.hold_batch(999)
