@@ -296,9 +296,6 @@ class Batcher:
                 if self._take(nxt):
                     batch.append(nxt)
                     n += nxt.n
-            if self.workers == 1:
-                await self._run_batch(batch)
-                continue
             task = asyncio.create_task(self._run_batch(batch))
             self._inflight.add(task)
             task.add_done_callback(self._forward_done)

@@ -64,13 +64,11 @@ class Registry:
     error: str | None = None  # why loading failed
     decoders: ThreadPoolExecutor | None = None
     threads: Threads | None = None  # chosen in load()
-    forward_threads: int | None = None  # all the forwards' math threads together
 
     async def load(self) -> None:
         """Load, warm up and start every model; `ready` turns true only at the end."""
         self.threads = layout = self.settings.threads()
-        self.forward_threads = layout.forward_workers * layout.forward_threads
-        torch.set_num_threads(self.forward_threads)  # loading, warm-up, the ONNX session
+        torch.set_num_threads(layout.math_threads)  # loading, warm-up, the ONNX session
         self.decoders = ThreadPoolExecutor(  # one math thread each: the forward has the rest
             layout.decode,
             thread_name_prefix="mae-decode",
@@ -103,7 +101,7 @@ class Registry:
                 with_decoder=s.reconstruction,
                 models_dir=s.models_dir,
                 backend=s.backend,
-                threads=self.forward_threads,
+                threads=self.threads.math_threads,
                 onnx_cache=s.onnx_cache,
             )
         )

@@ -28,6 +28,11 @@ class Threads(NamedTuple):
     forward_threads: int  # math threads of each
     decode: int  # threads that decode and preprocess images
 
+    @property
+    def math_threads(self) -> int:
+        """All the forwards' math threads together."""
+        return self.forward_workers * self.forward_threads
+
     def describe(self) -> str:
         forward = (
             f"{self.forward_threads} for the forward"
@@ -237,9 +242,10 @@ class Settings(BaseSettings):
         backend they are split between two forwards that run at once (one thread each on
         2 cores): threads of one forward wait for each other at every layer, and one
         forward on two threads costs 1.07-1.26x the CPU per image of two single-thread
-        forwards side by side (`bench/forward_workers.py`, BENCHMARKS.md). Decoding gets half the cores on the CPU, for the same
-        reason (on 2 cores, 1 decode thread instead of 2 cut the server's CPU per image by
-        about a tenth), and every core with the forward on a GPU."""
+        forwards side by side (`bench/forward_workers.py`, BENCHMARKS.md). Decoding gets
+        half the cores on the CPU, for the same reason (on 2 cores, 1 decode thread instead
+        of 2 cut the server's CPU per image by about a tenth), and every core with the
+        forward on a GPU."""
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
         cores = cores or os.cpu_count() or 1
         if self.device == "auto":
