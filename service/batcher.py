@@ -26,9 +26,12 @@ size, so they would all fail alone too). No HTTP here: `errors.py` maps these to
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import functools
 import logging
 import math
+import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -104,8 +107,8 @@ class Batcher:
         self._executor = ThreadPoolExecutor(
             max_workers=workers,
             thread_name_prefix="mae-device",
-            initializer=pin_math_threads if worker_threads else None,
-            initargs=(worker_threads,) if worker_threads else (),
+            initializer=pool_thread,
+            initargs=(worker_threads,),
         )
         self._closing = False
         self._rate = 0.0  # images/s of recent forwards (exponential average), for Retry-After
@@ -114,6 +117,21 @@ class Batcher:
     def start(self) -> None:
         self._wake = asyncio.Event()
         self._worker = asyncio.create_task(self._run(), name=f"batcher:{self._label}")
+
+    async def warm_up(self, call: Callable[[], Any]) -> None:
+        """Run `call` once in each device thread, all at once, before any request: the
+        threads are started with their names and math threads, and no request pays a
+        thread's cold first forward (its math library's buffers, the allocator's caches)."""
+        meet = threading.Barrier(self.workers)  # one call per thread: none takes two
+
+        def once() -> Any:
+            meet.wait(timeout=600)
+            return call()
+
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(
+            *(loop.run_in_executor(self._executor, once) for _ in range(self.workers))
+        )
 
     async def close(self) -> None:
         """Refuse new work, finish what is queued, stop the worker."""
@@ -378,6 +396,33 @@ class Batcher:
             log.warning("out of device memory at %d images: splitting the batch", batch.shape[0])
             half = batch.shape[0] // 2
             return torch.cat([self._forward(batch[:half]), self._forward(batch[half:])])
+
+
+def pool_thread(math_threads: int | None) -> None:
+    """A thread pool's initializer: the OS knows the thread by its Python name, and its
+    torch math threads are pinned to `math_threads` (None: left as they are)."""
+    name_os_thread()
+    if math_threads:
+        pin_math_threads(math_threads)
+
+
+_prctl: Any = None
+
+
+def name_os_thread() -> None:
+    """Give the calling OS thread its Python thread's name (Linux; 15 bytes at most), so
+    that `top -H`, py-spy and `/proc/<pid>/task/*/comm` tell the forwards from the decode
+    threads (bench/serve.py sorts its per-thread CPU by these names). Threads it starts
+    later, such as a forward's OpenMP helpers, inherit the name."""
+    global _prctl
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        if _prctl is None:
+            _prctl = ctypes.CDLL(None, use_errno=True).prctl
+        _prctl(15, threading.current_thread().name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
+    except (OSError, AttributeError):  # no prctl in this libc: names are a convenience
+        pass
 
 
 def pin_math_threads(n: int) -> None:

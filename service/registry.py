@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from anyio import to_thread
 
-from .batcher import Batcher, pin_math_threads
+from .batcher import Batcher, pool_thread
 from .engine import Engine
 from .engine_errors import NotReady, UnknownModel
 from .imaging import ImageLimits
@@ -72,7 +72,7 @@ class Registry:
         self.decoders = ThreadPoolExecutor(  # one math thread each: the forward has the rest
             layout.decode,
             thread_name_prefix="mae-decode",
-            initializer=pin_math_threads,
+            initializer=pool_thread,
             initargs=(1,),
         )
         log.info(layout.describe())
@@ -105,8 +105,6 @@ class Registry:
                 onnx_cache=s.onnx_cache,
             )
         )
-        if s.warmup:
-            await to_thread.run_sync(engine.warmup, s.max_batch_images)
         batcher = Batcher(
             engine,
             max_batch_images=s.max_batch_images,
@@ -116,6 +114,12 @@ class Registry:
             workers=self.threads.forward_workers,
             worker_threads=self.threads.forward_threads,
         )
+        if s.warmup:  # in the device threads, where the forwards will run
+            try:
+                await batcher.warm_up(functools.partial(engine.warmup, s.max_batch_images))
+            except BaseException:
+                await batcher.close()  # its threads end with it
+                raise
         batcher.start()
         limits = ImageLimits(max_bytes=s.max_image_bytes, max_pixels=s.max_image_pixels)
         assert self.decoders is not None

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -644,3 +645,38 @@ def test_a_fault_around_the_forward_fails_its_requests_instead_of_hanging(
 def test_workers_below_one_is_refused() -> None:
     with pytest.raises(ValueError, match="workers must be at least 1"):
         Batcher(FakeEngine(), max_batch_images=8, max_wait_s=0.0, max_queue_images=64, workers=0)
+
+
+def _os_name() -> str:
+    """The calling thread's name as the OS knows it (what top -H and /proc show)."""
+    return open("/proc/thread-self/comm").read().strip()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="thread names from /proc")
+def test_warm_up_runs_once_in_each_device_thread_named_for_the_os() -> None:
+    seen: list[tuple[str, str, int, str]] = []
+    lock = threading.Lock()
+
+    def call() -> None:
+        # A thread the device thread starts (as OpenMP starts its helpers) has its name too.
+        child: list[str] = []
+        helper = threading.Thread(target=lambda: child.append(_os_name()))
+        helper.start()
+        helper.join()
+        with lock:
+            seen.append(
+                (threading.current_thread().name, _os_name(), torch.get_num_threads(), child[0])
+            )
+
+    async def scenario() -> None:
+        async with serving(FakeEngine(), workers=2, worker_threads=1) as batcher:
+            await batcher.warm_up(call)
+            await batcher.warm_up(call)  # again: the same two threads, once each
+
+    asyncio.run(scenario())
+    assert sorted(seen) == [
+        ("mae-device_0", "mae-device_0", 1, "mae-device_0"),
+        ("mae-device_0", "mae-device_0", 1, "mae-device_0"),
+        ("mae-device_1", "mae-device_1", 1, "mae-device_1"),
+        ("mae-device_1", "mae-device_1", 1, "mae-device_1"),
+    ]

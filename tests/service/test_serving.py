@@ -166,6 +166,10 @@ def test_sigterm_finishes_the_requests_in_flight_then_exits(
                 return False
 
         _wait_for(ready, "mae serve to be ready", timeout=120)
+        if sys.platform.startswith("linux"):  # warmed up in its device threads, named so
+            tasks = Path(f"/proc/{proc.pid}/task").iterdir()
+            names = {(t / "comm").read_text().strip() for t in tasks}
+            assert "mae-device_0" in names, names
         thread, held = _in_background(_post, url, photo, 2)
         _wait_for(lambda: metric(url, "mae_queue_images") == 2, "the request to queue")
         signalled = time.monotonic()
