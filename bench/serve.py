@@ -22,6 +22,11 @@ server runs W forwards at once (`--forward-workers`, 2 by default on a CPU), a s
 at W x the server's batch: each of W forwards holds about 1/W of what one forward would,
 and a peer at the smaller batch alone could flatter the server.
 
+A second table says where the server's CPU goes, per image, thread by thread (from
+/proc/<pid>/task/*/stat; the server names its threads): the event loop (HTTP, the bodies,
+the answers, the batcher), the forwards (the device threads and their math threads), the
+decode threads (JPEG to input tensor) and any other thread.
+
     .venv/bin/python bench/serve.py
     .venv/bin/python bench/serve.py --model local:mae/vit-tiny-tinyimagenet --body multipart
     .venv/bin/python bench/serve.py --concurrency 1,16,64 --requests 256 --json serve.json
@@ -170,6 +175,47 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+# The server names its pool threads (service.batcher.name_os_thread); the main thread
+# runs the event loop: HTTP, the bodies, the answers, the batcher.
+ROLES = ("event loop", "forwards", "decode", "other")
+
+
+def role(pid: int, tid: int, comm: str) -> str:
+    if tid == pid:
+        return "event loop"
+    if comm.startswith("mae-device"):
+        return "forwards"  # the device threads and the math threads they started
+    if comm.startswith("mae-decode"):
+        return "decode"
+    return "other"
+
+
+def thread_cpu(pid: int) -> dict[int, tuple[str, float]]:
+    """{thread id: (role, user + system CPU seconds so far)} of every thread of a process."""
+    out = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:  # the thread ended
+            continue
+        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat.rsplit(")", 1)[1].split()
+        tid = int(task.name)
+        out[tid] = (role(pid, tid, comm), (int(fields[11]) + int(fields[12])) / tick)
+    return out
+
+
+def cpu_by_role(
+    before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]], images: int
+) -> dict[str, float]:
+    """CPU milliseconds per image of each role between two `thread_cpu` snapshots."""
+    spent = dict.fromkeys(ROLES, 0.0)
+    for tid, (name, seconds) in after.items():
+        spent[name] += seconds - before.get(tid, (name, 0.0))[1]
+    return {f"{name} cpu_ms_per_img": 1000 * t / max(images, 1) for name, t in spent.items()}
+
+
 # -- the client ---------------------------------------------------------------------------
 async def load(
     client: httpx.AsyncClient,
@@ -293,14 +339,14 @@ def measure(
             if wrk is not None and r == 0:
                 wrk.run(c, 2)  # warm-up
             images0, forwards0 = batch_totals(url)
-            cpu0 = cpu_seconds(pid)
+            cpu0, threads0 = cpu_seconds(pid), thread_cpu(pid)
             if wrk is not None:
                 n, wall, p50, p99 = wrk.run(c, args.seconds)
             else:
                 n, wall, p50, p99 = asyncio.run(
                     httpx_round(url, route, bodies, c, args.requests, warm)
                 )
-            cpu1 = cpu_seconds(pid)
+            cpu1, threads1 = cpu_seconds(pid), thread_cpu(pid)
             images1, forwards1 = batch_totals(url)
             images = images1 - images0  # with httpx the warm-up's are in: per image is fair
             batch = images / max(forwards1 - forwards0, 1)
@@ -327,6 +373,7 @@ def measure(
                     "whole_cpu_ratio": None
                     if server_cpu is None
                     else server_cpu / full["bare_cpu_ms_per_img"],
+                    **cpu_by_role(threads0, threads1, images),
                 }
             )
         row: dict = {"concurrency": c, "rounds": rounds}
@@ -591,6 +638,16 @@ def main() -> None:
             f"| {r['bare_img_s']:.0f} | {r['img_s_ratio']:.2f} "
             f"| {r['whole_bare_cpu_ms_per_img']:.1f} | {'-' if strict is None else f'{strict:.2f}'} |"
         )
+    print()
+    print(
+        "Where the server's CPU goes, ms per image (medians; `forwards` includes their math threads):"
+    )
+    print("| concurrency | " + " | ".join(ROLES) + " | all threads |")
+    print("| ---: |" + " ---: |" * (len(ROLES) + 1))
+    for r in rows:
+        cpu = r["server_cpu_ms_per_img"]
+        parts = " | ".join(f"{r[f'{name} cpu_ms_per_img']:.2f}" for name in ROLES)
+        print(f"| {r['concurrency']} | {parts} | {'-' if cpu is None else f'{cpu:.2f}'} |")
     if args.json:
         out = {"setup": head, "model": info, "args": vars(args), "rows": rows}
         out["server_tracebacks"] = errors

@@ -3,13 +3,19 @@ check (bench/gpu.sh) ends cleanly, its GPU steps skipped, on a machine without o
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 import subprocess
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import torch
+
+from service.batcher import pool_thread
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -136,3 +142,31 @@ def test_the_gpu_check_skips_its_gpu_steps_without_one() -> None:
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "GPU steps skipped" in out.stdout
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread CPU from /proc")
+def test_serve_sorts_the_server_cpu_by_thread() -> None:
+    """bench/serve.py's per-thread table: CPU of a thread named as the server names its
+    device threads counts as the forwards', the main thread's as the event loop's."""
+    spec = importlib.util.spec_from_file_location("bench_serve", ROOT / "bench" / "serve.py")
+    serve = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(serve)
+
+    def burn() -> None:
+        t0 = time.thread_time()
+        while time.thread_time() - t0 < 0.3:
+            pass
+
+    pid = os.getpid()
+    with ThreadPoolExecutor(
+        1, thread_name_prefix="mae-device", initializer=pool_thread, initargs=(None,)
+    ) as pool:
+        pool.submit(int).result()  # the thread is started and named
+        before = serve.thread_cpu(pid)
+        pool.submit(burn).result()
+        after = serve.thread_cpu(pid)
+    spent = serve.cpu_by_role(before, after, images=10)
+    assert set(spent) == {f"{role} cpu_ms_per_img" for role in serve.ROLES}
+    assert spent["forwards cpu_ms_per_img"] >= 20  # 300 ms over 10 images, in clock ticks
+    assert spent["decode cpu_ms_per_img"] == 0
+    assert spent["event loop cpu_ms_per_img"] < spent["forwards cpu_ms_per_img"]
