@@ -125,13 +125,23 @@ class Batcher:
         meet = threading.Barrier(self.workers)  # one call per thread: none takes two
 
         def once() -> Any:
-            meet.wait(timeout=600)
+            meet.wait(timeout=60)  # the threads only have to start
             return call()
 
         loop = asyncio.get_running_loop()
-        await asyncio.gather(
-            *(loop.run_in_executor(self._executor, once) for _ in range(self.workers))
-        )
+        try:
+            # Every call ends before this returns or raises, so that a failed warm-up
+            # leaves no thread busy behind it.
+            outcomes = await asyncio.gather(
+                *(loop.run_in_executor(self._executor, once) for _ in range(self.workers)),
+                return_exceptions=True,
+            )
+        except BaseException:  # cancelled: a thread may wait at the barrier for a partner
+            meet.abort()  # that will never come; it stops waiting now
+            raise
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
 
     async def close(self) -> None:
         """Refuse new work, finish what is queued, stop the worker."""
@@ -140,7 +150,8 @@ class Batcher:
             self._wake.set()
         if self._worker is not None:
             await self._worker
-        self._executor.shutdown(wait=True)
+        # Off the loop: a forward still running (a warm-up cut short) must not stop it.
+        await asyncio.to_thread(self._executor.shutdown, wait=True)
 
     @property
     def queued_images(self) -> int:
@@ -413,7 +424,8 @@ def name_os_thread() -> None:
     """Give the calling OS thread its Python thread's name (Linux; 15 bytes at most), so
     that `top -H`, py-spy and `/proc/<pid>/task/*/comm` tell the forwards from the decode
     threads (bench/serve.py sorts its per-thread CPU by these names). Threads it starts
-    later, such as a forward's OpenMP helpers, inherit the name."""
+    later inherit the name, such as a forward's helper threads with GNU OpenMP (torch's
+    Linux wheels), which gives each calling thread its own helpers."""
     global _prctl
     if not sys.platform.startswith("linux"):
         return

@@ -118,7 +118,7 @@ class Registry:
             try:
                 await batcher.warm_up(functools.partial(engine.warmup, s.max_batch_images))
             except BaseException:
-                await batcher.close()  # its threads end with it
+                await batcher.close()  # its threads end with it (each warm-up has ended)
                 raise
         batcher.start()
         limits = ImageLimits(max_bytes=s.max_image_bytes, max_pixels=s.max_image_pixels)

@@ -658,11 +658,14 @@ def test_warm_up_runs_once_in_each_device_thread_named_for_the_os() -> None:
     lock = threading.Lock()
 
     def call() -> None:
-        # A thread the device thread starts (as OpenMP starts its helpers) has its name too.
+        # A thread the device thread starts (as OpenMP starts its helpers) has its name too;
+        # from Python 3.14 a Python thread gets its own name from Python instead.
         child: list[str] = []
         helper = threading.Thread(target=lambda: child.append(_os_name()))
         helper.start()
         helper.join()
+        if sys.version_info >= (3, 14):
+            child[0] = threading.current_thread().name
         with lock:
             seen.append(
                 (threading.current_thread().name, _os_name(), torch.get_num_threads(), child[0])
@@ -680,3 +683,21 @@ def test_warm_up_runs_once_in_each_device_thread_named_for_the_os() -> None:
         ("mae-device_1", "mae-device_1", 1, "mae-device_1"),
         ("mae-device_1", "mae-device_1", 1, "mae-device_1"),
     ]
+
+
+def test_a_failed_warm_up_raises_once_every_thread_has_ended() -> None:
+    ended: list[str] = []
+
+    def call() -> None:
+        if threading.current_thread().name.endswith("_0"):
+            raise RuntimeError("warm-up failed")
+        time.sleep(0.3)  # the other thread is still busy when the first one fails
+        ended.append(threading.current_thread().name)
+
+    async def scenario() -> None:
+        async with serving(FakeEngine(), workers=2, worker_threads=1) as batcher:
+            with pytest.raises(RuntimeError, match="warm-up failed"):
+                await batcher.warm_up(call)
+            assert ended == ["mae-device_1"]  # nothing left running behind the error
+
+    asyncio.run(scenario())
