@@ -190,11 +190,15 @@ def role(pid: int, tid: int, comm: str) -> str:
     return "other"
 
 
-def thread_cpu(pid: int) -> dict[int, tuple[str, float]]:
-    """{thread id: (role, user + system CPU seconds so far)} of every thread of a process."""
+def thread_cpu(pid: int) -> dict[int, tuple[str, float]] | None:
+    """{thread id: (role, user + system CPU seconds so far)} of every thread of a process
+    (None without Linux's /proc)."""
+    tasks = Path(f"/proc/{pid}/task")
+    if not tasks.is_dir():
+        return None
     out = {}
     tick = os.sysconf("SC_CLK_TCK")
-    for task in Path(f"/proc/{pid}/task").glob("*"):
+    for task in tasks.glob("*"):
         try:
             stat = (task / "stat").read_text()
         except OSError:  # the thread ended
@@ -207,9 +211,13 @@ def thread_cpu(pid: int) -> dict[int, tuple[str, float]]:
 
 
 def cpu_by_role(
-    before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]], images: int
-) -> dict[str, float]:
+    before: dict[int, tuple[str, float]] | None,
+    after: dict[int, tuple[str, float]] | None,
+    images: int,
+) -> dict[str, float | None]:
     """CPU milliseconds per image of each role between two `thread_cpu` snapshots."""
+    if before is None or after is None:
+        return {f"{name} cpu_ms_per_img": None for name in ROLES}
     spent = dict.fromkeys(ROLES, 0.0)
     for tid, (name, seconds) in after.items():
         spent[name] += seconds - before.get(tid, (name, 0.0))[1]
@@ -646,7 +654,10 @@ def main() -> None:
     print("| ---: |" + " ---: |" * (len(ROLES) + 1))
     for r in rows:
         cpu = r["server_cpu_ms_per_img"]
-        parts = " | ".join(f"{r[f'{name} cpu_ms_per_img']:.2f}" for name in ROLES)
+        parts = " | ".join(
+            "-" if r[f"{name} cpu_ms_per_img"] is None else f"{r[f'{name} cpu_ms_per_img']:.2f}"
+            for name in ROLES
+        )
         print(f"| {r['concurrency']} | {parts} | {'-' if cpu is None else f'{cpu:.2f}'} |")
     if args.json:
         out = {"setup": head, "model": info, "args": vars(args), "rows": rows}
