@@ -166,13 +166,19 @@ def stop_server(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
+def stat_cpu(stat: str) -> tuple[str, float]:
+    """A /proc .../stat line -> (the command name, user + system CPU seconds so far)."""
+    fields = stat.rsplit(")", 1)[1].split()
+    seconds = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return stat[stat.index("(") + 1 : stat.rindex(")")], seconds
+
+
 def cpu_seconds(pid: int) -> float | None:
     """User + system CPU seconds of a process so far, all its threads (Linux /proc)."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return stat_cpu(Path(f"/proc/{pid}/stat").read_text())[1]
     except OSError:
         return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # The server names its pool threads (service.batcher.name_os_thread); the main thread
@@ -197,16 +203,13 @@ def thread_cpu(pid: int) -> dict[int, tuple[str, float]] | None:
     if not tasks.is_dir():
         return None
     out = {}
-    tick = os.sysconf("SC_CLK_TCK")
     for task in tasks.glob("*"):
         try:
-            stat = (task / "stat").read_text()
+            comm, seconds = stat_cpu((task / "stat").read_text())
         except OSError:  # the thread ended
             continue
-        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
-        fields = stat.rsplit(")", 1)[1].split()
         tid = int(task.name)
-        out[tid] = (role(pid, tid, comm), (int(fields[11]) + int(fields[12])) / tick)
+        out[tid] = (role(pid, tid, comm), seconds)
     return out
 
 

@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -649,7 +650,7 @@ def test_workers_below_one_is_refused() -> None:
 
 def _os_name() -> str:
     """The calling thread's name as the OS knows it (what top -H and /proc show)."""
-    return open("/proc/thread-self/comm").read().strip()
+    return Path("/proc/thread-self/comm").read_text().strip()
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="thread names from /proc")
