@@ -218,9 +218,13 @@ class MaskedAutoencoder(nn.Module):
         x = self.patch_embed(imgs) + pos[:, 1:, :]  # (N, L, D)
         return x, pos, grid
 
-    def _encode(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    def _prepend_cls(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """x (N, len, D) -> (N, 1+len, D): the class token (plus its position) first."""
         cls = (self.cls_token + pos[:, :1, :]).expand(x.shape[0], -1, -1)
-        x = torch.cat([cls, x], dim=1)  # (N, 1+len, D)
+        return torch.cat([cls, x], dim=1)
+
+    def _encode(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        x = self._prepend_cls(x, pos)
         for blk in self.blocks:
             x = blk(x)
         return self.norm(x)

@@ -1,0 +1,156 @@
+"""The encoder's unmasked forward with one fused kernel per block, for inference on the CPU.
+
+A timm `Block` as MAE builds it (pre-norm, one qkv projection with bias, no layer scale,
+no q/k norm, exact GELU, one LayerNorm eps for both norms) computes what PyTorch's native
+encoder-layer kernel computes: `aten::_transformer_encoder_layer_fwd`, the op behind
+`nn.TransformerEncoderLayer`'s inference fast path (PyTorch 1.12 on). One call per block
+instead of about twenty: a ViT-Ti forward enters Python and takes the GIL some 25 times
+instead of some 250, and each block's attention and MLP run without the per-operator
+overhead in between. In a server, where decoding and the event loop want the GIL too, the
+forward thread then waits for it less often.
+
+`nn.TransformerEncoderLayer` itself keeps an odd number of heads (ViT-Ti has 3) off its
+fast path, because its *masked* softmax needs an even count; an encoder without a mask
+has no such limit, so the kernel is called directly. Every `FusedEncoder` is checked
+against the model's own forward when it is built (`fused_encoder`); a model, device or
+dtype it does not cover keeps the plain forward, with the reason.
+
+    fused, why_not = fused_encoder(model, torch.device("cpu"), torch.float32)
+    tokens = (fused or model.forward_features)(imgs)   # (N, 1+L, D), after the final norm
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from timm.layers import Mlp
+from timm.models.vision_transformer import Attention, Block
+from torch import nn
+
+from .model import MaskedAutoencoder
+
+# Agreement asked of the fused forward with the model's own, on a random batch: the same
+# bound the ONNX export is held to (fp32 kernels that add in another order differ by
+# about 1e-6 here).
+MAX_ABS_DIFF = 1e-4
+
+
+def _kernel() -> Any:
+    # torch's own binding (not torch.ops.aten's packet): no Python frame of its own, and it
+    # leaves the GIL for the whole layer, as every torch function does while it computes.
+    return getattr(torch, "_transformer_encoder_layer_fwd", None)
+
+
+def _block_problem(block: nn.Module, dim: int, heads: int) -> str | None:
+    """Why this block is not the plain pre-norm block the kernel computes, or None."""
+    if type(block) is not Block:
+        return f"{type(block).__name__} is not timm's Block"
+    attn, mlp = block.attn, block.mlp
+    if type(attn) is not Attention or type(mlp) is not Mlp:
+        return "the attention or MLP is not timm's plain one"
+    for name in ("ls1", "ls2", "drop_path1", "drop_path2"):
+        if not isinstance(getattr(block, name), nn.Identity):
+            return f"the block has {name}"
+    for name in ("q_norm", "k_norm", "norm"):
+        if not isinstance(getattr(attn, name, nn.Identity()), nn.Identity):
+            return f"the attention has {name}"
+    if getattr(attn, "gate", None) is not None:
+        return "the attention is gated"
+    if attn.num_heads != heads or attn.qkv.out_features != 3 * dim:
+        return "the attention's heads or width differ from the model's"
+    if not math.isclose(float(attn.scale), (dim // heads) ** -0.5):
+        return "the attention's scale is not 1/sqrt(head dim)"
+    if not (isinstance(mlp.act, nn.GELU) and mlp.act.approximate == "none"):
+        return "the MLP's activation is not the exact GELU"
+    if not isinstance(mlp.norm, nn.Identity):
+        return "the MLP has a norm"
+    norms = (block.norm1, block.norm2)
+    if not all(
+        type(n) is nn.LayerNorm and n.weight is not None and n.bias is not None for n in norms
+    ):
+        return "the block's norms are not LayerNorms with weight and bias"
+    if block.norm1.eps != block.norm2.eps:
+        return "the block's two norms have different eps"
+    linears = (attn.qkv, attn.proj, mlp.fc1, mlp.fc2)
+    if any(type(lin) is not nn.Linear or lin.bias is None for lin in linears):
+        return "a projection has no bias"
+    return None
+
+
+def why_not(model: MaskedAutoencoder, device: torch.device, dtype: torch.dtype) -> str | None:
+    """Why `FusedEncoder` does not cover this model where and as it runs, or None."""
+    if _kernel() is None:
+        return f"torch {torch.__version__} has no fused encoder-layer kernel"
+    if device.type != "cpu":
+        return "used on the CPU only (not yet measured on a GPU)"
+    if dtype != torch.float32:
+        return f"the forward runs in {str(dtype).removeprefix('torch.')} (fused: float32 only)"
+    if model.training:
+        return "the model is in training mode"
+    dim, heads = model.config.embed_dim, model.config.num_heads
+    for i, block in enumerate(model.blocks):
+        problem = _block_problem(block, dim, heads)
+        if problem:
+            return f"block {i}: {problem}"
+    return None
+
+
+class FusedEncoder:
+    """`model.forward_features` with each block as one kernel call. It holds the model's own
+    weight tensors (no copies), so changes made in place reach it. Call under
+    `torch.inference_mode()`."""
+
+    def __init__(self, model: MaskedAutoencoder) -> None:
+        self.model = model
+        self.dim, self.heads = model.config.embed_dim, model.config.num_heads
+        self.eps = float(model.blocks[0].norm1.eps) if len(model.blocks) else 1e-6
+        # Per block: (qkv weight, bias), (proj weight, bias), (norm1 w, b, norm2 w, b),
+        # (fc1 weight, bias, fc2 weight, bias), in the kernel's order.
+        self.layers = [
+            (
+                (b.attn.qkv.weight, b.attn.qkv.bias),
+                (b.attn.proj.weight, b.attn.proj.bias),
+                (b.norm1.weight, b.norm1.bias, b.norm2.weight, b.norm2.bias),
+                (b.mlp.fc1.weight, b.mlp.fc1.bias, b.mlp.fc2.weight, b.mlp.fc2.bias),
+            )
+            for b in model.blocks
+        ]
+        self._layer = _kernel()
+
+    def __call__(self, imgs: torch.Tensor) -> torch.Tensor:
+        """imgs (N, C, H, W) -> tokens (N, 1+L, D) after the final norm."""
+        m = self.model
+        x, pos, _grid = m._embed_patches(imgs)
+        x = m._prepend_cls(x, pos)
+        d, h, eps = self.dim, self.heads, self.eps
+        for qkv, proj, norms, ffn in self.layers:
+            # (src, embed_dim, num_heads, qkv, proj, use_gelu, norm_first, eps, norms, ffn,
+            # mask, mask_type)
+            x = self._layer(x, d, h, *qkv, *proj, True, True, eps, *norms, *ffn, None, None)
+        return m.norm(x)
+
+
+def check(fused: FusedEncoder, batch: int = 2, seed: int = 0) -> float:
+    """The largest |fused - plain| over a seeded random batch (on the model's device)."""
+    m = fused.model
+    s = m.config.img_size
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, m.config.in_chans, s, s, generator=g).to(m.cls_token.device)
+    with torch.inference_mode():
+        return (fused(x) - m.forward_features(x)).abs().max().item()
+
+
+def fused_encoder(
+    model: MaskedAutoencoder, device: torch.device, dtype: torch.dtype
+) -> tuple[FusedEncoder | None, str]:
+    """(the checked fused forward, what was found) or (None, why not)."""
+    reason = why_not(model, device, dtype)
+    if reason:
+        return None, reason
+    fused = FusedEncoder(model)
+    diff = check(fused)
+    if not diff <= MAX_ABS_DIFF:  # NaN fails too
+        return None, f"it differs from the plain forward by {diff:.2e} (over {MAX_ABS_DIFF:g})"
+    return fused, f"checked against the plain forward: max abs difference {diff:.1e}"
