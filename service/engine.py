@@ -70,6 +70,7 @@ class ModelInfo:
     parameters: dict[str, int]
     norm_pix_loss: bool
     backend: str
+    fused_layers: bool  # the torch backend's encoder blocks as fused kernels (mae_core.fused)
     created: int
     owned_by: str
     tokens_per_image: int  # 1 + patches: what an image counts as in `usage`
@@ -95,6 +96,7 @@ class Engine:
         backend: str = "torch",
         threads: int | None = None,
         onnx_cache: Path | None = None,
+        fused_layers: bool = True,
     ) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
@@ -127,7 +129,7 @@ class Engine:
                 threads=threads,
             )
             if onnx
-            else TorchBackend(self.model, self.device, self.dtype)
+            else TorchBackend(self.model, self.device, self.dtype, fused=fused_layers)
         )
         cfg = model.config
         self.info = ModelInfo(
@@ -143,6 +145,7 @@ class Engine:
             parameters=model.num_params(),
             norm_pix_loss=cfg.norm_pix_loss,
             backend=self.backend.name,
+            fused_layers=getattr(self.backend, "fused", False),
             created=int(time.time()),
             owned_by=parsed.name.split("/")[0] if parsed.scheme != "path" else "mae-hub",
             tokens_per_image=1 + cfg.num_patches,

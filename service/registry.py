@@ -103,6 +103,7 @@ class Registry:
                 backend=s.backend,
                 threads=self.threads.math_threads,
                 onnx_cache=s.onnx_cache,
+                fused_layers=s.fused_layers,
             )
         )
         batcher = Batcher(

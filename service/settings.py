@@ -74,6 +74,11 @@ class Settings(BaseSettings):
         description="what runs the embedding forward: torch, or ONNX Runtime on the CPU "
         "(fp32, or int8 with dynamic quantisation); reconstructions always use torch",
     )
+    fused_layers: bool = Field(
+        default=True,
+        description="torch backend on the CPU in float32: run each encoder block as one fused "
+        "kernel (checked against the plain forward at load; off: the plain forward)",
+    )
     onnx_cache: Path | None = Field(
         default=None,
         description="where exported ONNX files are kept (default: ~/.cache/mae-hub/onnx)",

@@ -1,19 +1,41 @@
-"""The torch backend: the loaded model itself, on its device, under the served dtype."""
+"""The torch backend: the loaded model itself, on its device, under the served dtype.
+
+On the CPU in float32 the encoder's blocks run as one fused kernel each
+(`mae_core.fused`, checked against the plain forward at load; `MAE_FUSED_LAYERS=false`
+turns it off); elsewhere, and for a model it does not cover, the plain forward runs."""
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
+from mae_core.fused import fused_encoder
 from mae_core.model import MaskedAutoencoder
 
 from . import pool
+
+log = logging.getLogger("mae.service")
 
 
 class TorchBackend:
     name = "torch"
 
-    def __init__(self, model: MaskedAutoencoder, device: torch.device, dtype: torch.dtype) -> None:
+    def __init__(
+        self,
+        model: MaskedAutoencoder,
+        device: torch.device,
+        dtype: torch.dtype,
+        fused: bool = True,
+    ) -> None:
         self.model, self.device, self.dtype = model, device, dtype
+        self.forward = model.forward_features
+        self.fused = False
+        if fused:
+            encoder, said = fused_encoder(model, device, dtype)
+            log.info("fused encoder layers %s: %s", "on" if encoder else "off", said)
+            if encoder is not None:
+                self.forward, self.fused = encoder, True
 
     def embed(self, batch: torch.Tensor) -> torch.Tensor:
         enabled = self.dtype != torch.float32
@@ -21,6 +43,6 @@ class TorchBackend:
             torch.inference_mode(),
             torch.autocast(self.device.type, dtype=self.dtype, enabled=enabled),
         ):
-            tokens = self.model.forward_features(batch.to(self.device, non_blocking=True))
+            tokens = self.forward(batch.to(self.device, non_blocking=True))
             pooled = pool(tokens)  # (N, 2, D)
         return pooled.float().cpu()

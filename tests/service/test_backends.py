@@ -15,6 +15,7 @@ import torch
 
 from mae_core import create_model, load_model
 from mae_core.export import ONNX_DIR, ONNX_FILE, export_onnx
+from mae_core.fused import FusedEncoder
 from service.backends import BACKENDS
 from service.engine import Engine
 from service.engine_errors import ServiceError
@@ -74,6 +75,27 @@ def test_every_backend_answers_as_torch_does(
         assert _cosine(got, want) > 0.9999
 
 
+def test_the_torch_backend_s_fused_layers_answer_as_the_plain_forward(
+    small_model_dir: Path, batch: torch.Tensor, caplog: pytest.LogCaptureFixture
+) -> None:
+    """On the CPU in float32 the torch backend runs each block as one fused kernel
+    (`mae_core.fused`, MAE_FUSED_LAYERS): the same vectors as the plain forward."""
+    with caplog.at_level("INFO", logger="mae.service"):
+        fused = Engine(str(small_model_dir), device="cpu", with_decoder=False)
+    assert "fused encoder layers on: checked against the plain forward" in caplog.text
+    plain = Engine(str(small_model_dir), device="cpu", with_decoder=False, fused_layers=False)
+    assert fused.info.fused_layers and not plain.info.fused_layers
+    assert fused.info.backend == plain.info.backend == "torch"
+    assert isinstance(fused.backend.forward, FusedEncoder)
+    assert plain.backend.forward == plain.model.forward_features
+    torch.testing.assert_close(fused.embed(batch), plain.embed(batch), rtol=1e-5, atol=2e-5)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="mae.service"):
+        bf16 = Engine(str(small_model_dir), device="cpu", with_decoder=False, dtype="bfloat16")
+    assert not bf16.info.fused_layers
+    assert "fused encoder layers off: the forward runs in bfloat16" in caplog.text
+
+
 def test_the_export_is_made_once_into_the_cache(
     small_model_dir: Path, tmp_path: Path, batch: torch.Tensor
 ) -> None:
@@ -122,6 +144,7 @@ def test_a_served_onnxruntime_backend_answers_like_torch(
             answers[backend] = _embed(url, photos, pooling="mean")
             (card,) = httpx.get(f"{url}/v1/models", timeout=10).json()["data"]
             assert card["backend"] == backend
+            assert card["fused_layers"] is (backend == "torch")  # MAE_FUSED_LAYERS, on by default
     assert _cosine(answers["onnxruntime"], answers["torch"]) > 0.9999
 
 
