@@ -1,10 +1,11 @@
-"""The encoder in ONNX Runtime (fp32, int8), and torch in bf16 autocast, against torch eager
-in fp32: speed and what the lower precisions cost.
+"""The encoder in ONNX Runtime (fp32, int8), torch with fused encoder layers, and torch in
+bf16 autocast, against torch eager in fp32: speed and what the lower precisions cost.
 
 Exports the model (`mae_core.export.export_onnx`, checked against torch as it writes),
 then, in this one process with the same number of math threads for all three:
 
-1. speed: `forward_features` in torch under `inference_mode` against the ONNX Runtime
+1. speed: `forward_features` in torch under `inference_mode` against the fused forward
+   the torch backend serves on the CPU (`mae_core.fused`, `torch-fused`), the ONNX Runtime
    session of `model.onnx` and of `model_quantized.onnx` (and, with `--torch-bf16`, torch
    under bf16 autocast, what `mae serve --dtype bfloat16` runs), at each batch size, in
    interleaved rounds (torch, fp32, int8, torch, ...) so that drift on a shared machine
@@ -47,6 +48,7 @@ from mae_core.export import (
     photo_batch,
     session,
 )
+from mae_core.fused import fused_encoder
 from mae_core.probe import knn_classify
 from mae_core.sources import index_source
 
@@ -61,12 +63,16 @@ def speed(
     model, sessions: dict, batches: list[int], rounds: int, calls: int, bf16: bool = False
 ) -> list[dict]:
     cfg = model.config
+    fused, said = fused_encoder(model, torch.device("cpu"), torch.float32)
+    if fused is None:
+        print(f"torch-fused left out: {said}")
     rows = []
     for b in batches:
         x = torch.randn(b, 3, cfg.img_size, cfg.img_size)
         xn = x.numpy()
         runners = {
             "torch": lambda x=x: model.forward_features(x),
+            **({"torch-fused": lambda x=x: fused(x)} if fused else {}),
             **({"torch-bf16": lambda x=x: bf16_features(model, x)} if bf16 else {}),
             **{
                 name: (lambda s=s, xn=xn: s.run([OUTPUT], {INPUT: xn}))

@@ -39,6 +39,26 @@ def test_help(script: str) -> None:
     assert "usage:" in out.stdout
 
 
+def test_backends_times_the_fused_forward_beside_the_others(tmp_path: Path) -> None:
+    """bench/backends.py: torch eager against the fused forward and both ONNX Runtime files,
+    one short round, the fused column with its ratio."""
+    pytest.importorskip("onnxruntime")
+    out = subprocess.run(
+        [
+            *(sys.executable, "bench/backends.py", "--batches", "2", "--rounds", "1"),
+            *("--calls", "1", "--threads", "1", "--json", str(tmp_path / "b.json")),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "torch-fused ms (x)" in out.stdout and "onnxruntime-int8 ms (x)" in out.stdout
+    (row,) = json.loads((tmp_path / "b.json").read_text())["rows"]
+    assert row["batch"] == 2 and row["torch-fused_ms"] > 0 and row["torch-fused_speedup"] > 0
+
+
 def test_pretrain_compares_both_in_the_precision_asked(tmp_path: Path) -> None:
     """One interleaved step of ours and of transformers', both in bf16 autocast on the CPU."""
     out = subprocess.run(
