@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .distributed import autocast as precision_autocast
+from .distributed import uses_bf16
 from .errors import DeviceMemoryError, MAEValueError
 from .export import encoder_forward
 from .model import MaskedAutoencoder
@@ -54,7 +55,8 @@ def evaluate_model(
     """k-NN and/or linear-probe accuracy of `model`'s frozen features, per pooling, and of
     the same architecture randomly initialised (seeded by `seed`) when `baseline`.
 
-    `backend` runs the encoders' forward (one of `export.BACKENDS`): torch, or their ONNX
+    `backend` runs the encoders' forward (one of `export.BACKENDS`): torch (with fused
+    encoder layers in fp32 on the CPU, `mae_core.fused`, as the server runs it), or their ONNX
     export by ONNX Runtime on the CPU, in fp32 or int8, to measure what a serving backend
     costs in accuracy. The baseline runs under the same backend. `precision` is the torch
     forward's (as `mae train --precision`: auto is bf16 autocast on CUDA, fp32 elsewhere;
@@ -95,11 +97,12 @@ def evaluate_model(
         random_init = random_twin(model, seed, with_decoder=False)
         models["baseline_"] = random_init.to(device=dev, dtype=next(model.parameters()).dtype)
 
+    dtype = torch.bfloat16 if uses_bf16(precision, dev) else torch.float32
     kw = {"batch_size": batch_size, "num_workers": num_workers, "progress": progress}
     kw["precision"] = precision
     features = {}
     for prefix, net in models.items():
-        kw["forward"] = encoder_forward(net, backend)
+        kw["forward"] = encoder_forward(net, backend, dtype=dtype)
         xtr, ytr = extract_pooled(net, train_dataset, poolings, **kw)
         xte, yte = extract_pooled(net, test_dataset, poolings, **kw)
         features[prefix] = (xtr, ytr, xte, yte)

@@ -148,14 +148,22 @@ def run_tokens(onnx_session: Any, pixel_values: torch.Tensor) -> torch.Tensor:
 
 
 def encoder_forward(
-    model: MaskedAutoencoder, backend: str = "torch", threads: int | None = None
+    model: MaskedAutoencoder,
+    backend: str = "torch",
+    threads: int | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """pixel_values -> last_hidden_state, run by `backend` (one of BACKENDS): the model's
-    own `forward_features` for torch, an `OnnxEncoder` (CPU) for the others."""
+    """pixel_values -> last_hidden_state, run by `backend` (one of BACKENDS): for torch the
+    model's own forward, with fused encoder layers where `mae_core.fused` covers the model
+    on its device in `dtype` (the compute dtype it will run under), an `OnnxEncoder` (CPU)
+    for the others."""
     if backend not in BACKENDS:
         raise ExportError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
     if backend == "torch":
-        return model.forward_features
+        from .fused import fused_encoder
+
+        fused, _ = fused_encoder(model, next(model.parameters()).device, dtype)
+        return fused or model.forward_features
     if next(model.parameters()).device.type != "cpu":
         raise ExportError(f"the {backend} backend runs on the CPU: use --device cpu")
     return OnnxEncoder(

@@ -83,10 +83,13 @@ def why_not(model: MaskedAutoencoder, device: torch.device, dtype: torch.dtype) 
     """Why `FusedEncoder` does not cover this model where and as it runs, or None."""
     if _kernel() is None:
         return f"torch {torch.__version__} has no fused encoder-layer kernel"
-    if device.type != "cpu":
+    if device.type != "cpu" or model.cls_token.device.type != "cpu":
         return "used on the CPU only (not yet measured on a GPU)"
     if dtype != torch.float32:
         return f"the forward runs in {str(dtype).removeprefix('torch.')} (fused: float32 only)"
+    weights = model.cls_token.dtype
+    if weights != dtype:
+        return f"the weights are {str(weights).removeprefix('torch.')} (fused: float32 only)"
     if model.training:
         return "the model is in training mode"
     dim, heads = model.config.embed_dim, model.config.num_heads
@@ -150,7 +153,10 @@ def fused_encoder(
     if reason:
         return None, reason
     fused = FusedEncoder(model)
-    diff = check(fused)
+    try:
+        diff = check(fused)
+    except RuntimeError as exc:  # a kernel this build lacks for these shapes, say
+        return None, f"the fused kernel failed: {str(exc).splitlines()[0]}"
     if not diff <= MAX_ABS_DIFF:  # NaN fails too
         return None, f"it differs from the plain forward by {diff:.2e} (over {MAX_ABS_DIFF:g})"
     return fused, f"checked against the plain forward: max abs difference {diff:.1e}"

@@ -12,6 +12,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from mae_core import create_model, load_model
+from mae_core.export import encoder_forward
 from mae_core.fused import MAX_ABS_DIFF, FusedEncoder, check, fused_encoder, why_not
 from mae_core.hub import parse_model_id, resolve
 
@@ -84,6 +85,9 @@ def test_what_it_does_not_cover_says_why() -> None:
     assert "CPU only" in why_not(model, torch.device("cuda"), F32)
     assert "training mode" in why_not(model.train(), CPU, F32)
     model.eval()
+    assert why_not(_encoder(img_size=32, depth=2).to(torch.bfloat16), CPU, F32) == (
+        "the weights are bfloat16 (fused: float32 only)"
+    )
     model.blocks[1].ls1 = LayerScale(model.config.embed_dim)  # CaiT / DeiT-III blocks
     assert why_not(model, CPU, F32) == "block 1: the block has ls1"
     model.blocks[1].ls1 = nn.Identity()
@@ -140,3 +144,11 @@ def test_it_makes_a_fraction_of_the_operator_calls(default_model: nn.Module) -> 
     depth = len(default_model.blocks)
     assert counts["fused"] <= depth + 20, counts
     assert counts["plain"] >= 10 * depth, counts
+
+
+def test_mae_eval_s_torch_forward_is_the_fused_one_where_it_applies() -> None:
+    """`export.encoder_forward` (what `mae eval --backend torch` extracts features with):
+    fused in float32 on the CPU, the plain forward under bf16 autocast."""
+    model = _encoder(img_size=32, depth=2)
+    assert isinstance(encoder_forward(model, "torch"), FusedEncoder)
+    assert encoder_forward(model, "torch", dtype=torch.bfloat16) == model.forward_features
