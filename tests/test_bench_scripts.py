@@ -20,6 +20,19 @@ from service.batcher import pool_thread
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _bench(script: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run bench/SCRIPT.py with ARGS from the checkout; it must end cleanly."""
+    out = subprocess.run(
+        [sys.executable, f"bench/{script}.py", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert out.returncode == 0, out.stderr
+    return out
+
+
 @pytest.mark.parametrize(
     "script",
     [
@@ -28,32 +41,17 @@ ROOT = Path(__file__).resolve().parents[1]
     ],
 )
 def test_help(script: str) -> None:
-    out = subprocess.run(
-        [sys.executable, f"bench/{script}.py", "--help"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert out.returncode == 0, out.stderr
-    assert "usage:" in out.stdout
+    assert "usage:" in _bench(script, "--help", timeout=120).stdout
 
 
 def test_backends_times_the_fused_forward_beside_the_others(tmp_path: Path) -> None:
     """bench/backends.py: torch eager against the fused forward and both ONNX Runtime files,
     one short round, the fused column with its ratio."""
     pytest.importorskip("onnxruntime")
-    out = subprocess.run(
-        [
-            *(sys.executable, "bench/backends.py", "--batches", "2", "--rounds", "1"),
-            *("--calls", "1", "--threads", "1", "--json", str(tmp_path / "b.json")),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    out = _bench(
+        *("backends", "--batches", "2", "--rounds", "1", "--calls", "1", "--threads", "1"),
+        *("--json", str(tmp_path / "b.json")),
     )
-    assert out.returncode == 0, out.stderr
     assert "torch-fused ms (x)" in out.stdout and "onnxruntime-int8 ms (x)" in out.stdout
     (row,) = json.loads((tmp_path / "b.json").read_text())["rows"]
     assert row["batch"] == 2 and row["torch-fused_ms"] > 0 and row["torch-fused_speedup"] > 0
@@ -61,18 +59,11 @@ def test_backends_times_the_fused_forward_beside_the_others(tmp_path: Path) -> N
 
 def test_pretrain_compares_both_in_the_precision_asked(tmp_path: Path) -> None:
     """One interleaved step of ours and of transformers', both in bf16 autocast on the CPU."""
-    out = subprocess.run(
-        [
-            *(sys.executable, "bench/pretrain.py", "--variant", "mae_vit_tiny_patch8"),
-            *("--batch", "4", "--steps", "1", "--warmup", "1", "--dtype", "bf16"),
-            *("--device", "cpu", "--json", str(tmp_path / "p.json")),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    out = _bench(
+        *("pretrain", "--variant", "mae_vit_tiny_patch8"),
+        *("--batch", "4", "--steps", "1", "--warmup", "1", "--dtype", "bf16"),
+        *("--device", "cpu", "--json", str(tmp_path / "p.json")),
     )
-    assert out.returncode == 0, out.stderr
     assert "CPU, " in out.stdout and "bf16 autocast" in out.stdout
     assert "| mae_core |" in out.stdout and "| transformers ViTMAEForPreTraining |" in out.stdout
     result = json.loads((tmp_path / "p.json").read_text())
@@ -80,33 +71,11 @@ def test_pretrain_compares_both_in_the_precision_asked(tmp_path: Path) -> None:
 
 
 def test_train_threads_runs_real_training_per_layout(cifar_folder: Path, tmp_path: Path) -> None:
-    out = subprocess.run(
-        [
-            sys.executable,
-            "bench/train_threads.py",
-            "--data",
-            str(cifar_folder),
-            "--limit",
-            "128",
-            "--variant",
-            "mae_vit_tiny_patch8",
-            "--batch",
-            "16",
-            "--steps",
-            "10",
-            "--layouts",
-            "1:0,1:1:passive:bf16",
-            "--rounds",
-            "1",
-            "--json",
-            str(tmp_path / "t.json"),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    out = _bench(
+        *("train_threads", "--data", str(cifar_folder), "--limit", "128"),
+        *("--variant", "mae_vit_tiny_patch8", "--batch", "16", "--steps", "10"),
+        *("--layouts", "1:0,1:1:passive:bf16", "--rounds", "1", "--json", str(tmp_path / "t.json")),
     )
-    assert out.returncode == 0, out.stderr
     assert "| 1:0 |" in out.stdout and "| 1:1:passive:bf16 |" in out.stdout
     rates = json.loads((tmp_path / "t.json").read_text())["rates"]
     assert set(rates) == {"1:0", "1:1:passive:bf16"} and all(r[0] > 0 for r in rates.values())
@@ -115,14 +84,11 @@ def test_train_threads_runs_real_training_per_layout(cifar_folder: Path, tmp_pat
 def test_decode_compares_the_server_path_with_torchvision(tmp_path: Path) -> None:
     """On the CPU: the server's Pillow path and torchvision's decode_jpeg, on the same real
     JPEGs, give close input tensors (the decoders and resizes differ, not the content)."""
-    out = subprocess.run(
-        [sys.executable, "bench/decode.py", "--batch", "4", "--rounds", "1", "--device", "cpu",
-         "--json", str(tmp_path / "d.json")],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr
-    import json
-
+    out = _bench(
+        *("decode", "--batch", "4", "--rounds", "1", "--device", "cpu"),
+        *("--json", str(tmp_path / "d.json")),
+        timeout=120,
+    )
     rows = {r["path"]: r for r in json.loads((tmp_path / "d.json").read_text())["rows"]}
     assert set(rows) == {"server", "torchvision-cpu"}
     assert all(r["images_per_s"] > 0 for r in rows.values())
@@ -133,12 +99,10 @@ def test_decode_compares_the_server_path_with_torchvision(tmp_path: Path) -> Non
 
 def test_forward_workers_times_both_layouts_on_the_same_calls(tmp_path: Path) -> None:
     """One loop on 2 threads against 2 loops on 1 each, the default model, real forwards."""
-    out = subprocess.run(
-        [sys.executable, "bench/forward_workers.py", "--batches", "2", "--rounds", "1",
-         "--calls", "3", "--threads", "2", "--json", str(tmp_path / "w.json")],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr
+    out = _bench(
+        *("forward_workers", "--batches", "2", "--rounds", "1", "--calls", "3"),
+        *("--threads", "2", "--json", str(tmp_path / "w.json")),
+    )
     (row,) = json.loads((tmp_path / "w.json").read_text())["rows"]
     assert row["batch"] == 2
     assert row["one_cpu_ms_per_img"] > 0 and row["w_cpu_ms_per_img"] > 0
