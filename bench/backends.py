@@ -2,7 +2,7 @@
 bf16 autocast, against torch eager in fp32: speed and what the lower precisions cost.
 
 Exports the model (`mae_core.export.export_onnx`, checked against torch as it writes),
-then, in this one process with the same number of math threads for all three:
+then, in this one process with the same number of math threads for all of them:
 
 1. speed: `forward_features` in torch under `inference_mode` against the fused forward
    the torch backend serves on the CPU (`mae_core.fused`, `torch-fused`), the ONNX Runtime

@@ -102,7 +102,12 @@ def evaluate_model(
     kw["precision"] = precision
     features = {}
     for prefix, net in models.items():
+        # Built in eval mode, as extract_pooled runs it (the baseline twin comes in training
+        # mode, and a fused forward is checked, and refused, as the mode is).
+        was_training = net.training
+        net.eval()
         kw["forward"] = encoder_forward(net, backend, dtype=dtype)
+        net.train(was_training)
         xtr, ytr = extract_pooled(net, train_dataset, poolings, **kw)
         xte, yte = extract_pooled(net, test_dataset, poolings, **kw)
         features[prefix] = (xtr, ytr, xte, yte)

@@ -38,6 +38,7 @@ ONNX_DIR = "onnx"
 ONNX_FILE = "model.onnx"
 QUANTIZED_FILE = "model_quantized.onnx"
 RECORD_FILE = "export.json"
+log = logging.getLogger("mae.export")
 INPUT, OUTPUT = "pixel_values", "last_hidden_state"
 OPSET = 18
 FP32_MAX_ABS = 1e-4
@@ -162,7 +163,8 @@ def encoder_forward(
     if backend == "torch":
         from .fused import fused_encoder
 
-        fused, _ = fused_encoder(model, next(model.parameters()).device, dtype)
+        fused, said = fused_encoder(model, next(model.parameters()).device, dtype)
+        log.info("fused encoder layers %s: %s", "on" if fused else "off", said)
         return fused or model.forward_features
     if next(model.parameters()).device.type != "cpu":
         raise ExportError(f"the {backend} backend runs on the CPU: use --device cpu")

@@ -1,21 +1,26 @@
 """The encoder's unmasked forward with one fused kernel per block, for inference on the CPU.
 
 A timm `Block` as MAE builds it (pre-norm, one qkv projection with bias, no layer scale,
-no q/k norm, exact GELU, one LayerNorm eps for both norms) computes what PyTorch's native
-encoder-layer kernel computes: `aten::_transformer_encoder_layer_fwd`, the op behind
-`nn.TransformerEncoderLayer`'s inference fast path (PyTorch 1.12 on). One call per block
-instead of about twenty: a ViT-Ti forward enters Python and takes the GIL some 25 times
-instead of some 250, and each block's attention and MLP run without the per-operator
-overhead in between. In a server, where decoding and the event loop want the GIL too, the
-forward thread then waits for it less often.
+no q/k norm, exact GELU) computes what PyTorch's native encoder-layer kernel computes:
+`aten::_transformer_encoder_layer_fwd`, the op behind `nn.TransformerEncoderLayer`'s
+inference fast path (PyTorch 1.12 on; in this 20-argument form since 2.0). One call per
+block instead of about twenty: the default model's forward calls into torch 29 times from
+Python instead of 245, and each block's attention and MLP run without the per-operator
+overhead in between. In a server, where decoding and the event loop want the GIL too,
+every call into torch is a point where the forward thread gives the GIL up and has to
+take it back.
 
 `nn.TransformerEncoderLayer` itself keeps an odd number of heads (ViT-Ti has 3) off its
-fast path, because its *masked* softmax needs an even count; an encoder without a mask
-has no such limit, so the kernel is called directly. Every `FusedEncoder` is checked
-against the model's own forward when it is built (`fused_encoder`); a model, device or
-dtype it does not cover keeps the plain forward, with the reason.
+fast path, for the sake of its *masked* softmax; the encoder here has no mask, and the
+kernel's own CPU path has no rule on the head count, so the kernel is called directly.
 
-    fused, why_not = fused_encoder(model, torch.device("cpu"), torch.float32)
+The kernel is private to torch: its signature may change in a release. So every
+`FusedEncoder` is checked against the model's own forward when it is built
+(`fused_encoder`), and any failure there (a changed signature included) keeps the plain
+forward, with the reason. A call with gradients on, under autocast or in training mode
+runs the plain forward too: the kernel has no backward and no autocast rule.
+
+    fused, said = fused_encoder(model, torch.device("cpu"), torch.float32)
     tokens = (fused or model.forward_features)(imgs)   # (N, 1+L, D), after the final norm
 """
 
@@ -62,7 +67,7 @@ def _block_problem(block: nn.Module, dim: int, heads: int) -> str | None:
         return "the attention's heads or width differ from the model's"
     if not math.isclose(float(attn.scale), (dim // heads) ** -0.5):
         return "the attention's scale is not 1/sqrt(head dim)"
-    if not (isinstance(mlp.act, nn.GELU) and mlp.act.approximate == "none"):
+    if not (type(mlp.act) is nn.GELU and mlp.act.approximate == "none"):
         return "the MLP's activation is not the exact GELU"
     if not isinstance(mlp.norm, nn.Identity):
         return "the MLP has a norm"
@@ -79,10 +84,12 @@ def _block_problem(block: nn.Module, dim: int, heads: int) -> str | None:
     return None
 
 
-def why_not(model: MaskedAutoencoder, device: torch.device, dtype: torch.dtype) -> str | None:
+def why_not_fused(model: MaskedAutoencoder, device: torch.device, dtype: torch.dtype) -> str | None:
     """Why `FusedEncoder` does not cover this model where and as it runs, or None."""
     if _kernel() is None:
         return f"torch {torch.__version__} has no fused encoder-layer kernel"
+    if not torch.backends.mha.get_fastpath_enabled():
+        return "torch's fast path is turned off (torch.backends.mha.set_fastpath_enabled)"
     if device.type != "cpu" or model.cls_token.device.type != "cpu":
         return "used on the CPU only (not yet measured on a GPU)"
     if dtype != torch.float32:
@@ -101,20 +108,23 @@ def why_not(model: MaskedAutoencoder, device: torch.device, dtype: torch.dtype) 
 
 
 class FusedEncoder:
-    """`model.forward_features` with each block as one kernel call. It holds the model's own
-    weight tensors (no copies), so changes made in place reach it. Call under
-    `torch.inference_mode()`."""
+    """`model.forward_features` with each block as one kernel call, for inference.
+
+    It holds the model's own weight tensors (no copies): changes made to them in place
+    reach it, but weights *replaced* (`load_state_dict(assign=True)`, `model.to(...)` to
+    another dtype or device) do not; build a new one then. With gradients on, under
+    autocast or with the model in training mode a call runs the plain forward."""
 
     def __init__(self, model: MaskedAutoencoder) -> None:
         self.model = model
         self.dim, self.heads = model.config.embed_dim, model.config.num_heads
-        self.eps = float(model.blocks[0].norm1.eps) if len(model.blocks) else 1e-6
-        # Per block: (qkv weight, bias), (proj weight, bias), (norm1 w, b, norm2 w, b),
-        # (fc1 weight, bias, fc2 weight, bias), in the kernel's order.
+        # Per block, in the kernel's order: (qkv weight, bias), (proj weight, bias), eps,
+        # (norm1 w, b, norm2 w, b), (fc1 weight, bias, fc2 weight, bias).
         self.layers = [
             (
                 (b.attn.qkv.weight, b.attn.qkv.bias),
                 (b.attn.proj.weight, b.attn.proj.bias),
+                float(b.norm1.eps),
                 (b.norm1.weight, b.norm1.bias, b.norm2.weight, b.norm2.bias),
                 (b.mlp.fc1.weight, b.mlp.fc1.bias, b.mlp.fc2.weight, b.mlp.fc2.bias),
             )
@@ -125,17 +135,20 @@ class FusedEncoder:
     def __call__(self, imgs: torch.Tensor) -> torch.Tensor:
         """imgs (N, C, H, W) -> tokens (N, 1+L, D) after the final norm."""
         m = self.model
+        # (autocast on the CPU: the only device it is built for)
+        if torch.is_grad_enabled() or m.training or torch.is_autocast_enabled("cpu"):
+            return m.forward_features(imgs)
         x, pos, _grid = m._embed_patches(imgs)
         x = m._prepend_cls(x, pos)
-        d, h, eps = self.dim, self.heads, self.eps
-        for qkv, proj, norms, ffn in self.layers:
+        d, h = self.dim, self.heads
+        for qkv, proj, eps, norms, ffn in self.layers:
             # (src, embed_dim, num_heads, qkv, proj, use_gelu, norm_first, eps, norms, ffn,
             # mask, mask_type)
             x = self._layer(x, d, h, *qkv, *proj, True, True, eps, *norms, *ffn, None, None)
         return m.norm(x)
 
 
-def check(fused: FusedEncoder, batch: int = 2, seed: int = 0) -> float:
+def fused_max_abs_diff(fused: FusedEncoder, batch: int = 2, seed: int = 0) -> float:
     """The largest |fused - plain| over a seeded random batch (on the model's device)."""
     m = fused.model
     s = m.config.img_size
@@ -148,15 +161,16 @@ def check(fused: FusedEncoder, batch: int = 2, seed: int = 0) -> float:
 def fused_encoder(
     model: MaskedAutoencoder, device: torch.device, dtype: torch.dtype
 ) -> tuple[FusedEncoder | None, str]:
-    """(the checked fused forward, what was found) or (None, why not)."""
-    reason = why_not(model, device, dtype)
+    """(the checked fused forward, what the check found) or (None, why not)."""
+    reason = why_not_fused(model, device, dtype)
     if reason:
         return None, reason
-    fused = FusedEncoder(model)
     try:
-        diff = check(fused)
-    except RuntimeError as exc:  # a kernel this build lacks for these shapes, say
-        return None, f"the fused kernel failed: {str(exc).splitlines()[0]}"
+        fused = FusedEncoder(model)
+        diff = fused_max_abs_diff(fused)
+    except Exception as exc:  # a private kernel: another signature in this torch, say
+        first = (str(exc).splitlines() or [""])[0]
+        return None, f"the fused kernel failed: {type(exc).__name__}: {first}"
     if not diff <= MAX_ABS_DIFF:  # NaN fails too
         return None, f"it differs from the plain forward by {diff:.2e} (over {MAX_ABS_DIFF:g})"
     return fused, f"checked against the plain forward: max abs difference {diff:.1e}"

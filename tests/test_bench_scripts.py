@@ -51,6 +51,7 @@ def test_backends_times_the_fused_forward_beside_the_others(tmp_path: Path) -> N
     out = _bench(
         *("backends", "--batches", "2", "--rounds", "1", "--calls", "1", "--threads", "1"),
         *("--json", str(tmp_path / "b.json")),
+        timeout=600,  # it exports and quantises the model first
     )
     assert "torch-fused ms (x)" in out.stdout and "onnxruntime-int8 ms (x)" in out.stdout
     (row,) = json.loads((tmp_path / "b.json").read_text())["rows"]

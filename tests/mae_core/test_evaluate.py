@@ -173,6 +173,23 @@ def test_evaluate_model_on_real_images_reports_the_baseline(
     assert "| - | - |" in format_table(alone)
 
 
+def test_the_model_and_its_baseline_both_get_the_fused_forward(
+    tiny_model: MaskedAutoencoder, cifar_splits, caplog: pytest.LogCaptureFixture
+) -> None:
+    """On the CPU in fp32 `mae eval` extracts with the fused encoder layers, for the
+    baseline twin too (it is built in training mode), and leaves the model's mode as it was."""
+    cfg = tiny_model.config
+    train = EvalDataset(index_folder(cifar_splits[0]), cfg)
+    test = EvalDataset(index_folder(cifar_splits[1]), cfg)
+    for mode in (True, False):
+        tiny_model.train(mode)
+        caplog.clear()
+        with caplog.at_level("INFO", logger="mae.export"):
+            evaluate_model(tiny_model, train, test, methods=("knn",), progress=False)
+        assert caplog.text.count("fused encoder layers on: checked") == 2, caplog.text
+        assert tiny_model.training is mode
+
+
 def test_evaluate_model_rejects_bad_options(tiny_model: MaskedAutoencoder, cifar_splits) -> None:
     ds = EvalDataset(index_folder(cifar_splits[1], limit=20), tiny_model.config)
     with pytest.raises(ValueError, match="methods must be"):

@@ -20,6 +20,7 @@ from service.backends import BACKENDS
 from service.engine import Engine
 from service.engine_errors import ServiceError
 from service.imaging import ImageLimits
+from tests.torch_calls import CountCalls
 
 from .conftest import SMALL_MODEL, model_settings, serve
 from .test_embeddings import _embed, _photos
@@ -87,8 +88,14 @@ def test_the_torch_backend_s_fused_layers_answer_as_the_plain_forward(
     assert fused.info.fused_layers and not plain.info.fused_layers
     assert fused.info.backend == plain.info.backend == "torch"
     assert isinstance(fused.backend.forward, FusedEncoder)
-    assert plain.backend.forward == plain.model.forward_features
-    torch.testing.assert_close(fused.embed(batch), plain.embed(batch), rtol=1e-5, atol=2e-5)
+    calls = {}
+    for name, engine in (("fused", fused), ("plain", plain)):
+        with CountCalls() as mode:
+            out = engine.embed(batch)
+        calls[name] = mode.kernel
+        torch.testing.assert_close(out, plain.embed(batch), rtol=1e-5, atol=2e-5)
+    depth = len(fused.model.blocks)
+    assert calls == {"fused": depth, "plain": 0}  # the embed path really runs the kernel
     caplog.clear()
     with caplog.at_level("INFO", logger="mae.service"):
         bf16 = Engine(str(small_model_dir), device="cpu", with_decoder=False, dtype="bfloat16")
