@@ -3,10 +3,9 @@
 A timm `Block` as MAE builds it (pre-norm, one qkv projection with bias, no layer scale,
 no q/k norm, exact GELU) computes what PyTorch's native encoder-layer kernel computes:
 `aten::_transformer_encoder_layer_fwd`, the op behind `nn.TransformerEncoderLayer`'s
-inference fast path (PyTorch 1.12 on; in this 20-argument form since 2.0). One call per
-block instead of about twenty: the default model's forward calls into torch 29 times from
-Python instead of 245, and each block's attention and MLP run without the per-operator
-overhead in between. In a server, where decoding and the event loop want the GIL too,
+inference fast path (in PyTorch since 1.12). One call per block instead of about twenty:
+the default model's forward calls into torch 29 times from Python instead of 245, and
+each block's attention and MLP run without the per-operator overhead in between. In a server, where decoding and the event loop want the GIL too,
 every call into torch is a point where the forward thread gives the GIL up and has to
 take it back.
 
