@@ -383,8 +383,9 @@ def add_eval(sub: Any) -> None:
         choices=PRECISIONS,
         default="auto",
         help="the torch forward's precision: auto (bf16 autocast on CUDA, fp32 on a CPU), "
-        "fp32, or bf16 (autocast on a CPU too: on one with AVX512-BF16 or AMX about twice "
-        "as fast, k-NN within 0.2 points on CIFAR-10, BENCHMARKS.md)",
+        "fp32, or bf16 (on a CPU too, with the fused encoder layers in bf16: on one with "
+        "AVX512-BF16 or AMX about twice as fast, k-NN within 0.2 points on CIFAR-10, "
+        "BENCHMARKS.md)",
     )
     p.set_defaults(func=cmd_eval)
 

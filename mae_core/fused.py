@@ -1,4 +1,5 @@
-"""The encoder's unmasked forward with one fused kernel per block, for inference on the CPU.
+"""The encoder's unmasked forward with one fused kernel per block, for inference on the CPU,
+in float32 or bfloat16.
 
 A timm `Block` as MAE builds it (pre-norm, one qkv projection with bias, no layer scale,
 no q/k norm, exact GELU) computes what PyTorch's native encoder-layer kernel computes:
@@ -18,6 +19,10 @@ The kernel is private to torch: its signature may change in a release. So every
 (`fused_encoder`), and any failure there (a changed signature included) keeps the plain
 forward, with the reason. A call with gradients on, under autocast or in training mode
 runs the plain forward too: the kernel has no backward and no autocast rule.
+
+In bfloat16 the blocks run on an encoder-only bf16 copy of the weights, wholly in bf16
+(autocast keeps LayerNorm and softmax in fp32); the check then asks every token a cosine
+of `MIN_BF16_COSINE` to the float32 forward.
 
     fused, said = fused_encoder(model, torch.device("cpu"), torch.float32)
     tokens = (fused or model.forward_features)(imgs)   # (N, 1+L, D), after the final norm
@@ -39,6 +44,10 @@ from .model import MaskedAutoencoder
 # bound the ONNX export is held to (fp32 kernels that add in another order differ by
 # about 1e-6 here).
 MAX_ABS_DIFF = 1e-4
+# In bfloat16 (8 bits of mantissa) every token of the default model keeps a cosine above
+# 0.9999 to the float32 forward; bf16 autocast's, above 0.99998.
+MIN_BF16_COSINE = 0.999
+DTYPES = (torch.float32, torch.bfloat16)
 
 
 def _kernel() -> Any:
@@ -91,11 +100,10 @@ def why_not_fused(model: MaskedAutoencoder, device: torch.device, dtype: torch.d
         return "torch's fast path is turned off (torch.backends.mha.set_fastpath_enabled)"
     if device.type != "cpu" or model.cls_token.device.type != "cpu":
         return "used on the CPU only (not yet measured on a GPU)"
-    if dtype != torch.float32:
-        return f"the forward runs in {str(dtype).removeprefix('torch.')} (fused: float32 only)"
-    weights = model.cls_token.dtype
-    if weights != dtype:
-        return f"the weights are {str(weights).removeprefix('torch.')} (fused: float32 only)"
+    if dtype not in DTYPES:
+        return f"the forward runs in {_name(dtype)} (fused: float32 or bfloat16)"
+    if model.cls_token.dtype != torch.float32:
+        return f"the weights are {_name(model.cls_token.dtype)} (fused: from float32 weights)"
     if model.training:
         return "the model is in training mode"
     dim, heads = model.config.embed_dim, model.config.num_heads
@@ -106,17 +114,35 @@ def why_not_fused(model: MaskedAutoencoder, device: torch.device, dtype: torch.d
     return None
 
 
+def _name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _encoder_in(model: MaskedAutoencoder, dtype: torch.dtype) -> MaskedAutoencoder:
+    """An encoder-only copy of `model` with its weights in `dtype`, for inference."""
+    twin = MaskedAutoencoder(model.config, with_decoder=False)
+    twin.load_state_dict(model.encoder_state_dict())
+    twin.learned_tables = set(model.learned_tables)
+    return twin.to(dtype).eval().requires_grad_(False)
+
+
 class FusedEncoder:
-    """`model.forward_features` with each block as one kernel call, for inference.
+    """`model.forward_features` with each block as one kernel call, for inference, in
+    float32 on the model's own weights or in bfloat16 on an encoder-only copy of them.
 
-    It holds the model's own weight tensors (no copies): changes made to them in place
-    reach it, but weights *replaced* (`load_state_dict(assign=True)`, `model.to(...)` to
-    another dtype or device) do not; build a new one then. With gradients on, under
-    autocast or with the model in training mode a call runs the plain forward."""
+    In float32 it holds the model's own weight tensors (no copies): changes made to them
+    in place reach it, but weights *replaced* (`load_state_dict(assign=True)`,
+    `model.to(...)`) do not; build a new one then. In bfloat16 every block runs in bf16
+    (not autocast's mix: its LayerNorms and softmax in fp32), from a copy made once; the
+    output is bf16. With gradients on or the model in training mode a call runs the
+    model's plain forward, and under autocast too in float32: the kernel has no backward
+    and no autocast rule."""
 
-    def __init__(self, model: MaskedAutoencoder) -> None:
-        self.model = model
-        self.dim, self.heads = model.config.embed_dim, model.config.num_heads
+    def __init__(self, model: MaskedAutoencoder, dtype: torch.dtype = torch.float32) -> None:
+        self.source, self.dtype = model, dtype
+        self.model = model if dtype == model.cls_token.dtype else _encoder_in(model, dtype)
+        m = self.model
+        self.dim, self.heads = m.config.embed_dim, m.config.num_heads
         # Per block, in the kernel's order: (qkv weight, bias), (proj weight, bias), eps,
         # (norm1 w, b, norm2 w, b), (fc1 weight, bias, fc2 weight, bias).
         self.layers = [
@@ -127,17 +153,18 @@ class FusedEncoder:
                 (b.norm1.weight, b.norm1.bias, b.norm2.weight, b.norm2.bias),
                 (b.mlp.fc1.weight, b.mlp.fc1.bias, b.mlp.fc2.weight, b.mlp.fc2.bias),
             )
-            for b in model.blocks
+            for b in m.blocks
         ]
         self._layer = _kernel()
 
     def __call__(self, imgs: torch.Tensor) -> torch.Tensor:
-        """imgs (N, C, H, W) -> tokens (N, 1+L, D) after the final norm."""
+        """imgs (N, C, H, W) -> tokens (N, 1+L, D) after the final norm, in `self.dtype`
+        (float32 when autocast's own norm runs last)."""
+        autocast = self.dtype == torch.float32 and torch.is_autocast_enabled("cpu")
+        if torch.is_grad_enabled() or self.source.training or autocast:
+            return self.source.forward_features(imgs)
         m = self.model
-        # (autocast on the CPU: the only device it is built for)
-        if torch.is_grad_enabled() or m.training or torch.is_autocast_enabled("cpu"):
-            return m.forward_features(imgs)
-        x, pos, _grid = m._embed_patches(imgs)
+        x, pos, _grid = m._embed_patches(imgs.to(self.dtype))
         x = m._prepend_cls(x, pos)
         d, h = self.dim, self.heads
         for qkv, proj, eps, norms, ffn in self.layers:
@@ -147,29 +174,44 @@ class FusedEncoder:
         return m.norm(x)
 
 
-def fused_max_abs_diff(fused: FusedEncoder, batch: int = 2, seed: int = 0) -> float:
-    """The largest |fused - plain| over a seeded random batch (on the model's device)."""
-    m = fused.model
+def fused_agreement(fused: FusedEncoder, batch: int = 2, seed: int = 0) -> tuple[float, float]:
+    """(largest |fused - plain|, smallest cosine of a token with the plain one) over a
+    seeded random batch, against the model's plain float32 forward."""
+    m = fused.source
     s = m.config.img_size
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, m.config.in_chans, s, s, generator=g).to(m.cls_token.device)
     with torch.inference_mode():
-        return (fused(x) - m.forward_features(x)).abs().max().item()
+        got, want = fused(x).float(), m.forward_features(x)
+        cosine = torch.nn.functional.cosine_similarity(got, want, dim=-1).min().item()
+        return (got - want).abs().max().item(), cosine
 
 
 def fused_encoder(
     model: MaskedAutoencoder, device: torch.device, dtype: torch.dtype
 ) -> tuple[FusedEncoder | None, str]:
-    """(the checked fused forward, what the check found) or (None, why not)."""
+    """(the checked fused forward, what the check found) or (None, why not). float32 must
+    agree with the plain forward to `MAX_ABS_DIFF`; bfloat16, token by token, to a cosine
+    of `MIN_BF16_COSINE`."""
     reason = why_not_fused(model, device, dtype)
     if reason:
         return None, reason
     try:
-        fused = FusedEncoder(model)
-        diff = fused_max_abs_diff(fused)
+        fused = FusedEncoder(model, dtype)
+        diff, cosine = fused_agreement(fused)
     except Exception as exc:  # a private kernel: another signature in this torch, say
         first = (str(exc).splitlines() or [""])[0]
         return None, f"the fused kernel failed: {type(exc).__name__}: {first}"
+    if dtype == torch.bfloat16:
+        if not cosine >= MIN_BF16_COSINE:  # NaN fails too
+            return None, (
+                f"in bfloat16 a token's cosine to the float32 forward is {cosine:.5f} "
+                f"(under {MIN_BF16_COSINE})"
+            )
+        return (
+            fused,
+            f"bfloat16, checked against the float32 forward: min token cosine {cosine:.5f}",
+        )
     if not diff <= MAX_ABS_DIFF:  # NaN fails too
         return None, f"it differs from the plain forward by {diff:.2e} (over {MAX_ABS_DIFF:g})"
     return fused, f"checked against the plain forward: max abs difference {diff:.1e}"

@@ -148,7 +148,7 @@ class ModelCard(BaseModel):
     backend: str = Field(description="what runs the forward: torch, onnxruntime, onnxruntime-int8")
     fused_layers: bool = Field(
         description="the torch backend runs each encoder block as one fused kernel "
-        "(MAE_FUSED_LAYERS; CPU, float32)"
+        "(MAE_FUSED_LAYERS; CPU, float32 or bfloat16)"
     )
     tokens_per_image: int = Field(description="what one image counts as in usage.prompt_tokens")
 

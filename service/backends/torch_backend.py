@@ -1,8 +1,9 @@
 """The torch backend: the loaded model itself, on its device, under the served dtype.
 
-On the CPU in float32 the encoder's blocks run as one fused kernel each
-(`mae_core.fused`, checked against the plain forward at load; `MAE_FUSED_LAYERS=false`
-turns it off); elsewhere, and for a model it does not cover, the plain forward runs."""
+On the CPU, in float32 or bfloat16, the encoder's blocks run as one fused kernel each
+(`mae_core.fused`, checked against the plain float32 forward at load;
+`MAE_FUSED_LAYERS=false` turns it off); elsewhere, and for a model it does not cover, the
+plain forward runs (under autocast in bfloat16)."""
 
 from __future__ import annotations
 
@@ -38,7 +39,8 @@ class TorchBackend:
                 self.forward, self.fused = encoder, True
 
     def embed(self, batch: torch.Tensor) -> torch.Tensor:
-        enabled = self.dtype != torch.float32
+        # The fused forward runs in the served dtype itself (a bf16 copy of the encoder).
+        enabled = self.dtype != torch.float32 and not self.fused
         with (
             torch.inference_mode(),
             torch.autocast(self.device.type, dtype=self.dtype, enabled=enabled),

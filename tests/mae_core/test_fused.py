@@ -14,9 +14,10 @@ from mae_core import create_model, load_model
 from mae_core.export import encoder_forward
 from mae_core.fused import (
     MAX_ABS_DIFF,
+    MIN_BF16_COSINE,
     FusedEncoder,
+    fused_agreement,
     fused_encoder,
-    fused_max_abs_diff,
     why_not_fused,
 )
 from mae_core.hub import parse_model_id, resolve
@@ -75,12 +76,13 @@ def test_random_models_at_any_size_agree(name: str, overrides: dict, size: int) 
 def test_what_it_does_not_cover_says_why() -> None:
     model = _encoder(img_size=32, depth=2)
     assert why_not_fused(model, CPU, F32) is None
-    assert "float32 only" in why_not_fused(model, CPU, torch.bfloat16)
+    assert why_not_fused(model, CPU, torch.bfloat16) is None
+    assert "(fused: float32 or bfloat16)" in why_not_fused(model, CPU, torch.float16)
     assert "CPU only" in why_not_fused(model, torch.device("cuda"), F32)
     assert "training mode" in why_not_fused(model.train(), CPU, F32)
     model.eval()
     assert why_not_fused(_encoder(img_size=32, depth=2).to(torch.bfloat16), CPU, F32) == (
-        "the weights are bfloat16 (fused: float32 only)"
+        "the weights are bfloat16 (fused: from float32 weights)"
     )
     model.blocks[1].ls1 = LayerScale(model.config.embed_dim)  # CaiT / DeiT-III blocks
     assert why_not_fused(model, CPU, F32) == "block 1: the block has ls1"
@@ -170,12 +172,12 @@ def test_with_gradients_autocast_or_training_it_runs_the_plain_forward() -> None
 def test_a_fused_forward_that_disagrees_is_refused() -> None:
     model = _encoder(img_size=32, depth=2)
     fused = FusedEncoder(model)
-    assert fused_max_abs_diff(fused) <= MAX_ABS_DIFF
+    assert fused_agreement(fused)[0] <= MAX_ABS_DIFF
     # The norms' eps is read once, when the fused forward is built: change it after, and
     # the check sees the two forwards part.
     for block in model.blocks:
         block.norm1.eps = block.norm2.eps = 0.5
-    assert fused_max_abs_diff(fused) > MAX_ABS_DIFF
+    assert fused_agreement(fused)[0] > MAX_ABS_DIFF
     # Broken weights: NaN is no agreement either.
     model = _encoder(img_size=32, depth=2)
     with torch.no_grad():
@@ -212,7 +214,35 @@ def test_it_makes_a_fraction_of_the_operator_calls(default_model: nn.Module) -> 
 
 def test_mae_eval_s_torch_forward_is_the_fused_one_where_it_applies() -> None:
     """`export.encoder_forward` (what `mae eval --backend torch` extracts features with):
-    fused in float32 on the CPU, the plain forward under bf16 autocast."""
+    fused on the CPU, in float32 or bf16 (as `--precision bf16` runs it), plain in float16."""
     model = _encoder(img_size=32, depth=2)
-    assert isinstance(encoder_forward(model, "torch"), FusedEncoder)
-    assert encoder_forward(model, "torch", dtype=torch.bfloat16) == model.forward_features
+    fp32, bf16 = (encoder_forward(model, "torch", dtype=d) for d in (F32, torch.bfloat16))
+    assert isinstance(fp32, FusedEncoder) and fp32.dtype == F32
+    assert isinstance(bf16, FusedEncoder) and bf16.dtype == torch.bfloat16
+    assert encoder_forward(model, "torch", dtype=torch.float16) == model.forward_features
+
+
+def test_in_bfloat16_it_runs_on_a_copy_close_to_the_float32_forward(
+    default_model: nn.Module,
+) -> None:
+    """bf16: an encoder-only bf16 copy, every block in bf16; each token within the cosine
+    bound of the float32 forward, under bf16 autocast too (mae eval --precision bf16), and
+    the model itself left in float32."""
+    fused, said = fused_encoder(default_model, CPU, torch.bfloat16)
+    assert fused is not None and said.startswith("bfloat16, checked against the float32 forward")
+    assert fused.model is not default_model and not hasattr(fused.model, "decoder_blocks")
+    assert default_model.cls_token.dtype == F32 and fused.model.cls_token.dtype == torch.bfloat16
+    x = torch.randn(5, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        want = default_model.forward_features(x)
+        with CountCalls() as mode:
+            got = fused(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            under_autocast = fused(x)
+    assert got.dtype == torch.bfloat16 and mode.kernel == len(default_model.blocks)
+    for out in (got, under_autocast):
+        cosine = torch.nn.functional.cosine_similarity(out.float(), want, dim=-1)
+        assert cosine.min() >= MIN_BF16_COSINE, cosine.min()
+    assert not torch.equal(got.float(), want)  # bf16 is not fp32: it really ran in bf16
+    # gradients on: the model's own float32 forward
+    assert fused(x).dtype == F32 and fused(x).requires_grad

@@ -96,11 +96,26 @@ def test_the_torch_backend_s_fused_layers_answer_as_the_plain_forward(
         torch.testing.assert_close(out, plain.embed(batch), rtol=1e-5, atol=2e-5)
     depth = len(fused.model.blocks)
     assert calls == {"fused": depth, "plain": 0}  # the embed path really runs the kernel
+    # bf16: the fused forward on a bf16 copy of the encoder, close to bf16 autocast's
     caplog.clear()
     with caplog.at_level("INFO", logger="mae.service"):
         bf16 = Engine(str(small_model_dir), device="cpu", with_decoder=False, dtype="bfloat16")
-    assert not bf16.info.fused_layers
-    assert "fused encoder layers off: the forward runs in bfloat16" in caplog.text
+    assert bf16.info.fused_layers and bf16.info.dtype == "bfloat16"
+    assert "fused encoder layers on: bfloat16, checked against the float32 forward" in caplog.text
+    autocast = Engine(
+        str(small_model_dir), device="cpu", with_decoder=False, dtype="bfloat16", fused_layers=False
+    )
+    with CountCalls() as mode:
+        got = bf16.embed(batch)
+    assert mode.kernel == depth and got.dtype == torch.float32
+    assert _cosine(got.numpy(), autocast.embed(batch).numpy()) > 0.999
+    assert _cosine(got.numpy(), plain.embed(batch).numpy()) > 0.999
+    # float16 on the CPU: the plain forward under autocast, and why
+    caplog.clear()
+    with caplog.at_level("INFO", logger="mae.service"):
+        fp16 = Engine(str(small_model_dir), device="cpu", with_decoder=False, dtype="float16")
+    assert not fp16.info.fused_layers
+    assert "fused encoder layers off: the forward runs in float16" in caplog.text
 
 
 def test_the_export_is_made_once_into_the_cache(
