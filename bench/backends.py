@@ -1,5 +1,5 @@
 """The encoder in ONNX Runtime (fp32, int8), torch with fused encoder layers, and torch in
-bf16 autocast, against torch eager in fp32: speed and what the lower precisions cost.
+bf16 (autocast, fused), against torch eager in fp32: speed and what lower precisions cost.
 
 Exports the model (`mae_core.export.export_onnx`, checked against torch as it writes),
 then, in this one process with the same number of math threads for all of them:
@@ -7,9 +7,9 @@ then, in this one process with the same number of math threads for all of them:
 1. speed: `forward_features` in torch under `inference_mode` against the fused forward
    the torch backend serves on the CPU (`mae_core.fused`, `torch-fused`), the ONNX Runtime
    session of `model.onnx` and of `model_quantized.onnx` (and, with `--torch-bf16`, torch
-   under bf16 autocast, what `mae serve --dtype bfloat16` runs), at each batch size, in
-   interleaved rounds (torch, fp32, int8, torch, ...) so that drift on a shared machine
-   hits all alike; the median seconds per call of each, and ratios (torch / it: above 1,
+   under bf16 autocast and the fused forward in bf16, `torch-fused-bf16`, what
+   `mae serve --dtype bfloat16` runs), at each batch size, in interleaved rounds (torch,
+   fp32, int8, torch, ...) so that drift on a shared machine hits all alike; the median seconds per call of each, and ratios (torch / it: above 1,
    it is faster than torch in fp32);
 2. quality (`--knn`): weighted k-NN top-1 on labelled images (default CIFAR-10, an evenly
    strided subset) from each runtime's features, mean pooling: what int8 (or bf16) costs
@@ -66,6 +66,11 @@ def speed(
     fused, said = fused_encoder(model, torch.device("cpu"), torch.float32)
     if fused is None:
         print(f"torch-fused left out: {said}")
+    fused_bf16 = None
+    if bf16:
+        fused_bf16, said = fused_encoder(model, torch.device("cpu"), torch.bfloat16)
+        if fused_bf16 is None:
+            print(f"torch-fused-bf16 left out: {said}")
     rows = []
     for b in batches:
         x = torch.randn(b, 3, cfg.img_size, cfg.img_size)
@@ -74,6 +79,7 @@ def speed(
             "torch": lambda x=x: model.forward_features(x),
             **({"torch-fused": lambda x=x: fused(x)} if fused else {}),
             **({"torch-bf16": lambda x=x: bf16_features(model, x)} if bf16 else {}),
+            **({"torch-fused-bf16": lambda x=x: fused_bf16(x)} if fused_bf16 else {}),
             **{
                 name: (lambda s=s, xn=xn: s.run([OUTPUT], {INPUT: xn}))
                 for name, s in sessions.items()
