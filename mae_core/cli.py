@@ -373,7 +373,7 @@ def add_eval(sub: Any) -> None:
         "--backend",
         choices=BACKENDS,
         default="torch",
-        help="who runs the encoder: torch (default; fused encoder layers in fp32 on a CPU, as "
+        help="who runs the encoder: torch (default; fused encoder layers on a CPU, as "
         "mae serve runs it), or its ONNX export by ONNX Runtime on the CPU, in fp32 or int8, "
         "as `mae serve --backend` does (needs the onnx extra); the reconstruction loss stays "
         "torch's",

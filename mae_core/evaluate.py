@@ -56,11 +56,12 @@ def evaluate_model(
     the same architecture randomly initialised (seeded by `seed`) when `baseline`.
 
     `backend` runs the encoders' forward (one of `export.BACKENDS`): torch (with fused
-    encoder layers in fp32 on the CPU, `mae_core.fused`, as the server runs it), or their ONNX
-    export by ONNX Runtime on the CPU, in fp32 or int8, to measure what a serving backend
-    costs in accuracy. The baseline runs under the same backend. `precision` is the torch
-    forward's (as `mae train --precision`: auto is bf16 autocast on CUDA, fp32 elsewhere;
-    bf16 asks for autocast on the CPU too).
+    encoder layers on the CPU, in fp32 or bf16, `mae_core.fused`, as the server runs it), or
+    their ONNX export by ONNX Runtime on the CPU, in fp32 or int8, to measure what a serving
+    backend costs in accuracy. The baseline runs under the same backend. `precision` is the
+    torch forward's (as `mae train --precision`: auto is bf16 autocast on CUDA, fp32
+    elsewhere; bf16 asks for bf16 on the CPU too: the fused layers in bf16 where they apply,
+    else autocast).
 
     `probe_kwargs`: `k`, `temperature`, `chunk` go to `knn_classify`; `epochs`, `lr`,
     `weight_decay`, `probe_batch_size` to `linear_probe`. Features are extracted once per

@@ -20,8 +20,9 @@ The kernel is private to torch: its signature may change in a release. So every
 forward, with the reason. A call with gradients on, under autocast or in training mode
 runs the plain forward too: the kernel has no backward and no autocast rule.
 
-In bfloat16 the blocks run on an encoder-only bf16 copy of the weights, wholly in bf16
-(autocast keeps LayerNorm and softmax in fp32); the check then asks every token a cosine
+In bfloat16 the blocks run on an encoder-only bf16 copy of the weights (half the fp32
+encoder's memory again), wholly in bf16 (autocast keeps the residual stream, and so the
+LayerNorms, in fp32); the check then asks every token a cosine
 of `MIN_BF16_COSINE` to the float32 forward.
 
     fused, said = fused_encoder(model, torch.device("cpu"), torch.float32)
@@ -133,7 +134,7 @@ class FusedEncoder:
     In float32 it holds the model's own weight tensors (no copies): changes made to them
     in place reach it, but weights *replaced* (`load_state_dict(assign=True)`,
     `model.to(...)`) do not; build a new one then. In bfloat16 every block runs in bf16
-    (not autocast's mix: its LayerNorms and softmax in fp32), from a copy made once; the
+    (not autocast's mix, whose residual stream stays fp32), from a copy made once; the
     output is bf16. With gradients on or the model in training mode a call runs the
     model's plain forward, and under autocast too in float32: the kernel has no backward
     and no autocast rule."""
@@ -159,7 +160,7 @@ class FusedEncoder:
 
     def __call__(self, imgs: torch.Tensor) -> torch.Tensor:
         """imgs (N, C, H, W) -> tokens (N, 1+L, D) after the final norm, in `self.dtype`
-        (float32 when autocast's own norm runs last)."""
+        (under autocast too); float32 from the fallback to the model's own forward."""
         autocast = self.dtype == torch.float32 and torch.is_autocast_enabled("cpu")
         if torch.is_grad_enabled() or self.source.training or autocast:
             return self.source.forward_features(imgs)
@@ -198,6 +199,9 @@ def fused_encoder(
         return None, reason
     try:
         fused = FusedEncoder(model, dtype)
+    except Exception as exc:  # making the bf16 copy of the encoder, say
+        return None, f"could not build it in {_name(dtype)}: {type(exc).__name__}: {exc}"
+    try:
         diff, cosine = fused_agreement(fused)
     except Exception as exc:  # a private kernel: another signature in this torch, say
         first = (str(exc).splitlines() or [""])[0]

@@ -63,7 +63,7 @@ class Settings(BaseSettings):
     )
     device: str = Field(default="auto", description="auto (CUDA when present), cpu, cuda, cuda:N")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        default="auto", description="compute dtype (autocast); auto: bfloat16 on CUDA, else float32"
+        default="auto", description="compute dtype; auto: bfloat16 on CUDA, else float32"
     )
     reconstruction: bool = Field(
         default=True, description="keep the decoder for /v1/reconstructions (off: encoder only)"

@@ -237,12 +237,31 @@ def test_in_bfloat16_it_runs_on_a_copy_close_to_the_float32_forward(
         want = default_model.forward_features(x)
         with CountCalls() as mode:
             got = fused(x)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16), CountCalls() as under:
             under_autocast = fused(x)
-    assert got.dtype == torch.bfloat16 and mode.kernel == len(default_model.blocks)
+    depth = len(default_model.blocks)
+    assert got.dtype == torch.bfloat16 and mode.kernel == depth
+    assert under_autocast.dtype == torch.bfloat16 and under.kernel == depth  # fused there too
     for out in (got, under_autocast):
         cosine = torch.nn.functional.cosine_similarity(out.float(), want, dim=-1)
         assert cosine.min() >= MIN_BF16_COSINE, cosine.min()
     assert not torch.equal(got.float(), want)  # bf16 is not fp32: it really ran in bf16
     # gradients on: the model's own float32 forward
     assert fused(x).dtype == F32 and fused(x).requires_grad
+
+
+def test_in_bfloat16_a_learned_table_comes_with_the_copy_and_other_sizes_work() -> None:
+    """A trained (not sin-cos) position table travels to the bf16 copy, and is resampled
+    there for another image size, as the model's own forward does."""
+    model = _encoder(img_size=32, depth=2)
+    with torch.no_grad():
+        model.pos_embed.normal_(std=0.5)
+    model.learned_tables.add("pos_embed")
+    fused, said = fused_encoder(model, CPU, torch.bfloat16)
+    assert fused is not None, said
+    assert fused.model.learned_tables == {"pos_embed"}
+    x = torch.randn(3, 3, 48, 48)  # a 6 x 6 grid where the table is 4 x 4
+    with torch.inference_mode():
+        got, want = fused(x).float(), model.forward_features(x)
+    cosine = torch.nn.functional.cosine_similarity(got, want, dim=-1)
+    assert cosine.min() >= MIN_BF16_COSINE, cosine.min()

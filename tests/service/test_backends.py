@@ -107,7 +107,7 @@ def test_the_torch_backend_s_fused_layers_answer_as_the_plain_forward(
     )
     with CountCalls() as mode:
         got = bf16.embed(batch)
-    assert mode.kernel == depth and got.dtype == torch.float32
+    assert mode.kernel == depth
     assert _cosine(got.numpy(), autocast.embed(batch).numpy()) > 0.999
     assert _cosine(got.numpy(), plain.embed(batch).numpy()) > 0.999
     # float16 on the CPU: the plain forward under autocast, and why

@@ -212,8 +212,8 @@ def test_a_hub_only_server_says_it_serves_no_models(hub) -> None:
 def test_bfloat16_on_the_cpu_answers_close_to_float32(
     small_model_dir: Path, cifar_folder: Path, tmp_path: Path
 ) -> None:
-    """MAE_DTYPE=bfloat16 on a CPU: the forward runs in bf16 autocast (natively on a CPU with
-    AVX512-BF16 or AMX), the embeddings stay close to fp32's but are not fp32's, the card
+    """MAE_DTYPE=bfloat16 on a CPU: the forward runs in bf16 (the fused layers; natively on a
+    CPU with AVX512-BF16 or AMX), the embeddings stay close to fp32's but are not fp32's, the card
     says the dtype, and a reconstruction works in it too."""
     photos = _photos(cifar_folder, 6)
     answers = {}
