@@ -9,8 +9,9 @@ then, in this one process with the same number of math threads for all of them:
    session of `model.onnx` and of `model_quantized.onnx` (and, with `--torch-bf16`, torch
    under bf16 autocast and the fused forward in bf16, `torch-fused-bf16`, what
    `mae serve --dtype bfloat16` runs), at each batch size, in interleaved rounds (torch,
-   fp32, int8, torch, ...) so that drift on a shared machine hits all alike; the median seconds per call of each, and ratios (torch / it: above 1,
-   it is faster than torch in fp32);
+   fp32, int8, torch, ...) so that drift on a shared machine hits all alike; the median
+   seconds per call of each, and ratios (torch / it: above 1, it is faster than torch in
+   fp32);
 2. quality (`--knn`): weighted k-NN top-1 on labelled images (default CIFAR-10, an evenly
    strided subset) from each runtime's features, mean pooling: what int8 (or bf16) costs
    in points.

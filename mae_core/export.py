@@ -161,11 +161,9 @@ def encoder_forward(
     if backend not in BACKENDS:
         raise ExportError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
     if backend == "torch":
-        from .fused import fused_encoder
+        from .fused import inference_forward
 
-        fused, said = fused_encoder(model, next(model.parameters()).device, dtype)
-        log.info("fused encoder layers %s: %s", "on" if fused else "off", said)
-        return fused or model.forward_features
+        return inference_forward(model, next(model.parameters()).device, dtype, log)
     if next(model.parameters()).device.type != "cpu":
         raise ExportError(f"the {backend} backend runs on the CPU: use --device cpu")
     return OnnxEncoder(

@@ -6,9 +6,9 @@ no q/k norm, exact GELU) computes what PyTorch's native encoder-layer kernel com
 `aten::_transformer_encoder_layer_fwd`, the op behind `nn.TransformerEncoderLayer`'s
 inference fast path (in PyTorch since 1.12). One call per block instead of about twenty:
 the default model's forward calls into torch 29 times from Python instead of 245, and
-each block's attention and MLP run without the per-operator overhead in between. In a server, where decoding and the event loop want the GIL too,
-every call into torch is a point where the forward thread gives the GIL up and has to
-take it back.
+each block's attention and MLP run without the per-operator overhead in between. In a
+server, where decoding and the event loop want the GIL too, every call into torch is a
+point where the forward thread gives the GIL up and has to take it back.
 
 `nn.TransformerEncoderLayer` itself keeps an odd number of heads (ViT-Ti has 3) off its
 fast path, for the sake of its *masked* softmax; the encoder here has no mask, and the
@@ -22,16 +22,18 @@ runs the plain forward too: the kernel has no backward and no autocast rule.
 
 In bfloat16 the blocks run on an encoder-only bf16 copy of the weights (half the fp32
 encoder's memory again), wholly in bf16 (autocast keeps the residual stream, and so the
-LayerNorms, in fp32); the check then asks every token a cosine
-of `MIN_BF16_COSINE` to the float32 forward.
+LayerNorms, in fp32); the check then asks every token a cosine of `MIN_BF16_COSINE` to
+the float32 forward.
 
-    fused, said = fused_encoder(model, torch.device("cpu"), torch.float32)
-    tokens = (fused or model.forward_features)(imgs)   # (N, 1+L, D), after the final norm
+    forward = inference_forward(model, torch.device("cpu"), torch.float32, log)
+    tokens = forward(imgs)   # (N, 1+L, D) after the final norm, fused where it applies
 """
 
 from __future__ import annotations
 
+import logging
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -219,3 +221,13 @@ def fused_encoder(
     if not diff <= MAX_ABS_DIFF:  # NaN fails too
         return None, f"it differs from the plain forward by {diff:.2e} (over {MAX_ABS_DIFF:g})"
     return fused, f"checked against the plain forward: max abs difference {diff:.1e}"
+
+
+def inference_forward(
+    model: MaskedAutoencoder, device: torch.device, dtype: torch.dtype, log: logging.Logger
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The checked fused forward where it applies, else `model.forward_features`; `log`
+    says which, and why (at INFO)."""
+    fused, said = fused_encoder(model, device, dtype)
+    log.info("fused encoder layers %s: %s", "on" if fused else "off", said)
+    return fused or model.forward_features

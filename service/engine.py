@@ -145,7 +145,7 @@ class Engine:
             parameters=model.num_params(),
             norm_pix_loss=cfg.norm_pix_loss,
             backend=self.backend.name,
-            fused_layers=getattr(self.backend, "fused", False),
+            fused_layers=self.backend.fused,
             created=int(time.time()),
             owned_by=parsed.name.split("/")[0] if parsed.scheme != "path" else "mae-hub",
             tokens_per_image=1 + cfg.num_patches,

@@ -76,8 +76,8 @@ class Settings(BaseSettings):
     )
     fused_layers: bool = Field(
         default=True,
-        description="torch backend on the CPU in float32: run each encoder block as one fused "
-        "kernel (checked against the plain forward at load; off: the plain forward)",
+        description="torch backend on the CPU in float32 or bfloat16: run each encoder block as "
+        "one fused kernel (checked against the plain forward at load; off: the plain forward)",
     )
     onnx_cache: Path | None = Field(
         default=None,

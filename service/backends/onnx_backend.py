@@ -37,6 +37,8 @@ log = logging.getLogger("mae.service")
 
 
 class OnnxBackend:
+    fused = False  # ONNX Runtime fuses the graph itself; mae_core.fused is torch's
+
     def __init__(
         self,
         model: MaskedAutoencoder,

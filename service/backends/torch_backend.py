@@ -11,7 +11,7 @@ import logging
 
 import torch
 
-from mae_core.fused import fused_encoder
+from mae_core.fused import FusedEncoder, inference_forward
 from mae_core.model import MaskedAutoencoder
 
 from . import pool
@@ -30,13 +30,10 @@ class TorchBackend:
         fused: bool = True,
     ) -> None:
         self.model, self.device, self.dtype = model, device, dtype
-        self.forward = model.forward_features
-        self.fused = False
-        if fused:
-            encoder, said = fused_encoder(model, device, dtype)
-            log.info("fused encoder layers %s: %s", "on" if encoder else "off", said)
-            if encoder is not None:
-                self.forward, self.fused = encoder, True
+        self.forward = (
+            inference_forward(model, device, dtype, log) if fused else model.forward_features
+        )
+        self.fused = isinstance(self.forward, FusedEncoder)
 
     def embed(self, batch: torch.Tensor) -> torch.Tensor:
         # The fused forward runs in the served dtype itself (a bf16 copy of the encoder).
