@@ -1,24 +1,29 @@
-"""The encoder's unmasked forward with one fused kernel per block, for inference on the CPU,
-in float32 or bfloat16.
+"""The encoder's unmasked forward for inference on the CPU, in float32 or bfloat16, with
+each block's work in fewer, faster kernels than the plain forward's; two ways:
 
-A timm `Block` as MAE builds it (pre-norm, one qkv projection with bias, no layer scale,
-no q/k norm, exact GELU) computes what PyTorch's native encoder-layer kernel computes:
-`aten::_transformer_encoder_layer_fwd`, the op behind `nn.TransformerEncoderLayer`'s
-inference fast path (in PyTorch since 1.12). One call per block instead of about twenty:
-the default model's forward calls into torch 29 times from Python instead of 245, and
-each block's attention and MLP run without the per-operator overhead in between. In a
-server, where decoding and the event loop want the GIL too, every call into torch is a
-point where the forward thread gives the GIL up and has to take it back.
+- **oneDNN linears** (float32, where torch has oneDNN): the block's four projections through
+  oneDNN's linear (`mkldnn::_linear_pointwise`, the op inductor's CPU code calls, the GELU
+  fused into the first MLP layer), the attention through `scaled_dot_product_attention`.
+  torch's own float32 `addmm` goes to MKL, whose sgemm runs a slower code path on AMD
+  CPUs; on this project's AMD EPYC oneDNN's is about 2x faster at the encoder's shapes,
+  and the whole forward 1.7-2.1x (BENCHMARKS.md). The results are the same to about 1e-6.
+- **the encoder-layer kernel** (bfloat16; float32 where oneDNN is missing or off): each
+  block as one call of `aten::_transformer_encoder_layer_fwd`, the op behind
+  `nn.TransformerEncoderLayer`'s inference fast path (since PyTorch 1.12). A timm `Block`
+  as MAE builds it (pre-norm, one qkv projection with bias, no layer scale, no q/k norm,
+  exact GELU) computes what that kernel computes. One call per block instead of about
+  twenty: the default model's forward calls into torch 29 times from Python instead of
+  245. Its bf16 matrix products are oneDNN's already, and there it is the faster way.
+  `nn.TransformerEncoderLayer` keeps an odd number of heads (ViT-Ti has 3) off its fast
+  path, for the sake of its *masked* softmax; the encoder here has no mask, and the
+  kernel's own CPU path has no rule on the head count, so the kernel is called directly.
 
-`nn.TransformerEncoderLayer` itself keeps an odd number of heads (ViT-Ti has 3) off its
-fast path, for the sake of its *masked* softmax; the encoder here has no mask, and the
-kernel's own CPU path has no rule on the head count, so the kernel is called directly.
-
-The kernel is private to torch: its signature may change in a release. So every
+Both ops are private to torch: a signature may change in a release. So every
 `FusedEncoder` is checked against the model's own forward when it is built
-(`fused_encoder`), and any failure there (a changed signature included) keeps the plain
-forward, with the reason. A call with gradients on, under autocast or in training mode
-runs the plain forward too: the kernel has no backward and no autocast rule.
+(`fused_encoder`), and any failure there (a changed signature included) tries the next
+way, then keeps the plain forward, with the reasons. A call with gradients on, under
+autocast or in training mode runs the plain forward too: neither op has a backward or an
+autocast rule.
 
 In bfloat16 the blocks run on an encoder-only bf16 copy of the weights (half the fp32
 encoder's memory again), wholly in bf16 (autocast keeps the residual stream, and so the
@@ -37,6 +42,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from timm.layers import Mlp
 from timm.models.vision_transformer import Attention, Block
 from torch import nn
@@ -53,10 +59,45 @@ MIN_BF16_COSINE = 0.999
 DTYPES = (torch.float32, torch.bfloat16)
 
 
+# The two ways, as `FusedEncoder.impl` names them, and as the log says them.
+ONEDNN, KERNEL = "onednn", "kernel"
+IMPLS = {ONEDNN: "oneDNN linears", KERNEL: "encoder-layer kernel"}
+
+
 def _kernel() -> Any:
     # torch's own binding (not torch.ops.aten's packet): no Python frame of its own, and it
     # leaves the GIL for the whole layer, as every torch function does while it computes.
     return getattr(torch, "_transformer_encoder_layer_fwd", None)
+
+
+def _onednn_linear() -> Any:
+    """oneDNN's linear with a fused activation, `(x, weight, bias, attr, scalars,
+    algorithm)`; None where this torch has no oneDNN ops."""
+    packet = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
+    return getattr(packet, "default", None)
+
+
+def impls_for(dtype: torch.dtype) -> tuple[str, ...]:
+    """The ways to try for `dtype`, best first: oneDNN's linears beat MKL's sgemm in
+    float32; in bfloat16 the kernel's products are oneDNN's already, in one call a block."""
+    return (ONEDNN, KERNEL) if dtype == torch.float32 else (KERNEL,)
+
+
+def _impl_problem(impl: str, dtype: torch.dtype) -> str | None:
+    """Why this torch cannot run `impl` in `dtype` here, or None."""
+    if impl == ONEDNN:
+        if dtype != torch.float32:
+            return f"float32 only (the forward runs in {_name(dtype)})"
+        if _onednn_linear() is None or not torch.backends.mkldnn.is_available():
+            return f"torch {torch.__version__} has no oneDNN linear"
+        if not torch.backends.mkldnn.enabled:
+            return "torch's oneDNN is turned off (torch.backends.mkldnn)"
+        return None
+    if _kernel() is None:
+        return f"torch {torch.__version__} has no fused encoder-layer kernel"
+    if not torch.backends.mha.get_fastpath_enabled():
+        return "torch's fast path is turned off (torch.backends.mha.set_fastpath_enabled)"
+    return None
 
 
 def _block_problem(block: nn.Module, dim: int, heads: int) -> str | None:
@@ -95,12 +136,11 @@ def _block_problem(block: nn.Module, dim: int, heads: int) -> str | None:
     return None
 
 
-def why_not_fused(model: MaskedAutoencoder, device: torch.device, dtype: torch.dtype) -> str | None:
-    """Why `FusedEncoder` does not cover this model where and as it runs, or None."""
-    if _kernel() is None:
-        return f"torch {torch.__version__} has no fused encoder-layer kernel"
-    if not torch.backends.mha.get_fastpath_enabled():
-        return "torch's fast path is turned off (torch.backends.mha.set_fastpath_enabled)"
+def why_not_fused(
+    model: MaskedAutoencoder, device: torch.device, dtype: torch.dtype, impl: str | None = None
+) -> str | None:
+    """Why `FusedEncoder` does not cover this model where and as it runs, or None; `impl`:
+    one way only (else any of `impls_for(dtype)`)."""
     if device.type != "cpu" or model.cls_token.device.type != "cpu":
         return "used on the CPU only (not yet measured on a GPU)"
     if dtype not in DTYPES:
@@ -114,7 +154,12 @@ def why_not_fused(model: MaskedAutoencoder, device: torch.device, dtype: torch.d
         problem = _block_problem(block, dim, heads)
         if problem:
             return f"block {i}: {problem}"
-    return None
+    problems = {i: _impl_problem(i, dtype) for i in ((impl,) if impl else impls_for(dtype))}
+    if any(p is None for p in problems.values()):
+        return None
+    if impl:
+        return problems[impl]
+    return "; ".join(f"{IMPLS[i]}: {p}" for i, p in problems.items())
 
 
 def _name(dtype: torch.dtype) -> str:
@@ -130,18 +175,24 @@ def _encoder_in(model: MaskedAutoencoder, dtype: torch.dtype) -> MaskedAutoencod
 
 
 class FusedEncoder:
-    """`model.forward_features` with each block as one kernel call, for inference, in
-    float32 on the model's own weights or in bfloat16 on an encoder-only copy of them.
+    """`model.forward_features` with each block in fewer, faster kernels (`impl`: oneDNN's
+    linears or the encoder-layer kernel, see the module), for inference, in float32 on the
+    model's own weights or in bfloat16 on an encoder-only copy of them.
 
     In float32 it holds the model's own weight tensors (no copies): changes made to them
     in place reach it, but weights *replaced* (`load_state_dict(assign=True)`,
     `model.to(...)`) do not; build a new one then. In bfloat16 every block runs in bf16
     (not autocast's mix, whose residual stream stays fp32), from a copy made once; the
     output is bf16. With gradients on or the model in training mode a call runs the
-    model's plain forward, and under autocast too in float32: the kernel has no backward
-    and no autocast rule."""
+    model's plain forward, and under autocast too in float32: neither op has a backward
+    or an autocast rule."""
 
-    def __init__(self, model: MaskedAutoencoder, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(
+        self, model: MaskedAutoencoder, dtype: torch.dtype = torch.float32, impl: str | None = None
+    ) -> None:
+        self.impl = impl or impls_for(dtype)[0]
+        if self.impl not in IMPLS:
+            raise ValueError(f"impl={self.impl!r}: one of {', '.join(IMPLS)}")
         self.source, self.dtype = model, dtype
         self.model = model if dtype == model.cls_token.dtype else _encoder_in(model, dtype)
         m = self.model
@@ -158,7 +209,10 @@ class FusedEncoder:
             )
             for b in m.blocks
         ]
-        self._layer = _kernel()
+        if self.impl == ONEDNN:
+            self._linear, self._blocks = _onednn_linear(), self._onednn_blocks
+        else:
+            self._layer, self._blocks = _kernel(), self._kernel_blocks
 
     def __call__(self, imgs: torch.Tensor) -> torch.Tensor:
         """imgs (N, C, H, W) -> tokens (N, 1+L, D) after the final norm, in `self.dtype`
@@ -168,13 +222,30 @@ class FusedEncoder:
             return self.source.forward_features(imgs)
         m = self.model
         x, pos, _grid = m._embed_patches(imgs.to(self.dtype))
-        x = m._prepend_cls(x, pos)
+        return m.norm(self._blocks(m._prepend_cls(x, pos)))
+
+    def _kernel_blocks(self, x: torch.Tensor) -> torch.Tensor:
         d, h = self.dim, self.heads
         for qkv, proj, eps, norms, ffn in self.layers:
             # (src, embed_dim, num_heads, qkv, proj, use_gelu, norm_first, eps, norms, ffn,
             # mask, mask_type)
             x = self._layer(x, d, h, *qkv, *proj, True, True, eps, *norms, *ffn, None, None)
-        return m.norm(x)
+        return x
+
+    def _onednn_blocks(self, x: torch.Tensor) -> torch.Tensor:
+        n, tokens, d = x.shape
+        h, linear, shape = self.heads, self._linear, (d,)
+        heads = (n, tokens, 3, h, d // h)
+        x = x.reshape(n * tokens, d)  # the residual stream, one row a token
+        for (qw, qb), (pw, pb), eps, (n1w, n1b, n2w, n2b), (w1, b1, w2, b2) in self.layers:
+            y = F.layer_norm(x, shape, n1w, n1b, eps)
+            # (n*t, 3d) -> q, k, v (n, h, t, d/h); the block's scale is 1/sqrt(d/h), checked
+            q, k, v = linear(y, qw, qb, "none", [], "").view(heads).permute(2, 0, 3, 1, 4)
+            y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(n * tokens, d)
+            x = x + linear(y, pw, pb, "none", [], "")
+            y = linear(F.layer_norm(x, shape, n2w, n2b, eps), w1, b1, "gelu", [], "none")
+            x = x + linear(y, w2, b2, "none", [], "")
+        return x.view(n, tokens, d)
 
 
 def fused_agreement(fused: FusedEncoder, batch: int = 2, seed: int = 0) -> tuple[float, float]:
@@ -191,23 +262,44 @@ def fused_agreement(fused: FusedEncoder, batch: int = 2, seed: int = 0) -> tuple
 
 
 def fused_encoder(
-    model: MaskedAutoencoder, device: torch.device, dtype: torch.dtype
+    model: MaskedAutoencoder, device: torch.device, dtype: torch.dtype, impl: str | None = None
 ) -> tuple[FusedEncoder | None, str]:
-    """(the checked fused forward, what the check found) or (None, why not). float32 must
-    agree with the plain forward to `MAX_ABS_DIFF`; bfloat16, token by token, to a cosine
-    of `MIN_BF16_COSINE`."""
-    reason = why_not_fused(model, device, dtype)
+    """(the checked fused forward, what the check found and which way it runs) or (None,
+    why not). Each way of `impls_for(dtype)` (or `impl` alone) is tried in turn: float32
+    must agree with the plain forward to `MAX_ABS_DIFF`; bfloat16, token by token, to a
+    cosine of `MIN_BF16_COSINE`."""
+    reason = why_not_fused(model, device, dtype, impl)
     if reason:
         return None, reason
+    failed = []
+    for way in (impl,) if impl else impls_for(dtype):
+        if _impl_problem(way, dtype) is None:
+            fused, said = _checked(model, dtype, way)
+            if fused is not None:
+                return fused, f"{said} ({IMPLS[way]})"
+        else:
+            said = _impl_problem(way, dtype)
+        failed.append((way, said))
+    if len(failed) == 1:
+        return None, failed[0][1]
+    return None, "; ".join(f"{IMPLS[way]}: {said}" for way, said in failed)
+
+
+def _checked(
+    model: MaskedAutoencoder, dtype: torch.dtype, impl: str
+) -> tuple[FusedEncoder | None, str]:
+    """One way built and checked against the plain forward: (it, what the check found) or
+    (None, why not)."""
+    op = "oneDNN linear" if impl == ONEDNN else "fused kernel"
     try:
-        fused = FusedEncoder(model, dtype)
+        fused = FusedEncoder(model, dtype, impl)
     except Exception as exc:  # making the bf16 copy of the encoder, say
         return None, f"could not build it in {_name(dtype)}: {type(exc).__name__}: {exc}"
     try:
         diff, cosine = fused_agreement(fused)
-    except Exception as exc:  # a private kernel: another signature in this torch, say
+    except Exception as exc:  # a private op: another signature in this torch, say
         first = (str(exc).splitlines() or [""])[0]
-        return None, f"the fused kernel failed: {type(exc).__name__}: {first}"
+        return None, f"the {op} failed: {type(exc).__name__}: {first}"
     if dtype == torch.bfloat16:
         if not cosine >= MIN_BF16_COSINE:  # NaN fails too
             return None, (

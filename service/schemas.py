@@ -147,8 +147,9 @@ class ModelCard(BaseModel):
     norm_pix_loss: bool
     backend: str = Field(description="what runs the forward: torch, onnxruntime, onnxruntime-int8")
     fused_layers: bool = Field(
-        description="the torch backend runs each encoder block as one fused kernel "
-        "(MAE_FUSED_LAYERS; CPU, float32 or bfloat16)"
+        description="the torch backend runs the encoder blocks in fused kernels "
+        "(MAE_FUSED_LAYERS; CPU: oneDNN's linears in float32, one encoder-layer kernel a "
+        "block in bfloat16)"
     )
     tokens_per_image: int = Field(description="what one image counts as in usage.prompt_tokens")
 

@@ -76,8 +76,9 @@ class Settings(BaseSettings):
     )
     fused_layers: bool = Field(
         default=True,
-        description="torch backend on the CPU in float32 or bfloat16: run each encoder block as "
-        "one fused kernel (checked against the plain forward at load; off: the plain forward)",
+        description="torch backend on the CPU in float32 or bfloat16: run the encoder blocks in "
+        "fused kernels, oneDNN's linears in float32 and one encoder-layer kernel a block in "
+        "bfloat16 (checked against the plain forward at load; off: the plain forward)",
     )
     onnx_cache: Path | None = Field(
         default=None,

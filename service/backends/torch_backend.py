@@ -1,7 +1,8 @@
 """The torch backend: the loaded model itself, on its device, under the served dtype.
 
-On the CPU, in float32 or bfloat16, the encoder's blocks run as one fused kernel each
-(`mae_core.fused`, checked against the plain float32 forward at load;
+On the CPU, in float32 or bfloat16, the encoder's blocks run in fused kernels (oneDNN's
+linears in float32, one encoder-layer kernel a block in bfloat16: `mae_core.fused`,
+checked against the plain float32 forward at load;
 `MAE_FUSED_LAYERS=false` turns it off); elsewhere, and for a model it does not cover, the
 plain forward runs (under autocast in bfloat16)."""
 

@@ -11,19 +11,26 @@ from timm.layers import LayerScale
 from torch import nn
 
 from mae_core import create_model, load_model
+from mae_core import fused as fused_module
 from mae_core.export import encoder_forward
 from mae_core.fused import (
+    KERNEL,
     MAX_ABS_DIFF,
     MIN_BF16_COSINE,
+    ONEDNN,
     FusedEncoder,
     fused_agreement,
     fused_encoder,
     why_not_fused,
 )
 from mae_core.hub import parse_model_id, resolve
-from tests.torch_calls import KERNEL, CountCalls
+from tests.torch_calls import KERNEL as KERNEL_OP
+from tests.torch_calls import CountCalls, fused_calls_per_forward
 
 CPU, F32 = torch.device("cpu"), torch.float32
+# Both ways of the fused forward run in float32 (oneDNN's linears, the default, and the
+# encoder-layer kernel, bfloat16's way): the tests that hold for both run for each.
+IMPLS = pytest.mark.parametrize("impl", [ONEDNN, KERNEL])
 
 
 def _encoder(name: str = "mae_vit_tiny_patch8", **overrides: object) -> nn.Module:
@@ -38,13 +45,14 @@ def default_model() -> nn.Module:
     return load_model(path, with_decoder=False).eval()
 
 
+@IMPLS
 @pytest.mark.parametrize("batch", [1, 5, 32])
 def test_the_default_model_s_tokens_are_the_plain_forward_s(
-    default_model: nn.Module, batch: int
+    default_model: nn.Module, batch: int, impl: str
 ) -> None:
-    fused, said = fused_encoder(default_model, CPU, F32)
+    fused, said = fused_encoder(default_model, CPU, F32, impl)
     assert fused is not None, said
-    assert "max abs difference" in said
+    assert "max abs difference" in said and fused.impl == impl
     x = torch.randn(batch, 3, 64, 64, generator=torch.Generator().manual_seed(batch))
     with torch.inference_mode():
         want = default_model.forward_features(x)
@@ -64,10 +72,11 @@ def test_the_default_model_s_tokens_are_the_plain_forward_s(
         ("mae_vit_small_patch16", {"img_size": 64, "depth": 2}, 64),  # 6 heads, 384 wide
     ],
 )
-def test_random_models_at_any_size_agree(name: str, overrides: dict, size: int) -> None:
+@IMPLS
+def test_random_models_at_any_size_agree(name: str, overrides: dict, size: int, impl: str) -> None:
     model = _encoder(name, **overrides)
-    fused, said = fused_encoder(model, CPU, F32)
-    assert fused is not None, said
+    fused, said = fused_encoder(model, CPU, F32, impl)
+    assert fused is not None and fused.impl == impl, said
     x = torch.randn(3, 3, size, size)
     with torch.inference_mode():
         torch.testing.assert_close(fused(x), model.forward_features(x), rtol=1e-5, atol=2e-5)
@@ -117,13 +126,41 @@ def test_every_block_it_cannot_compute_is_named(change, said: str) -> None:
 
 
 def test_torch_s_own_fast_path_switch_turns_it_off() -> None:
+    """The kernel's way; float32 then keeps oneDNN's, bfloat16 (the kernel's alone) none."""
     model = _encoder(img_size=32, depth=2)
     torch.backends.mha.set_fastpath_enabled(False)
     try:
-        assert "fast path is turned off" in why_not_fused(model, CPU, F32)
+        assert "fast path is turned off" in why_not_fused(model, CPU, F32, KERNEL)
+        assert "fast path is turned off" in why_not_fused(model, CPU, torch.bfloat16)
+        fused, said = fused_encoder(model, CPU, F32)
+        assert fused is not None and fused.impl == ONEDNN, said
     finally:
         torch.backends.mha.set_fastpath_enabled(True)
-    assert why_not_fused(model, CPU, F32) is None
+    assert why_not_fused(model, CPU, F32, KERNEL) is None
+
+
+def test_torch_s_onednn_switch_leaves_the_kernel_s_way() -> None:
+    """torch.backends.mkldnn off: float32 runs the kernel's way; with the fast path off
+    too, none, and the reason names both."""
+    model = _encoder(img_size=32, depth=2)
+    torch.backends.mkldnn.enabled = False  # (its flags() also sets TF32 and warns)
+    try:
+        assert "oneDNN is turned off" in why_not_fused(model, CPU, F32, ONEDNN)
+        assert why_not_fused(model, CPU, F32) is None  # the kernel's way is left
+        fused, said = fused_encoder(model, CPU, F32)
+        assert fused is not None and fused.impl == KERNEL, said
+        assert said.endswith("(encoder-layer kernel)")
+        torch.backends.mha.set_fastpath_enabled(False)
+        try:
+            said = why_not_fused(model, CPU, F32)
+            assert said.startswith("oneDNN linears: torch's oneDNN is turned off"), said
+            assert "; encoder-layer kernel: torch's fast path is turned off" in said
+            assert fused_encoder(model, CPU, F32) == (None, said)
+        finally:
+            torch.backends.mha.set_fastpath_enabled(True)
+    finally:
+        torch.backends.mkldnn.enabled = True
+    assert why_not_fused(model, CPU, torch.bfloat16, ONEDNN).startswith("float32 only")
 
 
 def test_a_kernel_that_fails_keeps_the_plain_forward(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -134,26 +171,55 @@ def test_a_kernel_that_fails_keeps_the_plain_forward(monkeypatch: pytest.MonkeyP
     def other_signature(src: torch.Tensor, embed_dim: int) -> torch.Tensor:
         return src
 
-    monkeypatch.setattr(torch, KERNEL, other_signature)
-    fused, said = fused_encoder(_encoder(img_size=32, depth=2), CPU, F32)
+    monkeypatch.setattr(torch, KERNEL_OP, other_signature)
+    model = _encoder(img_size=32, depth=2)
+    fused, said = fused_encoder(model, CPU, F32, KERNEL)
     assert fused is None and said.startswith("the fused kernel failed: TypeError: ")
+    fused, said = fused_encoder(model, CPU, torch.bfloat16)  # bf16's one way
+    assert fused is None and said.startswith("the fused kernel failed: TypeError: ")
+    fused, said = fused_encoder(model, CPU, F32)  # float32 runs oneDNN's way
+    assert fused is not None and fused.impl == ONEDNN, said
 
 
-def test_each_block_keeps_its_own_eps() -> None:
+def test_a_failing_onednn_linear_leaves_the_kernel_then_the_plain_forward(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """oneDNN's linear is private to torch too: another signature tries the kernel's way
+    next, and with both failing the plain forward runs, the reasons named."""
+
+    def other_signature(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return x
+
+    monkeypatch.setattr(fused_module, "_onednn_linear", lambda: other_signature)
+    model = _encoder(img_size=32, depth=2)
+    fused, said = fused_encoder(model, CPU, F32, ONEDNN)
+    assert fused is None and said.startswith("the oneDNN linear failed: TypeError: ")
+    fused, said = fused_encoder(model, CPU, F32)
+    assert fused is not None and fused.impl == KERNEL, said
+    monkeypatch.setattr(torch, KERNEL_OP, other_signature)
+    fused, said = fused_encoder(model, CPU, F32)
+    assert fused is None
+    assert said.startswith("oneDNN linears: the oneDNN linear failed: TypeError: "), said
+    assert "; encoder-layer kernel: the fused kernel failed: TypeError: " in said
+
+
+@IMPLS
+def test_each_block_keeps_its_own_eps(impl: str) -> None:
     model = _encoder(img_size=32, depth=2)
     for eps, block in zip((1e-6, 0.5), model.blocks, strict=True):
         block.norm1.eps = block.norm2.eps = eps
-    fused, said = fused_encoder(model, CPU, F32)
+    fused, said = fused_encoder(model, CPU, F32, impl)
     assert fused is not None, said
     x = torch.randn(2, 3, 32, 32)
     with torch.inference_mode():
         torch.testing.assert_close(fused(x), model.forward_features(x), rtol=1e-5, atol=2e-5)
 
 
-def test_with_gradients_autocast_or_training_it_runs_the_plain_forward() -> None:
-    """The kernel has no backward and no autocast rule: such calls take the plain path."""
+@IMPLS
+def test_with_gradients_autocast_or_training_it_runs_the_plain_forward(impl: str) -> None:
+    """Neither op has a backward or an autocast rule: such calls take the plain path."""
     model = _encoder(img_size=32, depth=2)
-    fused, _ = fused_encoder(model, CPU, F32)
+    fused, _ = fused_encoder(model, CPU, F32, impl)
     x = torch.randn(2, 3, 32, 32)
     fused(x).sum().backward()  # gradients on: differentiable, as forward_features
     assert model.blocks[0].attn.qkv.weight.grad is not None
@@ -162,16 +228,17 @@ def test_with_gradients_autocast_or_training_it_runs_the_plain_forward() -> None
     model.train()
     with torch.no_grad(), CountCalls() as mode:
         fused(x)
-    assert mode.kernel == 0
+    assert mode.fused_calls(impl) == 0
     model.eval()
     with torch.no_grad(), CountCalls() as mode:
         fused(x)
-    assert mode.kernel == len(model.blocks)
+    assert mode.fused_calls(impl) == fused_calls_per_forward(impl, len(model.blocks))
 
 
-def test_a_fused_forward_that_disagrees_is_refused() -> None:
+@IMPLS
+def test_a_fused_forward_that_disagrees_is_refused(impl: str) -> None:
     model = _encoder(img_size=32, depth=2)
-    fused = FusedEncoder(model)
+    fused = FusedEncoder(model, impl=impl)
     assert fused_agreement(fused)[0] <= MAX_ABS_DIFF
     # The norms' eps is read once, when the fused forward is built: change it after, and
     # the check sees the two forwards part.
@@ -182,13 +249,14 @@ def test_a_fused_forward_that_disagrees_is_refused() -> None:
     model = _encoder(img_size=32, depth=2)
     with torch.no_grad():
         model.blocks[0].mlp.fc1.weight[0, 0] = float("nan")
-    fused, said = fused_encoder(model, CPU, F32)
+    fused, said = fused_encoder(model, CPU, F32, impl)
     assert fused is None and "differs from the plain forward by nan" in said
 
 
-def test_it_reads_the_model_s_weights_not_a_copy() -> None:
+@IMPLS
+def test_it_reads_the_model_s_weights_not_a_copy(impl: str) -> None:
     model = _encoder(img_size=32, depth=2)
-    fused = FusedEncoder(model)
+    fused = FusedEncoder(model, impl=impl)
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         model.blocks[1].mlp.fc2.bias.add_(1.0)  # e.g. weights loaded after it was built
@@ -197,9 +265,9 @@ def test_it_reads_the_model_s_weights_not_a_copy() -> None:
 
 
 def test_it_makes_a_fraction_of_the_operator_calls(default_model: nn.Module) -> None:
-    """What the fused forward is for: fewer calls into torch from Python, each a GIL hand-off
+    """What the kernel's way is for: fewer calls into torch from Python, each a GIL hand-off
     in a server (12 blocks: one call each instead of a score)."""
-    fused, _ = fused_encoder(default_model, CPU, F32)
+    fused, _ = fused_encoder(default_model, CPU, F32, KERNEL)
     x = torch.randn(4, 3, 64, 64)
     counts, kernels = {}, {}
     with torch.inference_mode():
@@ -265,3 +333,21 @@ def test_in_bfloat16_a_learned_table_comes_with_the_copy_and_other_sizes_work() 
         got, want = fused(x).float(), model.forward_features(x)
     cosine = torch.nn.functional.cosine_similarity(got, want, dim=-1)
     assert cosine.min() >= MIN_BF16_COSINE, cosine.min()
+
+
+def test_onednn_s_way_runs_every_projection_through_onednn(default_model: nn.Module) -> None:
+    """What oneDNN's way is for: no projection left to torch's own linear (MKL's sgemm in
+    float32), four oneDNN linears a block, and still fewer calls than the plain forward."""
+    fused, said = fused_encoder(default_model, CPU, F32)
+    assert fused is not None and fused.impl == ONEDNN and said.endswith("(oneDNN linears)")
+    x = torch.randn(4, 3, 64, 64)
+    counts = {}
+    with torch.inference_mode():
+        for name, forward in (("plain", default_model.forward_features), ("fused", fused)):
+            with CountCalls() as mode:
+                forward(x)
+            counts[name] = (mode.calls, mode.linear, mode.names["linear"])
+    depth = len(default_model.blocks)
+    assert counts["fused"][1:] == (4 * depth, 0), counts
+    assert counts["plain"][1:] == (0, 4 * depth), counts
+    assert counts["plain"][0] > counts["fused"][0], counts

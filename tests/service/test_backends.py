@@ -20,7 +20,7 @@ from service.backends import BACKENDS
 from service.engine import Engine
 from service.engine_errors import ServiceError
 from service.imaging import ImageLimits
-from tests.torch_calls import CountCalls
+from tests.torch_calls import CountCalls, fused_calls_per_forward
 
 from .conftest import SMALL_MODEL, model_settings, serve
 from .test_embeddings import _embed, _photos
@@ -79,8 +79,9 @@ def test_every_backend_answers_as_torch_does(
 def test_the_torch_backend_s_fused_layers_answer_as_the_plain_forward(
     small_model_dir: Path, batch: torch.Tensor, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """On the CPU in float32 the torch backend runs each block as one fused kernel
-    (`mae_core.fused`, MAE_FUSED_LAYERS): the same vectors as the plain forward."""
+    """On the CPU in float32 the torch backend runs the blocks with oneDNN's linears
+    (`mae_core.fused`, MAE_FUSED_LAYERS), in bfloat16 each as one fused kernel: the same
+    vectors as the plain forward."""
     with caplog.at_level("INFO", logger="mae.service"):
         fused = Engine(str(small_model_dir), device="cpu", with_decoder=False)
     assert "fused encoder layers on: checked against the plain forward" in caplog.text
@@ -88,14 +89,17 @@ def test_the_torch_backend_s_fused_layers_answer_as_the_plain_forward(
     assert fused.info.fused_layers and not plain.info.fused_layers
     assert fused.info.backend == plain.info.backend == "torch"
     assert isinstance(fused.backend.forward, FusedEncoder)
+    impl = fused.backend.forward.impl
+    assert impl == "onednn" and "(oneDNN linears)" in caplog.text
     calls = {}
     for name, engine in (("fused", fused), ("plain", plain)):
         with CountCalls() as mode:
             out = engine.embed(batch)
-        calls[name] = mode.kernel
+        calls[name] = mode.fused_calls(impl)
         torch.testing.assert_close(out, plain.embed(batch), rtol=1e-5, atol=2e-5)
     depth = len(fused.model.blocks)
-    assert calls == {"fused": depth, "plain": 0}  # the embed path really runs the kernel
+    # the embed path really runs the fused op
+    assert calls == {"fused": fused_calls_per_forward(impl, depth), "plain": 0}
     # bf16: the fused forward on a bf16 copy of the encoder, close to bf16 autocast's
     caplog.clear()
     with caplog.at_level("INFO", logger="mae.service"):
