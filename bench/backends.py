@@ -1,11 +1,14 @@
-"""The encoder in ONNX Runtime (fp32, int8), torch with fused encoder layers, and torch in
-bf16 (autocast, fused), against torch eager in fp32: speed and what lower precisions cost.
+"""The encoder in ONNX Runtime (fp32, int8), torch with fused encoder layers (both ways), and
+torch in bf16 (autocast, fused), against torch eager in fp32: speed and what lower
+precisions cost.
 
 Exports the model (`mae_core.export.export_onnx`, checked against torch as it writes),
 then, in this one process with the same number of math threads for all of them:
 
 1. speed: `forward_features` in torch under `inference_mode` against the fused forward
-   the torch backend serves on the CPU (`mae_core.fused`, `torch-fused`), the ONNX Runtime
+   the torch backend serves on the CPU (`mae_core.fused`, `torch-fused`: oneDNN's linears
+   where torch has them), the other fused way in float32 (`torch-fused-kernel`, the
+   encoder-layer kernel, when `torch-fused` is not that already), the ONNX Runtime
    session of `model.onnx` and of `model_quantized.onnx` (and, with `--torch-bf16`, torch
    under bf16 autocast and the fused forward in bf16, `torch-fused-bf16`, what
    `mae serve --dtype bfloat16` runs), at each batch size, in interleaved rounds (torch,
@@ -49,7 +52,7 @@ from mae_core.export import (
     photo_batch,
     session,
 )
-from mae_core.fused import fused_encoder
+from mae_core.fused import KERNEL, fused_encoder
 from mae_core.probe import knn_classify
 from mae_core.sources import index_source
 
@@ -64,9 +67,13 @@ def speed(
     model, sessions: dict, batches: list[int], rounds: int, calls: int, bf16: bool = False
 ) -> list[dict]:
     cfg = model.config
-    fused, said = fused_encoder(model, torch.device("cpu"), torch.float32)
-    if fused is None:
-        print(f"torch-fused left out: {said}")
+    cpu = torch.device("cpu")
+    fused, said = fused_encoder(model, cpu, torch.float32)
+    print(f"torch-fused: {said}" if fused else f"torch-fused left out: {said}")
+    kernel = None
+    if fused is None or fused.impl != KERNEL:
+        kernel, said = fused_encoder(model, cpu, torch.float32, KERNEL)
+        print(f"torch-fused-kernel: {said}" if kernel else f"torch-fused-kernel left out: {said}")
     fused_bf16 = None
     if bf16:
         fused_bf16, said = fused_encoder(model, torch.device("cpu"), torch.bfloat16)
@@ -79,6 +86,7 @@ def speed(
         runners = {
             "torch": lambda x=x: model.forward_features(x),
             **({"torch-fused": lambda x=x: fused(x)} if fused else {}),
+            **({"torch-fused-kernel": lambda x=x: kernel(x)} if kernel else {}),
             **({"torch-bf16": lambda x=x: bf16_features(model, x)} if bf16 else {}),
             **({"torch-fused-bf16": lambda x=x: fused_bf16(x)} if fused_bf16 else {}),
             **{
@@ -98,6 +106,7 @@ def speed(
                     times[name].append((time.perf_counter() - t0) / calls)
         med = {name: statistics.median(t) for name, t in times.items()}
         row = {"batch": b, **{f"{k}_ms": 1000 * v for k, v in med.items()}}
+        row["torch_fused_impl"] = fused.impl if fused else None
         for name in list(runners)[1:]:
             row[f"{name}_speedup"] = med["torch"] / med[name]
         rows.append(row)

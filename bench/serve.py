@@ -43,6 +43,7 @@ import base64
 import datetime
 import io
 import json
+import logging
 import os
 import platform
 import re
@@ -65,6 +66,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import mae_core
 from mae_core.data import eval_transform
+from mae_core.fused import inference_forward
 from service.engine import pick_dtype
 from service.imaging import center_square
 from service.settings import Settings
@@ -390,6 +392,9 @@ def measure(
         row: dict = {"concurrency": c, "rounds": rounds}
         for key in rounds[0]:
             values = [r[key] for r in rounds if r[key] is not None]
+            if values and isinstance(values[0], str):  # bare_forward: the same every round
+                row[key] = values[0]
+                continue
             row[key] = statistics.median(values) if values else None
         row["img_s_ratio"] = row["server_img_s"] / row["bare_img_s"]
         rows.append(row)
@@ -406,7 +411,7 @@ class BareEncoder:
         cmd = [
             *(sys.executable, __file__, "--bare-worker", "--model", model_id),
             *("--device", args.device, "--dtype", args.peer_dtype or args.dtype),
-            *("--threads", str(args.threads)),
+            *("--threads", str(args.threads), "--peer-forward", args.peer_forward),
         ]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self._ask({})  # loaded and warm
@@ -437,7 +442,19 @@ def bare_worker(args: argparse.Namespace) -> None:
     model.requires_grad_(False)
     dtype = pick_dtype(args.dtype, torch.device(dev))
     tensors = [eval_transform(center_square(img), model.config) for img in photos()]
-    autocast = torch.autocast(dev, dtype, enabled=dtype != torch.float32)
+    embed = model.embed  # the model as a user runs it by hand: the plain forward, class token
+    ran = "plain"
+    if args.peer_forward == "fused":  # the forward the torch backend serves with
+        forward = inference_forward(model, torch.device(dev), dtype, logging.getLogger("bare"))
+        if forward is model.forward_features:
+            raise SystemExit("--peer-forward fused: the fused forward does not apply here")
+        ran = f"fused ({forward.impl})"
+
+        def embed(x: torch.Tensor) -> torch.Tensor:
+            return forward(x)[:, 0]
+
+    fused_dtype = args.peer_forward == "fused" and dtype == torch.bfloat16
+    autocast = torch.autocast(dev, dtype, enabled=dtype != torch.float32 and not fused_dtype)
     for line in sys.stdin:
         request = json.loads(line)
         answer: dict = {}
@@ -446,12 +463,12 @@ def bare_worker(args: argparse.Namespace) -> None:
             x = torch.stack([tensors[i % len(tensors)] for i in range(b)]).to(dev)
             with torch.inference_mode(), autocast:
                 for _ in range(2):
-                    model.embed(x)
+                    embed(x)
                 if dev == "cuda":
                     torch.cuda.synchronize()
                 cpu0, t0 = time.process_time(), time.perf_counter()
                 for _ in range(calls):
-                    model.embed(x)
+                    embed(x)
                 if dev == "cuda":
                     torch.cuda.synchronize()
                 cpu, wall = time.process_time() - cpu0, time.perf_counter() - t0
@@ -459,6 +476,7 @@ def bare_worker(args: argparse.Namespace) -> None:
                 "bare_batch": b,
                 "bare_img_s": calls * b / wall,
                 "bare_cpu_ms_per_img": 1000 * cpu / (calls * b),
+                "bare_forward": ran,
             }
         print(json.dumps(answer), flush=True)
 
@@ -499,6 +517,14 @@ def parse_args() -> argparse.Namespace:
         choices=("auto", "float32", "bfloat16", "float16"),
         help="the bare encoder's dtype when not --dtype's: --dtype bfloat16 --peer-dtype "
         "float32 says what bf16 serving costs against the model run by hand in fp32",
+    )
+    ap.add_argument(
+        "--peer-forward",
+        choices=("plain", "fused"),
+        default="plain",
+        help="the bare encoder's forward: plain (default; model.embed, the model as a user "
+        "runs it by hand) or fused (the checked fused forward the torch backend serves with, "
+        "mae_core.fused): what the server costs around its own forward",
     )
     ap.add_argument(
         "--threads",
@@ -620,7 +646,8 @@ def main() -> None:
     head = (
         f"{args.variant if args.model is None else args.model} ({info['image_size']} px, "
         f"{info['dtype']}{', ' + info['backend'] if 'backend' in info else ''}"
-        f"{'; bare encoder ' + args.peer_dtype if args.peer_dtype else ''}), "
+        f"{'; bare encoder ' + args.peer_dtype if args.peer_dtype else ''}"
+        f"{'; bare encoder: the fused forward' if args.peer_forward == 'fused' else ''}), "
         f"{device_name(args.device, args.threads)}, torch {torch.__version__}, "
         f"{datetime.date.today()}; one JPEG per request ({sizes}; {', '.join(PHOTOS)}), "
         f"{body}, encoding_format {args.encoding_format}; load from "

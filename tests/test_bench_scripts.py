@@ -54,8 +54,32 @@ def test_backends_times_the_fused_forward_beside_the_others(tmp_path: Path) -> N
         timeout=600,  # it exports and quantises the model first
     )
     assert "torch-fused ms (x)" in out.stdout and "onnxruntime-int8 ms (x)" in out.stdout
+    assert "torch-fused-kernel ms (x)" in out.stdout  # the other fused way beside it
     (row,) = json.loads((tmp_path / "b.json").read_text())["rows"]
     assert row["batch"] == 2 and row["torch-fused_ms"] > 0 and row["torch-fused_speedup"] > 0
+    assert row["torch_fused_impl"] == "onednn" and row["torch-fused-kernel_ms"] > 0
+
+
+@pytest.mark.parametrize("forward", ["plain", "fused"])
+def test_serve_s_bare_encoder_runs_the_forward_asked(forward: str) -> None:
+    """bench/serve.py's peer process (--bare-worker, as the script starts it): the plain
+    forward a user runs by hand, or the fused one the server runs (--peer-forward)."""
+    args = ["--bare-worker", "--model", "local:mae/vit-tiny-tinyimagenet", "--device", "cpu"]
+    args += ["--dtype", "float32", "--threads", "1", "--peer-forward", forward]
+    asks = "{}\n" + json.dumps({"batch": 2, "calls": 3}) + "\n"
+    out = subprocess.run(
+        [sys.executable, "bench/serve.py", *args],
+        cwd=ROOT,
+        input=asks,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    ready, answer = (json.loads(line) for line in out.stdout.splitlines())
+    assert ready == {} and answer["bare_batch"] == 2
+    assert answer["bare_img_s"] > 0 and answer["bare_cpu_ms_per_img"] > 0
+    assert answer["bare_forward"] == {"plain": "plain", "fused": "fused (onednn)"}[forward]
 
 
 def test_pretrain_compares_both_in_the_precision_asked(tmp_path: Path) -> None:
