@@ -5,7 +5,9 @@ Same configuration, same initial weights, same batch, same masking noise, same o
 turn (so neither gains from going first), both in the same precision (`--dtype`: by default
 bf16 autocast on CUDA and fp32 on a CPU, as `mae train --precision auto`). On CUDA the
 model FLOPs utilisation (MFU) is reported against the device's measured bf16 matmul peak
-(an 8192^3 GEMM), not a datasheet number.
+(an 8192^3 GEMM), not a datasheet number. Ours runs as `mae train` runs it: in fp32 on a
+CPU its linear layers go through oneDNN (`mae_core.onednn`, `--onednn-linears`), and the
+same run then also times ours with torch's own linears (`mae_core, torch linears`).
 
     .venv/bin/python bench/pretrain.py --variant mae_vit_tiny_patch8 --batch 64
     .venv/bin/python bench/pretrain.py --variant mae_vit_tiny_patch8 --batch 64 --dtype bf16
@@ -33,6 +35,7 @@ from transformers import ViTMAEForPreTraining
 import mae_core
 from mae_core.config import PRECISIONS
 from mae_core.distributed import uses_bf16
+from mae_core.onednn import onednn_linears, why_not
 from mae_core.schedule import param_groups
 
 
@@ -119,8 +122,14 @@ def main() -> None:
         "fused": {"fused": True},
     }
 
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    onednn = why_not(torch.device(dev), dtype, compiled=args.compile) is None
+
     def stepper(
-        model: torch.nn.Module, loss_of: Callable[[], torch.Tensor], adamw: str = "default"
+        model: torch.nn.Module,
+        loss_of: Callable[[], torch.Tensor],
+        adamw: str = "default",
+        linears: bool = False,
     ) -> Callable[[], None]:
         opt = torch.optim.AdamW(
             param_groups(model, 0.05), lr=1e-4, betas=(0.9, 0.95), **impls[adamw]
@@ -128,7 +137,7 @@ def main() -> None:
 
         def step() -> None:
             opt.zero_grad(set_to_none=True)
-            with autocast:
+            with autocast, onednn_linears(linears):
                 loss = loss_of()
             loss.backward()
             opt.step()
@@ -142,10 +151,14 @@ def main() -> None:
         ap.error(f"--adamw: unknown {unknown}; choose from {', '.join(impls)}")
     ours_steps = {
         "ours" if len(adamws) == 1 else f"ours, AdamW {a}": stepper(
-            ours, lambda: net(x, mask_ratio=0.75, noise=noise).loss, a
+            ours, lambda: net(x, mask_ratio=0.75, noise=noise).loss, a, onednn
         )
         for a in adamws
     }
+    if onednn:  # the same run with torch's own linears (mae train --no-onednn-linears)
+        ours_steps["ours, torch linears"] = stepper(
+            ours, lambda: net(x, mask_ratio=0.75, noise=noise).loss, adamws[0]
+        )
     t = timed(
         {
             **ours_steps,
@@ -171,7 +184,8 @@ def main() -> None:
         peak, name = None, f"CPU, {torch.get_num_threads()} threads, {precision}"
     head = (
         f"{args.variant}, {cfg.img_size} px, batch {args.batch}, {name}, torch "
-        f"{torch.__version__}{', ours compiled' if args.compile else ''}, median of "
+        f"{torch.__version__}{', ours compiled' if args.compile else ''}"
+        f"{', ours with oneDNN linears' if onednn else ''}, median of "
         f"{args.steps} interleaved steps after {args.warmup} warm-up"
     )
     print(head)

@@ -446,6 +446,12 @@ class TrainConfig:
         "there: keeps a GPU fed on CIFAR-10 / Tiny-ImageNet",
     )
     compile: bool = _setting(False, help="torch.compile the model")
+    onednn_linears: bool = _setting(
+        True,
+        help="fp32 on a CPU: the model's linear layers, forward and backward, through oneDNN "
+        "instead of torch's own (MKL's sgemm, slow on AMD CPUs): 1.4x the training speed on "
+        "a 2-core AMD EPYC, BENCHMARKS.md; no effect on a GPU, in bf16 or compiled",
+    )
     precision: str = _setting(
         "auto",
         help="compute precision of the forward and backward: auto (bf16 autocast on CUDA, fp32 "

@@ -125,6 +125,12 @@ class FinetuneConfig:
     threads: int | None = _setting(None, help="math threads of each training process")
     max_bad_steps: int = _setting(5, help="non-finite steps in a row that stop the run")
     compile: bool = _setting(False, help="torch.compile the training step")
+    onednn_linears: bool = _setting(
+        True,
+        help="fp32 on a CPU: the model's linear layers, forward and backward, through oneDNN "
+        "instead of torch's own (MKL's sgemm, slow on AMD CPUs); no effect on a GPU, in bf16 "
+        "or compiled",
+    )
     precision: str = _setting(
         "auto",
         help="auto (bf16 autocast on CUDA, fp32 on a CPU), fp32, or bf16 (autocast on any "
@@ -198,6 +204,7 @@ RESUMABLE_CHANGES = {
     "num_workers",
     "threads",
     "compile",
+    "onednn_linears",
     "precision",
     "resume",
     "output",

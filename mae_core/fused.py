@@ -6,7 +6,7 @@ each block's work in fewer, faster kernels than the plain forward's; two ways:
   fused into the first MLP layer), the attention through `scaled_dot_product_attention`.
   torch's own float32 `addmm` goes to MKL, whose sgemm runs a slower code path on AMD
   CPUs; on this project's AMD EPYC oneDNN's is about 2x faster at the encoder's shapes,
-  and the whole forward 1.7-2.1x (BENCHMARKS.md). The results are the same to about 1e-6.
+  and the whole forward 1.55-1.89x (BENCHMARKS.md). The results are the same to about 1e-6.
 - **the encoder-layer kernel** (bfloat16; float32 where oneDNN is missing or off): each
   block as one call of `aten::_transformer_encoder_layer_fwd`, the op behind
   `nn.TransformerEncoderLayer`'s inference fast path (since PyTorch 1.12). A timm `Block`
@@ -48,6 +48,7 @@ from timm.models.vision_transformer import Attention, Block
 from torch import nn
 
 from .model import MaskedAutoencoder
+from .onednn import linear_op as _onednn_linear
 
 # Agreement asked of the fused forward with the model's own, on a random batch: the same
 # bound the ONNX export is held to (fp32 kernels that add in another order differ by
@@ -68,13 +69,6 @@ def _kernel() -> Any:
     # torch's own binding (not torch.ops.aten's packet): no Python frame of its own, and it
     # leaves the GIL for the whole layer, as every torch function does while it computes.
     return getattr(torch, "_transformer_encoder_layer_fwd", None)
-
-
-def _onednn_linear() -> Any:
-    """oneDNN's linear with a fused activation, `(x, weight, bias, attr, scalars,
-    algorithm)`; None where this torch has no oneDNN ops."""
-    packet = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
-    return getattr(packet, "default", None)
 
 
 def impls_for(dtype: torch.dtype) -> tuple[str, ...]:
@@ -141,6 +135,8 @@ def why_not_fused(
 ) -> str | None:
     """Why `FusedEncoder` does not cover this model where and as it runs, or None; `impl`:
     one way only (else any of `impls_for(dtype)`)."""
+    if impl is not None and impl not in IMPLS:
+        raise ValueError(f"impl={impl!r}: one of {', '.join(IMPLS)}")
     if device.type != "cpu" or model.cls_token.device.type != "cpu":
         return "used on the CPU only (not yet measured on a GPU)"
     if dtype not in DTYPES:
@@ -157,8 +153,8 @@ def why_not_fused(
     problems = {i: _impl_problem(i, dtype) for i in ((impl,) if impl else impls_for(dtype))}
     if any(p is None for p in problems.values()):
         return None
-    if impl:
-        return problems[impl]
+    if len(problems) == 1:
+        return next(iter(problems.values()))
     return "; ".join(f"{IMPLS[i]}: {p}" for i, p in problems.items())
 
 
@@ -193,6 +189,9 @@ class FusedEncoder:
         self.impl = impl or impls_for(dtype)[0]
         if self.impl not in IMPLS:
             raise ValueError(f"impl={self.impl!r}: one of {', '.join(IMPLS)}")
+        problem = _impl_problem(self.impl, dtype)
+        if problem:
+            raise ValueError(f"{IMPLS[self.impl]} in {_name(dtype)}: {problem}")
         self.source, self.dtype = model, dtype
         self.model = model if dtype == model.cls_token.dtype else _encoder_in(model, dtype)
         m = self.model
@@ -275,8 +274,9 @@ def fused_encoder(
     for way in (impl,) if impl else impls_for(dtype):
         if _impl_problem(way, dtype) is None:
             fused, said = _checked(model, dtype, way)
-            if fused is not None:
-                return fused, f"{said} ({IMPLS[way]})"
+            if fused is not None:  # and the ways before it, why not (a changed op, say)
+                before = "".join(f"; {IMPLS[w]}: {why}" for w, why in failed)
+                return fused, f"{said} ({IMPLS[way]}{before})"
         else:
             said = _impl_problem(way, dtype)
         failed.append((way, said))

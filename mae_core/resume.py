@@ -62,6 +62,7 @@ RESUMABLE_CHANGES = {
     "threads",
     "data_on_device",  # same crops and masks; pixels differ by resampling rounding only
     "compile",
+    "onednn_linears",  # the same products, to float32 rounding
     "precision",  # fp32 weights and optimiser state either way
     "resume",
     "output",

@@ -36,6 +36,7 @@ from typing import Any
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from . import onednn
 from .config import TrainConfig
 from .data import PCA_IMAGES, PretrainFeed, pca_batches
 from .distributed import autocast as distributed_autocast
@@ -235,6 +236,7 @@ class Trainer:
             )
             log.info("threads: %s", self._threads_line())
         autocast = distributed_autocast(cfg.precision, self.device)
+        self.use_onednn = self._use_onednn()
         self.model.train()
         stopped_by = None
         with StopFlag() as stop, contextlib.closing(self.log):
@@ -248,6 +250,19 @@ class Trainer:
                 )
             return None
         return self._finish()
+
+    def _use_onednn(self) -> bool:
+        """Whether each forward runs in `onednn.onednn_linears` (where it applies and is on);
+        the log line says which linears, and why."""
+        dtype = torch.bfloat16 if uses_bf16(self.cfg.precision, self.device) else torch.float32
+        reason = (
+            onednn.why_not(self.device, dtype, compiled=self.cfg.compile)
+            if self.cfg.onednn_linears
+            else "off (--no-onednn-linears)"
+        )
+        if self.dist.main:
+            log.info("linear layers: %s", f"torch's, {reason}" if reason else "oneDNN's")
+        return reason is None
 
     def _precision_line(self) -> str:
         if not uses_bf16(self.cfg.precision, self.device):
@@ -313,7 +328,7 @@ class Trainer:
             batch = next(batches)
             sync = micro == accum - 1 or not isinstance(self.net, DistributedDataParallel)
             ctx = contextlib.nullcontext() if sync else self.net.no_sync()
-            with ctx, autocast:
+            with ctx, autocast, onednn.onednn_linears(self.use_onednn):
                 loss = self._loss(batch)
             with ctx:
                 (loss / accum).backward()

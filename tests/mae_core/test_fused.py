@@ -1,7 +1,9 @@
-"""The fused inference forward (`mae_core.fused`): the same tokens as the model's own
-forward, for the default model and random ones, at any batch and image size; the cases it
-does not cover say why; a fused forward that disagrees is refused; and it makes a small
-fraction of the plain forward's operator calls (what it is for)."""
+"""The fused inference forward (`mae_core.fused`), both ways (oneDNN's linears and the
+encoder-layer kernel): the same tokens as the model's own forward, for the default model
+and random ones, at any batch and image size; the cases it does not cover say why; a
+fused forward that disagrees is refused, a failing way leaves the next; and each does
+what it is for: the kernel a small fraction of the plain forward's operator calls,
+oneDNN's way every projection through oneDNN."""
 
 from __future__ import annotations
 
@@ -30,7 +32,10 @@ from tests.torch_calls import CountCalls, fused_calls_per_forward
 CPU, F32 = torch.device("cpu"), torch.float32
 # Both ways of the fused forward run in float32 (oneDNN's linears, the default, and the
 # encoder-layer kernel, bfloat16's way): the tests that hold for both run for each.
-IMPLS = pytest.mark.parametrize("impl", [ONEDNN, KERNEL])
+ONEDNN_HERE = pytest.mark.skipif(
+    not torch.backends.mkldnn.is_available(), reason="this torch has no oneDNN"
+)
+IMPLS = pytest.mark.parametrize("impl", [pytest.param(ONEDNN, marks=ONEDNN_HERE), KERNEL])
 
 
 def _encoder(name: str = "mae_vit_tiny_patch8", **overrides: object) -> nn.Module:
@@ -131,7 +136,10 @@ def test_torch_s_own_fast_path_switch_turns_it_off() -> None:
     torch.backends.mha.set_fastpath_enabled(False)
     try:
         assert "fast path is turned off" in why_not_fused(model, CPU, F32, KERNEL)
-        assert "fast path is turned off" in why_not_fused(model, CPU, torch.bfloat16)
+        # bf16 has one way: its reason alone, as fused_encoder gives it
+        said = why_not_fused(model, CPU, torch.bfloat16)
+        assert said.startswith("torch's fast path is turned off"), said
+        assert fused_encoder(model, CPU, torch.bfloat16) == (None, said)
         fused, said = fused_encoder(model, CPU, F32)
         assert fused is not None and fused.impl == ONEDNN, said
     finally:
@@ -139,6 +147,15 @@ def test_torch_s_own_fast_path_switch_turns_it_off() -> None:
     assert why_not_fused(model, CPU, F32, KERNEL) is None
 
 
+def test_an_unknown_way_or_one_that_cannot_run_is_an_error() -> None:
+    model = _encoder(img_size=32, depth=2)
+    with pytest.raises(ValueError, match="impl='bogus': one of onednn, kernel"):
+        why_not_fused(model, CPU, F32, "bogus")
+    with pytest.raises(ValueError, match="oneDNN linears in bfloat16: float32 only"):
+        FusedEncoder(model, torch.bfloat16, ONEDNN)
+
+
+@ONEDNN_HERE
 def test_torch_s_onednn_switch_leaves_the_kernel_s_way() -> None:
     """torch.backends.mkldnn off: float32 runs the kernel's way; with the fast path off
     too, none, and the reason names both."""
@@ -149,7 +166,10 @@ def test_torch_s_onednn_switch_leaves_the_kernel_s_way() -> None:
         assert why_not_fused(model, CPU, F32) is None  # the kernel's way is left
         fused, said = fused_encoder(model, CPU, F32)
         assert fused is not None and fused.impl == KERNEL, said
-        assert said.endswith("(encoder-layer kernel)")
+        assert said.endswith(
+            "(encoder-layer kernel; oneDNN linears: torch's oneDNN is turned off "
+            "(torch.backends.mkldnn))"
+        ), said
         torch.backends.mha.set_fastpath_enabled(False)
         try:
             said = why_not_fused(model, CPU, F32)
@@ -163,6 +183,7 @@ def test_torch_s_onednn_switch_leaves_the_kernel_s_way() -> None:
     assert why_not_fused(model, CPU, torch.bfloat16, ONEDNN).startswith("float32 only")
 
 
+@ONEDNN_HERE
 def test_a_kernel_that_fails_keeps_the_plain_forward(monkeypatch: pytest.MonkeyPatch) -> None:
     """The kernel is private to torch: a release that changes its signature must leave the
     plain forward running, with the reason, not a server that cannot start. (The only
@@ -181,6 +202,7 @@ def test_a_kernel_that_fails_keeps_the_plain_forward(monkeypatch: pytest.MonkeyP
     assert fused is not None and fused.impl == ONEDNN, said
 
 
+@ONEDNN_HERE
 def test_a_failing_onednn_linear_leaves_the_kernel_then_the_plain_forward(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -196,6 +218,9 @@ def test_a_failing_onednn_linear_leaves_the_kernel_then_the_plain_forward(
     assert fused is None and said.startswith("the oneDNN linear failed: TypeError: ")
     fused, said = fused_encoder(model, CPU, F32)
     assert fused is not None and fused.impl == KERNEL, said
+    # the log line keeps why oneDNN's way was passed over
+    passed_over = "(encoder-layer kernel; oneDNN linears: the oneDNN linear failed: TypeError: "
+    assert passed_over in said, said
     monkeypatch.setattr(torch, KERNEL_OP, other_signature)
     fused, said = fused_encoder(model, CPU, F32)
     assert fused is None
@@ -335,6 +360,7 @@ def test_in_bfloat16_a_learned_table_comes_with_the_copy_and_other_sizes_work() 
     assert cosine.min() >= MIN_BF16_COSINE, cosine.min()
 
 
+@ONEDNN_HERE
 def test_onednn_s_way_runs_every_projection_through_onednn(default_model: nn.Module) -> None:
     """What oneDNN's way is for: no projection left to torch's own linear (MKL's sgemm in
     float32), four oneDNN linears a block, and still fewer calls than the plain forward."""

@@ -90,7 +90,8 @@ def test_the_torch_backend_s_fused_layers_answer_as_the_plain_forward(
     assert fused.info.backend == plain.info.backend == "torch"
     assert isinstance(fused.backend.forward, FusedEncoder)
     impl = fused.backend.forward.impl
-    assert impl == "onednn" and "(oneDNN linears)" in caplog.text
+    if torch.backends.mkldnn.is_available():  # float32's way where torch has oneDNN
+        assert impl == "onednn" and "(oneDNN linears)" in caplog.text
     calls = {}
     for name, engine in (("fused", fused), ("plain", plain)):
         with CountCalls() as mode:
