@@ -445,7 +445,10 @@ def bare_worker(args: argparse.Namespace) -> None:
     embed = model.embed  # the model as a user runs it by hand: the plain forward, class token
     ran = "plain"
     if args.peer_forward == "fused":  # the forward the torch backend serves with
-        forward = inference_forward(model, torch.device(dev), dtype, logging.getLogger("bare"))
+        said = logging.getLogger("bench.bare")
+        said.addHandler(logging.StreamHandler(sys.stderr))  # the check's line, for the record
+        said.setLevel(logging.INFO)
+        forward = inference_forward(model, torch.device(dev), dtype, said)
         if forward is model.forward_features:
             raise SystemExit("--peer-forward fused: the fused forward does not apply here")
         ran = f"fused ({forward.impl})"
@@ -620,6 +623,11 @@ def main() -> None:
         try:
             wait_ready(url, proc, log, args.ready_timeout)
             info = httpx.get(f"{url}/v1/models", timeout=10).json()["data"][0]
+            if args.peer_forward == "fused" and not info.get("fused_layers"):
+                raise SystemExit(
+                    "--peer-forward fused: the server does not run the fused forward "
+                    f"(backend {info.get('backend')}, fused_layers {info.get('fused_layers')})"
+                )
             bare = BareEncoder(model_id, args)
             use_wrk = args.client == "wrk" or (args.client == "auto" and shutil.which("wrk"))
             wrk = Wrk(url, route, bodies, Path(tmp)) if use_wrk else None

@@ -152,6 +152,9 @@ def test_the_start_lines_say_which_cpu_dtype_suits(
     assert hint in lines() and hint in lines(dtype="float32")
     assert hint not in lines(dtype="bfloat16") and warning not in lines(dtype="bfloat16")
     assert hint not in lines(backend="onnxruntime")
+    # without the fused layers bf16 is autocast against the plain forward: its own figure
+    plain = lines(fused_layers=False)
+    assert hint not in plain and "(MAE_DTYPE) serves about 1.5x the images per second" in plain
     monkeypatch.setattr(mae_core.distributed, "native_cpu_bf16", lambda: False)
     assert hint not in lines() and warning in lines(dtype="bfloat16")
     monkeypatch.setattr(mae_core.distributed, "native_cpu_bf16", lambda: None)  # unknown
