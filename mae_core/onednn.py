@@ -3,8 +3,9 @@
 torch's float32 `nn.Linear` (`F.linear`, `addmm`, `mm`) goes to MKL on x86, and MKL's sgemm
 runs a slower code path on AMD CPUs: on this project's AMD EPYC, at the shapes of a ViT-Ti
 MAE, oneDNN's linear (`mkldnn::_linear_pointwise`, the op inductor's CPU code calls) is
-about 2x faster forward and for the input's gradient, 1.3-1.8x for the weight's, with the
-same results to float32 rounding. `onednn_linears()` is a context in which every float32
+about 2x faster forward and for the input's gradient, 1.3-1.8x for the weight's at most
+shapes (0.81x at one: the decoder's fc1 at batch 64), with the same results to float32
+rounding. `onednn_linears()` is a context in which every float32
 `F.linear` on the CPU runs as `OneDNNLinear` (both gradients through oneDNN too); outside
 it, nothing changes. The weights stay the module's own parameters (state dicts, DDP and
 optimisers see no difference). `mae train` uses it on a CPU in fp32 (`--onednn-linears`,
@@ -56,53 +57,69 @@ def _plain(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 
 class OneDNNLinear(torch.autograd.Function):
-    """`F.linear(x, weight, bias)` with the product and both gradients' products through
-    oneDNN: dx = g @ W and dW = g.T @ x as oneDNN linears of the transposed operands."""
+    """`F.linear(rows, weight, bias)` on 2-D `rows` (N, in), with the product and both
+    gradients' products through oneDNN: dx = g @ W and dW = g.T @ x as oneDNN linears of
+    the transposed operands. `linear` reshapes other inputs around it. No double backward
+    (`once_differentiable`), and activation checkpointing must recompute inside the
+    context too."""
 
     @staticmethod
     def forward(
-        ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+        ctx: Any, rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     ) -> torch.Tensor:
-        rows = x.reshape(-1, x.shape[-1])
-        ctx.save_for_backward(rows, weight)
-        ctx.in_shape, ctx.has_bias = x.shape, bias is not None
-        out = linear_op()(rows, weight, bias, "none", [], "")
-        return out.view(*x.shape[:-1], weight.shape[0])
+        need_x, need_w, _ = ctx.needs_input_grad
+        # each gradient needs the other operand only: keep what will be used
+        ctx.save_for_backward(rows if need_w else None, weight if need_x else None)
+        ctx.has_bias = bias is not None
+        return linear_op()(rows, weight, bias, "none", [], "")
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         rows, weight = ctx.saved_tensors
-        g = grad.reshape(-1, weight.shape[0])
         need_x, need_w, need_b = ctx.needs_input_grad
-        dx = _plain(g, weight.t()).view(ctx.in_shape) if need_x else None
-        dw = _plain(g.t(), rows.t()) if need_w else None
-        db = g.sum(0) if ctx.has_bias and need_b else None
+        dx = _plain(grad, weight.t()) if need_x else None
+        dw = _plain(grad.t(), rows.t()) if need_w else None
+        db = grad.sum(0) if ctx.has_bias and need_b else None
         return dx, dw, db
 
 
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """`F.linear` through `OneDNNLinear`, for an input of any number of dimensions."""
+    out = OneDNNLinear.apply(x.reshape(-1, x.shape[-1]), weight, bias)
+    return out.view(*x.shape[:-1], weight.shape[0])
+
+
 def _applies(x: Any, weight: Any, bias: Any) -> bool:
-    """A float32 CPU linear of the plain kind, not under autocast (which casts it to a
-    lower precision whose products are oneDNN's already)."""
+    """A float32 CPU linear of the plain kind (a 2-D weight, the input's last side its
+    width, a 1-D bias of its height or none), not under autocast (which casts it to a lower
+    precision whose products are oneDNN's already); anything else stays torch's."""
     tensors = (x, weight) if bias is None else (x, weight, bias)
+    if not all(isinstance(t, torch.Tensor) for t in tensors):
+        return False
     return (
-        all(isinstance(t, torch.Tensor) for t in tensors)
-        and all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors)
+        all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors)
         and weight.dim() == 2
+        and weight.shape[0] > 0
         and x.dim() >= 1
         and x.numel() > 0
+        and x.shape[-1] == weight.shape[1]
+        and (bias is None or tuple(bias.shape) == (weight.shape[0],))
         and not torch.is_autocast_enabled("cpu")
     )
+
+
+_ARGS = ("input", "weight", "bias")
 
 
 class _Linears(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func is F.linear:
-            x, weight, *rest = args
-            bias = rest[0] if rest else kwargs.get("bias")
-            if _applies(x, weight, bias):
-                return OneDNNLinear.apply(x, weight, bias)
+            given = dict(zip(_ARGS, args, strict=False)) | kwargs
+            x, weight, bias = given.get("input"), given.get("weight"), given.get("bias")
+            if set(given) <= set(_ARGS) and _applies(x, weight, bias):
+                return linear(x, weight, None if bias is None else bias.contiguous())
         return func(*args, **kwargs)
 
 

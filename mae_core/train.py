@@ -260,7 +260,7 @@ class Trainer:
             if self.cfg.onednn_linears
             else "off (--no-onednn-linears)"
         )
-        if self.dist.main:
+        if self.dist.main and self.device.type == "cpu":  # a GPU's are its own: nothing to say
             log.info("linear layers: %s", f"torch's, {reason}" if reason else "oneDNN's")
         return reason is None
 

@@ -71,6 +71,48 @@ def test_a_frozen_weight_gets_no_gradient_and_the_input_one() -> None:
     assert w.grad is None
 
 
+@pytest.mark.parametrize(
+    "bias_of",
+    [
+        lambda n: torch.randn(2 * n)[::2],  # strided
+        lambda n: torch.tensor(0.5),  # 0-D, broadcast by torch
+        lambda n: torch.randn(1).expand(n),  # expanded: stride 0
+        lambda n: torch.randn(1, n),  # 2-D, broadcast by torch
+    ],
+)
+def test_an_unusual_bias_gives_torch_s_answer(bias_of) -> None:
+    x, w = torch.randn(5, 16), torch.randn(8, 16)
+    bias = bias_of(8)
+    with onednn_linears():
+        got = F.linear(x, w, bias)
+    torch.testing.assert_close(got, F.linear(x, w, bias), rtol=1e-5, atol=1e-5)
+
+
+def test_keywords_wrong_shapes_and_in_place_use_are_as_torch_s() -> None:
+    x = torch.randn(5, 16, requires_grad=True)
+    w, b = torch.randn(8, 16, requires_grad=True), torch.randn(8)
+    with onednn_linears():
+        by_keyword = F.linear(x, weight=w, bias=b)  # as timm's beit, eva and swin v2 call it
+        all_keywords = F.linear(input=x, weight=w)
+        assert "OneDNNLinearBackward" in _graph_names(by_keyword) & _graph_names(all_keywords)
+        with pytest.raises(RuntimeError, match="cannot be multiplied"):  # torch's own words
+            F.linear(torch.randn(5, 15), w)
+        out = F.linear(x, w, b)
+        torch.relu_(out)  # an in-place op on the output (ReLU(inplace=True))
+    torch.testing.assert_close(by_keyword, F.linear(x, w, b), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out, F.linear(x, w, b).relu(), rtol=1e-5, atol=1e-5)
+    out.sum().backward()
+    torch.testing.assert_close(
+        x.grad, (F.linear(x, w, b) > 0).float() @ w.detach(), rtol=1e-5, atol=1e-5
+    )
+    # a frozen weight: the input is not kept, so changing it in place is allowed, as in torch
+    h = x * 1.0
+    with onednn_linears():
+        y = F.linear(h, w.detach())
+    h.add_(1.0)
+    y.sum().backward()
+
+
 def test_a_whole_mae_step_matches_torch_s_and_runs_through_onednn() -> None:
     torch.manual_seed(0)
     model = create_model("mae_vit_tiny_patch8", img_size=32, depth=2, decoder_depth=1).train()
