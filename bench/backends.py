@@ -76,7 +76,7 @@ def speed(
         print(f"torch-fused-kernel: {said}" if kernel else f"torch-fused-kernel left out: {said}")
     fused_bf16 = None
     if bf16:
-        fused_bf16, said = fused_encoder(model, torch.device("cpu"), torch.bfloat16)
+        fused_bf16, said = fused_encoder(model, cpu, torch.bfloat16)
         if fused_bf16 is None:
             print(f"torch-fused-bf16 left out: {said}")
     rows = []

@@ -47,6 +47,7 @@ from timm.layers import Mlp
 from timm.models.vision_transformer import Attention, Block
 from torch import nn
 
+from . import onednn
 from .model import MaskedAutoencoder
 from .onednn import linear_op as _onednn_linear
 
@@ -79,14 +80,8 @@ def impls_for(dtype: torch.dtype) -> tuple[str, ...]:
 
 def _impl_problem(impl: str, dtype: torch.dtype) -> str | None:
     """Why this torch cannot run `impl` in `dtype` here, or None."""
-    if impl == ONEDNN:
-        if dtype != torch.float32:
-            return f"float32 only (the forward runs in {_name(dtype)})"
-        if _onednn_linear() is None or not torch.backends.mkldnn.is_available():
-            return f"torch {torch.__version__} has no oneDNN linear"
-        if not torch.backends.mkldnn.enabled:
-            return "torch's oneDNN is turned off (torch.backends.mkldnn)"
-        return None
+    if impl == ONEDNN:  # the same conditions as the training linears'
+        return onednn.why_not(torch.device("cpu"), dtype)
     if _kernel() is None:
         return f"torch {torch.__version__} has no fused encoder-layer kernel"
     if not torch.backends.mha.get_fastpath_enabled():
@@ -272,13 +267,12 @@ def fused_encoder(
         return None, reason
     failed = []
     for way in (impl,) if impl else impls_for(dtype):
-        if _impl_problem(way, dtype) is None:
+        said = _impl_problem(way, dtype)
+        if said is None:
             fused, said = _checked(model, dtype, way)
             if fused is not None:  # and the ways before it, why not (a changed op, say)
                 before = "".join(f"; {IMPLS[w]}: {why}" for w, why in failed)
                 return fused, f"{said} ({IMPLS[way]}{before})"
-        else:
-            said = _impl_problem(way, dtype)
         failed.append((way, said))
     if len(failed) == 1:
         return None, failed[0][1]

@@ -51,9 +51,11 @@ def why_not(device: torch.device, dtype: torch.dtype, compiled: bool = False) ->
     return None
 
 
-def _plain(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """(rows, in) -> (rows, out) = x @ weight.T through oneDNN, no bias."""
-    return linear_op()(x, weight, None, "none", [], "")
+def _product(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """(rows, in) -> (rows, out) = x @ weight.T (+ bias) through oneDNN."""
+    return linear_op()(x, weight, bias, "none", [], "")
 
 
 class OneDNNLinear(torch.autograd.Function):
@@ -71,15 +73,15 @@ class OneDNNLinear(torch.autograd.Function):
         # each gradient needs the other operand only: keep what will be used
         ctx.save_for_backward(rows if need_w else None, weight if need_x else None)
         ctx.has_bias = bias is not None
-        return linear_op()(rows, weight, bias, "none", [], "")
+        return _product(rows, weight, bias)
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         rows, weight = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad
-        dx = _plain(grad, weight.t()) if need_x else None
-        dw = _plain(grad.t(), rows.t()) if need_w else None
+        dx = _product(grad, weight.t()) if need_x else None
+        dw = _product(grad.t(), rows.t()) if need_w else None
         db = grad.sum(0) if ctx.has_bias and need_b else None
         return dx, dw, db
 
