@@ -21,6 +21,7 @@ from .distributed import autocast as precision_autocast
 from .distributed import uses_bf16
 from .errors import DeviceMemoryError, MAEValueError
 from .export import encoder_forward
+from .fused import describe
 from .model import MaskedAutoencoder
 from .probe import (
     KNN_OPTIONS,
@@ -101,7 +102,7 @@ def evaluate_model(
     dtype = torch.bfloat16 if uses_bf16(precision, dev) else torch.float32
     kw = {"batch_size": batch_size, "num_workers": num_workers, "progress": progress}
     kw["precision"] = precision
-    features = {}
+    features, forwards = {}, {"forward": None, "baseline_forward": None}
     for prefix, net in models.items():
         # Built in eval mode, as extract_pooled runs it (the baseline twin comes in training
         # mode, and a fused forward is checked, and refused, as the mode is).
@@ -109,6 +110,9 @@ def evaluate_model(
         net.eval()
         kw["forward"] = encoder_forward(net, backend, dtype=dtype)
         net.train(was_training)
+        forwards[prefix + "forward"] = (
+            describe(kw["forward"], dtype) if backend == "torch" else backend
+        )
         xtr, ytr = extract_pooled(net, train_dataset, poolings, **kw)
         xte, yte = extract_pooled(net, test_dataset, poolings, **kw)
         features[prefix] = (xtr, ytr, xte, yte)
@@ -158,6 +162,7 @@ def evaluate_model(
         "model": summary,
         "backend": backend,
         "precision": precision,
+        **forwards,
         "results": rows,
         **sizes,
     }
@@ -256,11 +261,13 @@ def format_table(result: dict[str, Any]) -> str:
         return "-" if v is None else f"{v:.2f}"
 
     backend = result.get("backend", "torch")
+    # Results written before the forward was recorded said only their precision.
+    forward = result.get("forward") or ("bf16" if result.get("precision") == "bf16" else None)
     lines = [
         f"{result['train_size']} train / {result['test_size']} test images, "
         f"{result['num_classes']} classes"
         + ("" if backend == "torch" else f"; features by {backend}")
-        + ("; bf16 autocast" if result.get("precision") == "bf16" else ""),
+        + (f"; torch forward: {forward}" if forward and backend == "torch" else ""),
         "",
         "| method | pooling | top-1 | top-5 | random-init top-1 | gain (points) |",
         "|---|---|--:|--:|--:|--:|",

@@ -309,6 +309,15 @@ def _checked(
     return fused, f"checked against the plain forward: max abs difference {diff:.1e}"
 
 
+def describe(forward: Callable[[torch.Tensor], torch.Tensor], dtype: torch.dtype) -> str:
+    """What runs `forward` (from `inference_forward`, asked for `dtype`), in a few words for
+    a table or a JSON record: "fused layers (oneDNN linears), float32", "plain, bf16
+    autocast"."""
+    if isinstance(forward, FusedEncoder):
+        return f"fused layers ({IMPLS[forward.impl]}), {_name(forward.dtype)}"
+    return "plain, bf16 autocast" if dtype == torch.bfloat16 else f"plain, {_name(dtype)}"
+
+
 def inference_forward(
     model: MaskedAutoencoder, device: torch.device, dtype: torch.dtype, log: logging.Logger
 ) -> Callable[[torch.Tensor], torch.Tensor]:

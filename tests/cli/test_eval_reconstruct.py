@@ -92,6 +92,9 @@ def test_eval_by_onnxruntime_matches_torch(saved: Path, cifar_splits, tmp_path: 
         assert (f"; features by {backend}" in out.stdout) == (backend != "torch")
         results[backend] = json.loads((tmp_path / f"{backend}.json").read_text())
         assert results[backend]["backend"] == backend
+        forward = results[backend]["forward"]
+        assert results[backend]["baseline_forward"] == forward
+        assert forward == backend if backend != "torch" else forward.endswith(", float32")
     rows = {b: r["results"] for b, r in results.items()}
     for torch_row, fp32_row, int8_row in zip(*rows.values(), strict=True):
         for key in ("top1", "top5", "baseline_top1"):
@@ -112,9 +115,13 @@ def test_eval_in_bf16_says_so(saved: Path, cifar_splits, tmp_path: Path) -> None
             "--output", str(tmp_path / f"{precision}.json"),
         )  # fmt: skip
         assert out.returncode == 0, out.stderr
-        assert ("; bf16 autocast" in out.stdout) == (precision == "bf16")
         results[precision] = json.loads((tmp_path / f"{precision}.json").read_text())
         assert results[precision]["precision"] == precision
+        # The forward that ran, said in the table and recorded: in bf16 the fused layers in
+        # bfloat16 where this CPU runs them, else bf16 autocast; fp32 stays float32.
+        forward = results[precision]["forward"]
+        assert f"; torch forward: {forward}" in out.stdout
+        assert forward.endswith(("bfloat16", "bf16 autocast") if precision == "bf16" else "float32")
     a, b = results["fp32"]["results"][0], results["bf16"]["results"][0]
     assert abs(a["top1"] - b["top1"]) <= 5.0  # the tiny random model, 100 test images
 

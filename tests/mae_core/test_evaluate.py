@@ -18,6 +18,7 @@ from mae_core.evaluate import (
     random_twin,
     reconstruction_loss,
 )
+from mae_core.fused import fused_encoder
 from mae_core.probe import extract_features, extract_pooled, knn_classify, knn_votes, linear_probe
 from mae_core.sources import index_folder
 
@@ -249,7 +250,18 @@ def test_bf16_precision_runs_the_forward_in_bf16_on_the_cpu(
     result = evaluate_model(
         tiny_model, ds, ds, methods=("knn",), baseline=False, progress=False, precision="bf16"
     )
-    assert result["precision"] == "bf16" and "; bf16 autocast" in format_table(result)
+    # The forward that ran is recorded and said: the fused bf16 layers where this CPU runs
+    # them (mae_core.fused), else the plain forward under bf16 autocast.
+    fused_bf16 = fused_encoder(tiny_model.eval(), torch.device("cpu"), torch.bfloat16)[0]
+    assert result["precision"] == "bf16" and result["forward"] == (
+        "fused layers (encoder-layer kernel), bfloat16" if fused_bf16 else "plain, bf16 autocast"
+    )
+    assert result["baseline_forward"] is None
+    assert f"; torch forward: {result['forward']}" in format_table(result)
+    # A result written before the forward was recorded still says its precision.
+    old = {k: v for k, v in result.items() if k not in ("forward", "baseline_forward")}
+    assert "; torch forward: bf16" in format_table(old)
+    assert "torch forward" not in format_table({**old, "precision": "fp32"})
     with pytest.raises(ValueError, match="precision must be one of auto, fp32, bf16"):
         evaluate_model(tiny_model, ds, ds, precision="fp16")
     with pytest.raises(ValueError, match="the onnxruntime backend has its own"):
