@@ -2,17 +2,20 @@
 # The GPU check in one run: on a machine with one CUDA GPU and this checkout, run the
 # gpu-marked tests and every bench on CUDA, each step bounded in time, and write the
 # figures into bench/results/gpu-*.{json,md}. About 9 minutes on an H100/H200 (the longest
-# steps: the MAE-B/16 training bench with and without torch.compile, ~2 min each, and the
-# serving bench, ~1.5 min); seconds on a machine without a GPU, where every GPU step says
+# steps: the MAE-B/16 training bench with and without torch.compile, ~2 min each, the
+# serving bench, ~1.5 min, and the gpu-marked tests, ~1 min); seconds on a machine without a GPU, where every GPU step says
 # it is skipped and the script still ends with status 0.
 #
 #   bash bench/gpu.sh                       # with .venv/bin/python, or:
 #   PYTHON=python3 bash bench/gpu.sh        # an environment that already has torch & co.
 #
 # Nothing is downloaded: the benches build random-init models; the serving bench serves
-# one from a temporary folder. The machine needs the packages of '.[dev]' (pip install -e
-# '.[dev]' first when they are missing; the device machines have torch, timm and
-# transformers preinstalled).
+# one from a temporary folder. The machine needs torch, timm, transformers, scikit-image,
+# pytest and httpx (the lent device machines have them) and the service's web stack, which
+# they lack and cannot download: `bash bench/device-wheels.sh` where pip works writes those
+# wheels to .whl/, and this script installs them (into /tmp, on PYTHONPATH) when .whl/ is
+# here. On a lent machine, carry .whl and copy the results back:
+#   PYTHON=python3 bash bench/gpu.sh; cp bench/results/gpu-* "$OUT"/
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 PY=${PYTHON:-.venv/bin/python}
@@ -43,7 +46,30 @@ fi
 "$PY" -c "import torch; p = torch.cuda.get_device_properties(0); print(p.name, round(p.total_memory / 2**30), 'GiB, torch', torch.__version__)"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>/dev/null || true
 
-step tests 120 "$PY" -m pytest -q -m gpu -p no:cacheprovider
+if compgen -G ".whl/*.whl" > /dev/null; then
+  site=${TMPDIR:-/tmp}/mae-hub-site
+  if "$PY" -m pip install --quiet --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target "$site" .whl/*.whl; then
+    export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
+    echo "installed $(ls .whl/*.whl | wc -l) carried wheels into $site"
+  else
+    echo "!! the carried wheels in .whl/ did not install; the service steps may fail"
+  fi
+fi
+
+missing=$("$PY" -c "
+import importlib.util as u
+names = 'fastapi uvicorn httptools pydantic_settings orjson multipart fastapi_offline braceexpand timm transformers skimage pytest httpx'
+print(' '.join(n for n in names.split() if u.find_spec(n) is None))")
+if [ -n "$missing" ]; then
+  echo "!! missing for $PY: $missing (bash bench/device-wheels.sh where pip works, carry .whl)"
+  status=1
+fi
+
+# The gpu-marked tests, from the files that hold them only: collecting the whole suite
+# would import test-only packages (openai, playwright, ...) a device image lacks.
+mapfile -t gpu_tests < <(grep -rlE --include='test_*.py' 'mark\.gpu\b' tests | sort)
+step tests 240 "$PY" -m pytest -q -m gpu -p no:cacheprovider "${gpu_tests[@]}"
 # Training: MAE-B/16 at 224, bf16 autocast, against transformers' ViTMAEForPreTraining,
 # interleaved; MFU against the measured bf16 matmul peak. Batch 256 fits an 80 GB card.
 step pretrain-b16 240 "$PY" bench/pretrain.py --variant mae_vit_base_patch16 --batch 256 \

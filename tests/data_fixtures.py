@@ -5,8 +5,18 @@ from __future__ import annotations
 import tarfile
 from pathlib import Path
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-CIFAR_ARCHIVE = SHARED_DATA / "cifar10.tar.gz"
+
+def _archive(name: str) -> Path:
+    """Where `mae_core.sources` finds a named source's archive (MAE_SHARED_DATA,
+    ../shared/data beside the checkout, or shared/data inside it, as bench/device-prep.sh
+    puts it for a lent GPU machine); the first place when none has it."""
+    from mae_core.sources import _archive_dirs
+
+    places = [d / name for d in _archive_dirs()]
+    return next((p for p in places if p.is_file()), places[0])
+
+
+CIFAR_ARCHIVE = _archive("cifar10.tar.gz")
 
 
 def extract_cifar_subset(dest: Path, per_class: int, split: str = "test") -> Path:

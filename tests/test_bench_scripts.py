@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -151,6 +152,26 @@ def test_the_gpu_check_skips_its_gpu_steps_without_one() -> None:
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "GPU steps skipped" in out.stdout
+
+
+def test_the_gpu_check_runs_every_gpu_marked_test() -> None:
+    """gpu.sh runs pytest on the files that hold gpu-marked tests only (a device image lacks
+    the suite's test-only packages): its own file search must find every file pytest
+    selects with -m gpu. device-prep.sh, which readies a lent machine, parses."""
+    script = (ROOT / "bench" / "gpu.sh").read_text()
+    (search,) = re.findall(r"^mapfile -t gpu_tests < <\((.+)\)$", script, re.MULTILINE)
+    found = subprocess.run(
+        ["bash", "-c", search], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "gpu", "-p", "no:cacheprovider"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    selected = {line.split("::")[0] for line in out.stdout.splitlines() if "::" in line}
+    assert selected and set(found) == selected, (found, out.stdout[-2000:])
+    assert {"tests/mae_core/test_devices.py", "tests/service/test_devices.py"} <= selected
+    prep = subprocess.run(["bash", "-n", "bench/device-prep.sh"], cwd=ROOT, capture_output=True)
+    assert prep.returncode == 0, prep.stderr
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread CPU from /proc")
