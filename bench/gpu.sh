@@ -3,19 +3,24 @@
 # gpu-marked tests and every bench on CUDA, each step bounded in time, and write the
 # figures into bench/results/gpu-*.{json,md}. About 9 minutes on an H100/H200 (the longest
 # steps: the MAE-B/16 training bench with and without torch.compile, ~2 min each, the
-# serving bench, ~1.5 min, and the gpu-marked tests, ~1 min); seconds on a machine without a GPU, where every GPU step says
-# it is skipped and the script still ends with status 0.
+# serving bench, ~1.5 min, and the gpu-marked tests, ~1 min); seconds on a machine without
+# a GPU, where every GPU step says it is skipped and the script still ends with status 0.
 #
 #   bash bench/gpu.sh                       # with .venv/bin/python, or:
 #   PYTHON=python3 bash bench/gpu.sh        # an environment that already has torch & co.
 #
 # Nothing is downloaded: the benches build random-init models; the serving bench serves
 # one from a temporary folder. The machine needs torch, timm, transformers, scikit-image,
-# pytest and httpx (the lent device machines have them) and the service's web stack, which
-# they lack and cannot download: `bash bench/device-wheels.sh` where pip works writes those
-# wheels to .whl/, and this script installs them (into /tmp, on PYTHONPATH) when .whl/ is
-# here. On a lent machine, carry .whl and copy the results back:
+# pytest and httpx (the lent device machines have them), the service's web stack and the
+# CIFAR-10 archive the tests read, which a lent machine lacks and cannot download:
+# `bash bench/device-prep.sh`, where pip works, puts the wheels in .whl/ and the archive in
+# shared/data/, and this script installs the wheels (into /tmp, on PYTHONPATH) when .whl/
+# is here. On a lent machine, carry .whl and shared, and copy the results back:
 #   PYTHON=python3 bash bench/gpu.sh; cp bench/results/gpu-* "$OUT"/
+# GPU_STEPS runs only the steps whose names start with one of its words, to split the
+# check over two calls of at most 10 minutes each:
+#   GPU_STEPS="tests pretrain" PYTHON=python3 bash bench/gpu.sh        # about 5.5 minutes
+#   GPU_STEPS="features serve decode" PYTHON=python3 bash bench/gpu.sh  # about 3.5 minutes
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 PY=${PYTHON:-.venv/bin/python}
@@ -24,8 +29,15 @@ mkdir -p "$OUT"
 status=0
 
 step() {  # step NAME SECONDS COMMAND... : run one bounded step, its output kept in $OUT
-  local name=$1 seconds=$2
+  local name=$1 seconds=$2 word chosen=${GPU_STEPS:+no}
   shift 2
+  for word in ${GPU_STEPS:-}; do
+    [[ $name == "$word"* ]] && chosen=
+  done
+  if [ -n "$chosen" ]; then
+    echo "-- $name: not in GPU_STEPS"
+    return
+  fi
   echo "== $name (at most ${seconds}s)"
   local t0=$SECONDS
   if timeout "$seconds" "$@" > "$OUT/gpu-$name.md" 2>&1; then
