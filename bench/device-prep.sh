@@ -12,8 +12,8 @@
 #   (19 MB), copied from ../shared/data, which does not travel.
 #
 #   bash bench/device-prep.sh              # here, where pip reaches PyPI
-#   # device call, carry [".whl", "shared"]:
-#   PYTHON=python3 bash bench/gpu.sh; cp bench/results/gpu-* "$OUT"/
+#   # device calls, carry [".whl", "shared"]: see bench/gpu.sh's header (GPU_STEPS,
+#   # GPU_ARCHIVE="$OUT/gpu-1.tgz", PYTHON=python3)
 #
 # DEVICE_PYTHON_VERSION (default 3.12) names another Python for the device.
 set -euo pipefail
@@ -50,9 +50,10 @@ if [ ! -f "$archive" ]; then
   exit 1
 fi
 mkdir -p shared/data
-cp "$archive" shared/data/
+install -m 644 "$archive" shared/data/  # the shared copy is read-only
 # The device call carries at most 64 MiB: the checkout's files, the wheels and the archive.
-size=$(( ($(git ls-files -z | xargs -0 du -cb 2>/dev/null | tail -n 1 | cut -f1) + $(du -sb "$DEST" shared | cut -f1 | paste -sd+ | bc)) >> 20 ))
+tracked=$(git ls-files -z | du -cb --files0-from=- 2>/dev/null | tail -n 1 | cut -f1)
+size=$(( (tracked + $(du -sb "$DEST" shared | cut -f1 | paste -sd+ | bc)) >> 20 ))
 echo "device-prep: shared/data/cifar10.tar.gz copied; about $size MiB would travel"
 if [ "$size" -ge 64 ]; then
   echo "device-prep: that is over the device call's 64 MiB" >&2

@@ -15,12 +15,15 @@
 # CIFAR-10 archive the tests read, which a lent machine lacks and cannot download:
 # `bash bench/device-prep.sh`, where pip works, puts the wheels in .whl/ and the archive in
 # shared/data/, and this script installs the wheels (into /tmp, on PYTHONPATH) when .whl/
-# is here. On a lent machine, carry .whl and shared, and copy the results back:
-#   PYTHON=python3 bash bench/gpu.sh; cp bench/results/gpu-* "$OUT"/
-# GPU_STEPS runs only the steps whose names start with one of its words, to split the
-# check over two calls of at most 10 minutes each:
-#   GPU_STEPS="tests pretrain" PYTHON=python3 bash bench/gpu.sh        # about 5.5 minutes
-#   GPU_STEPS="features serve decode" PYTHON=python3 bash bench/gpu.sh  # about 3.5 minutes
+# is here. On a lent machine, carry .whl and shared, and bring the results back in
+# GPU_ARCHIVE (below). GPU_STEPS runs only the steps it names (names or shell patterns: tests, pretrain-b16,
+# pretrain-b16-compile, features-b16-batch{1,32,256}, serve-b16, decode, decode-2x), to
+# split the check over calls of at most 10 minutes each. GPU_ARCHIVE=FILE.tgz packs every
+# step's output into one file as each step ends, so a call stopped at its limit still
+# brings back what finished (a lent machine returns at most 8 files):
+#   GPU_STEPS="tests pretrain*" GPU_ARCHIVE="$OUT/gpu-1.tgz" PYTHON=python3 bash bench/gpu.sh
+#   GPU_STEPS="features* serve* decode*" GPU_ARCHIVE="$OUT/gpu-2.tgz" PYTHON=python3 bash bench/gpu.sh
+# (about 5.5 and 3.5 minutes on an H100/H200).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 PY=${PYTHON:-.venv/bin/python}
@@ -32,7 +35,8 @@ step() {  # step NAME SECONDS COMMAND... : run one bounded step, its output kept
   local name=$1 seconds=$2 word chosen=${GPU_STEPS:+no}
   shift 2
   for word in ${GPU_STEPS:-}; do
-    [[ $name == "$word"* ]] && chosen=
+    # shellcheck disable=SC2053  # the word is a pattern
+    [[ $name == $word ]] && chosen=
   done
   if [ -n "$chosen" ]; then
     echo "-- $name: not in GPU_STEPS"
@@ -48,6 +52,9 @@ step() {  # step NAME SECONDS COMMAND... : run one bounded step, its output kept
     status=1
   fi
   echo "   ($((SECONDS - t0)) s)"
+  if [ -n "${GPU_ARCHIVE:-}" ]; then  # what has finished so far, in one file
+    tar czf "$GPU_ARCHIVE.part" -C "$OUT" $(cd "$OUT" && ls gpu-*) && mv "$GPU_ARCHIVE.part" "$GPU_ARCHIVE"
+  fi
 }
 
 if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
@@ -74,7 +81,7 @@ import importlib.util as u
 names = 'fastapi uvicorn httptools pydantic_settings orjson multipart fastapi_offline braceexpand timm transformers skimage pytest httpx'
 print(' '.join(n for n in names.split() if u.find_spec(n) is None))")
 if [ -n "$missing" ]; then
-  echo "!! missing for $PY: $missing (bash bench/device-wheels.sh where pip works, carry .whl)"
+  echo "!! missing for $PY: $missing (bash bench/device-prep.sh where pip works, carry .whl)"
   status=1
 fi
 

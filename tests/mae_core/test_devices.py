@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -109,7 +110,8 @@ def test_pretraining_runs_and_resumes_on_the_device(
         final = _pretrain(cifar_folder, tmp_path / "full", device)
     assert final is not None and (final / "model.safetensors").is_file()
     precision = "bf16 autocast" if device == "cuda" else "fp32"
-    assert f"device {device} ({precision})" in caplog.text
+    # CUDA is named with its index (cuda:0): the trainer asks for the local rank's device.
+    assert re.search(rf"device {device}(:\d+)? \({precision}\)", caplog.text), caplog.text
     assert ("linear layers:" in caplog.text) == (device == "cpu")  # oneDNN's is the CPU's
     _pretrain(cifar_folder, tmp_path / "again", device)
     _pretrain(cifar_folder, tmp_path / "part", device, max_steps=4)
