@@ -38,13 +38,18 @@ def _graph_names(t: torch.Tensor) -> set[str]:
 
 
 @pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("shape", [(5, 7, 48), (48,), (3, 2, 4, 48)])
-def test_a_layer_s_output_and_gradients_are_torch_s(bias: bool, shape: tuple) -> None:
+@pytest.mark.parametrize("shape", [(5, 7), (), (3, 2, 4)])
+# (in, out): narrowing, and widening, where the weight's gradient copies the input's rows
+# transposed rather than the output gradient's (`onednn._weight_grad`; not for one row)
+@pytest.mark.parametrize(("width", "height"), [(48, 24), (16, 96)])
+def test_a_layer_s_output_and_gradients_are_torch_s(
+    bias: bool, shape: tuple, width: int, height: int
+) -> None:
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(*shape, generator=g, requires_grad=True)
-    w = torch.randn(24, 48, generator=g, requires_grad=True)
-    b = torch.randn(24, generator=g, requires_grad=True) if bias else None
-    up = torch.randn(*shape[:-1], 24, generator=g)
+    x = torch.randn(*shape, width, generator=g, requires_grad=True)
+    w = torch.randn(height, width, generator=g, requires_grad=True)
+    b = torch.randn(height, generator=g, requires_grad=True) if bias else None
+    up = torch.randn(*shape, height, generator=g)
     want = F.linear(x, w, b)
     (want * up).sum().backward()
     expected = [t.grad.clone() for t in (x, w, b) if t is not None]
@@ -58,6 +63,7 @@ def test_a_layer_s_output_and_gradients_are_torch_s(bias: bool, shape: tuple) ->
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     for grad, exp in zip((t.grad for t in (x, w, b) if t is not None), expected, strict=True):
         torch.testing.assert_close(grad, exp, rtol=1e-5, atol=1e-4)
+    assert w.grad.is_contiguous()
 
 
 def test_a_frozen_weight_gets_no_gradient_and_the_input_one() -> None:
