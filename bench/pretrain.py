@@ -1,7 +1,8 @@
 """Training-step throughput: mae_core vs transformers' ViTMAEForPreTraining.
 
 Same configuration, same initial weights, same batch, same masking noise, same optimiser
-(AdamW 0.9/0.95, the recipe's weight-decay groups), in one process, one step of each in
+(AdamW 0.9/0.95, the recipe's weight-decay groups; by default the implementation `mae
+train` picks for the device, `schedule.adamw_options`, for both), in one process, one step of each in
 turn (so neither gains from going first), both in the same precision (`--dtype`: by default
 bf16 autocast on CUDA and fp32 on a CPU, as `mae train --precision auto`). On CUDA the
 model FLOPs utilisation (MFU) is reported against the device's measured bf16 matmul peak
@@ -36,7 +37,7 @@ import mae_core
 from mae_core.config import PRECISIONS
 from mae_core.distributed import uses_bf16
 from mae_core.onednn import onednn_linears, why_not
-from mae_core.schedule import param_groups
+from mae_core.schedule import adamw_options, param_groups
 
 
 def step_flops(cfg: mae_core.MAEConfig, batch: int) -> float:
@@ -86,9 +87,10 @@ def main() -> None:
     )
     ap.add_argument(
         "--adamw",
-        default="default",
-        help="AdamW implementation(s) for ours, comma-separated: default, for-loop, foreach, "
-        "fused; several are timed side by side, interleaved (the peer keeps the default)",
+        default="mae",
+        help="AdamW implementation(s) for ours, comma-separated: mae (what mae train uses "
+        "on the device, the default), default (torch's), for-loop, foreach, fused; several "
+        "are timed side by side, interleaved; the peer gets the first",
     )
     ap.add_argument(
         "--dtype",
@@ -116,6 +118,7 @@ def main() -> None:
     autocast = torch.autocast(torch.device(dev).type, dtype=torch.bfloat16, enabled=bf16)
 
     impls = {
+        "mae": adamw_options(torch.device(dev)),
         "default": {},
         "for-loop": {"foreach": False},
         "foreach": {"foreach": True},
@@ -162,13 +165,20 @@ def main() -> None:
     t = timed(
         {
             **ours_steps,
-            "transformers": stepper(hf, lambda: hf(pixel_values=x, noise=noise).loss),
+            "transformers": stepper(hf, lambda: hf(pixel_values=x, noise=noise).loss, adamws[0]),
         },
         args.steps,
         args.warmup,
         dev,
     )
     t_ours, t_hf = t[next(iter(ours_steps))], t["transformers"]
+
+    def adamw_name(choice: str) -> str:
+        if choice != "mae":
+            return choice
+        return (
+            "fused (mae train's)" if impls["mae"].get("fused") else "torch's default (mae train's)"
+        )
 
     flops = step_flops(cfg, args.batch)
     precision = "bf16 autocast" if bf16 else "fp32"
@@ -185,7 +195,8 @@ def main() -> None:
     head = (
         f"{args.variant}, {cfg.img_size} px, batch {args.batch}, {name}, torch "
         f"{torch.__version__}{', ours compiled' if args.compile else ''}"
-        f"{', ours with oneDNN linears' if onednn else ''}, median of "
+        f"{', ours with oneDNN linears' if onednn else ''}, AdamW {adamw_name(adamws[0])} for "
+        f"the peer{' and ours' if len(adamws) == 1 else ''}, median of "
         f"{args.steps} interleaved steps after {args.warmup} warm-up"
     )
     print(head)

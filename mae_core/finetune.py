@@ -490,7 +490,7 @@ class Finetuner(Trainer):
         from timm.optim import param_groups_layer_decay
 
         from .hub import load_model
-        from .schedule import Schedule
+        from .schedule import Schedule, adamw_options
 
         cfg, d = self.cfg, self.dist
         encoder = load_model(cfg.model, with_decoder=False)
@@ -560,7 +560,7 @@ class Finetuner(Trainer):
             no_weight_decay_list=self.model.no_weight_decay(),
             layer_decay=cfg.layer_decay,
         )
-        self.optimizer = torch.optim.AdamW(groups, lr=s.base_lr)
+        self.optimizer = torch.optim.AdamW(groups, lr=s.base_lr, **adamw_options(self.device))
         k = len(self.classes)
         self.mixup = (
             Mixup(

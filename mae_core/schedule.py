@@ -40,6 +40,15 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
     return param_groups_weight_decay(model, weight_decay, no_weight_decay_list=NO_WEIGHT_DECAY)
 
 
+def adamw_options(device: torch.device) -> dict[str, Any]:
+    """Which of torch's AdamW implementations `mae train` and `mae finetune` use on
+    `device`: the fused one (one kernel for the whole update) on a CPU, where it made the
+    whole fp32 step 1.03x as fast as torch's default for-loop, twice (bench/pretrain.py
+    --adamw, BENCHMARKS.md); torch's default elsewhere (a GPU's choice is bench/gpu.sh's
+    to measure). A resumed run keeps the implementation its checkpoint recorded."""
+    return {"fused": True} if device.type == "cpu" else {}
+
+
 @dataclass(frozen=True)
 class Schedule:
     """Steps and learning rates of one run.

@@ -64,7 +64,7 @@ from .resume import (
     write_checkpoint,
 )
 from .runlog import RunLog, versions
-from .schedule import Schedule, param_groups
+from .schedule import Schedule, adamw_options, param_groups
 from .sources import index_source
 
 __all__ = ["StopFlag", "TrainConfig", "Trainer", "TrainingError", "train"]
@@ -169,7 +169,10 @@ class Trainer:
         if resumed is None and self.model_cfg.target == "pca":
             self._fit_pca()  # a resumed run has its basis in the checkpoint's model state
         self.optimizer = torch.optim.AdamW(
-            param_groups(self.model, cfg.weight_decay), lr=s.base_lr, betas=(0.9, 0.95)
+            param_groups(self.model, cfg.weight_decay),
+            lr=s.base_lr,
+            betas=(0.9, 0.95),
+            **adamw_options(self.device),
         )
 
     def _go_on(self, resumed: Resumed | None) -> None:

@@ -120,6 +120,8 @@ def test_bf16_precision_on_the_cpu(cifar_splits, tmp_path: Path) -> None:
             "precision": "bf16",
         }
     )
+    # the fused AdamW on a CPU, as mae train's (tests/mae_core/test_train.py)
+    assert all(g["fused"] for g in ft.optimizer.param_groups)
     seen = set()
     ft.model.head.register_forward_hook(lambda m, i, o: seen.add(o.dtype))
     final = ft.run()

@@ -16,7 +16,7 @@ import torch
 
 from mae_core import load_model
 from mae_core.config import TrainConfig
-from mae_core.schedule import learning_rate, param_groups
+from mae_core.schedule import adamw_options, learning_rate, param_groups
 from mae_core.train import Trainer, TrainingError, train
 
 MAE = str(Path(sys.executable).parent / "mae")
@@ -56,6 +56,35 @@ def test_schedule_and_weight_decay_groups() -> None:
     names = {id(p): n for n, p in create_model("mae_vit_tiny_patch8").named_parameters()}
     groups = param_groups(create_model("mae_vit_tiny_patch8"), 0.05)
     assert len(groups[0]["params"]) + len(groups[1]["params"]) == len(names)
+
+
+def test_adamw_is_the_fused_one_on_a_cpu(cifar_folder: Path, tmp_path: Path) -> None:
+    """`mae train` and `mae finetune` build the fused AdamW on a CPU (it measured faster)
+    and torch's default elsewhere. Its update is the for-loop one to float32 rounding, and
+    a checkpoint written with the other implementation resumes with the one it recorded."""
+    assert adamw_options(torch.device("cpu")) == {"fused": True}
+    assert adamw_options(torch.device("cuda")) == {}
+    trainer = Trainer(run_cfg(cifar_folder, tmp_path / "run", device="cpu"))
+    assert [g["fused"] for g in trainer.optimizer.param_groups] == [True, True]
+    g = torch.Generator().manual_seed(0)
+    params = [torch.randn(8, 4, generator=g), torch.randn(4, generator=g)]
+    grads = [torch.randn(p.shape, generator=g) for p in params]
+    stepped = []
+    for options in ({"foreach": False}, adamw_options(torch.device("cpu"))):
+        copies = [p.clone().requires_grad_() for p in params]
+        opt = torch.optim.AdamW(copies, lr=1e-2, betas=(0.9, 0.95), weight_decay=0.05, **options)
+        for _ in range(3):
+            for c, grad in zip(copies, grads, strict=True):
+                c.grad = grad.clone()
+            opt.step()
+        stepped.append([c.detach() for c in copies])
+        state = opt.state_dict()
+    for a, b in zip(*stepped, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+        assert not torch.equal(a, params[0] if a.dim() == 2 else params[1])
+    loop = torch.optim.AdamW([p.clone().requires_grad_() for p in params], foreach=False)
+    loop.load_state_dict(state)  # the fused run's checkpoint, into a for-loop optimiser
+    assert loop.param_groups[0]["fused"] is True
 
 
 def test_short_run_learns_and_writes_a_loadable_model(cifar_folder: Path, tmp_path: Path) -> None:
