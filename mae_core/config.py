@@ -449,7 +449,7 @@ class TrainConfig:
     onednn_linears: bool = _setting(
         True,
         help="fp32 on a CPU: the model's linear layers, forward and backward, through oneDNN "
-        "instead of torch's own (MKL's sgemm, slow on AMD CPUs): 1.2-1.5x the training speed "
+        "instead of torch's own (MKL's sgemm, slow on AMD CPUs): 1.45-1.64x the training speed "
         "on a 2-core AMD EPYC, BENCHMARKS.md; no effect on a GPU, in bf16 or compiled",
     )
     precision: str = _setting(
