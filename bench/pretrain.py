@@ -2,13 +2,14 @@
 
 Same configuration, same initial weights, same batch, same masking noise, same optimiser
 (AdamW 0.9/0.95, the recipe's weight-decay groups; by default the implementation `mae
-train` picks for the device, `schedule.adamw_options`, for both), in one process, one step of each in
-turn (so neither gains from going first), both in the same precision (`--dtype`: by default
-bf16 autocast on CUDA and fp32 on a CPU, as `mae train --precision auto`). On CUDA the
-model FLOPs utilisation (MFU) is reported against the device's measured bf16 matmul peak
-(an 8192^3 GEMM), not a datasheet number. Ours runs as `mae train` runs it: in fp32 on a
-CPU its linear layers go through oneDNN (`mae_core.onednn`, `--onednn-linears`), and the
-same run then also times ours with torch's own linears (`mae_core, torch linears`).
+train` picks for the device, `schedule.adamw_options`, for both), in one process, one
+step of each in turn (so neither gains from going first), both in the same precision
+(`--dtype`: by default bf16 autocast on CUDA and fp32 on a CPU, as `mae train --precision
+auto`). On CUDA the model FLOPs utilisation (MFU) is reported against the device's
+measured bf16 matmul peak (an 8192^3 GEMM), not a datasheet number. Ours runs as `mae
+train` runs it: in fp32 on a CPU its linear layers go through oneDNN (`mae_core.onednn`,
+`--onednn-linears`), and the same run then also times ours with torch's own linears
+(`mae_core, torch linears`).
 
     .venv/bin/python bench/pretrain.py --variant mae_vit_tiny_patch8 --batch 64
     .venv/bin/python bench/pretrain.py --variant mae_vit_tiny_patch8 --batch 64 --dtype bf16

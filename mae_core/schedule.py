@@ -45,7 +45,8 @@ def adamw_options(device: torch.device) -> dict[str, Any]:
     `device`: the fused one (one kernel for the whole update) on a CPU, where it made the
     whole fp32 step 1.03x as fast as torch's default for-loop, twice (bench/pretrain.py
     --adamw, BENCHMARKS.md); torch's default elsewhere (a GPU's choice is bench/gpu.sh's
-    to measure). A resumed run keeps the implementation its checkpoint recorded."""
+    to measure). A resumed run keeps the implementation its checkpoint recorded
+    (`load_state_dict` restores the groups' flags), whatever its device now."""
     return {"fused": True} if device.type == "cpu" else {}
 
 

@@ -63,7 +63,28 @@ def test_a_layer_s_output_and_gradients_are_torch_s(
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     for grad, exp in zip((t.grad for t in (x, w, b) if t is not None), expected, strict=True):
         torch.testing.assert_close(grad, exp, rtol=1e-5, atol=1e-4)
-    assert w.grad.is_contiguous()
+
+
+@pytest.mark.parametrize(
+    ("rows", "width", "height", "copied"),
+    [(35, 16, 96, "rows"), (35, 48, 24, "grad"), (1, 16, 96, "grad"), (4160, 128, 512, "rows")],
+)
+def test_the_weight_gradient_copies_the_smaller_operand(
+    monkeypatch: pytest.MonkeyPatch, rows: int, width: int, height: int, copied: str
+) -> None:
+    """dW = g.T @ x: oneDNN copies its first operand transposed, so `_weight_grad` hands it
+    the smaller of g (N x out) and x (N x in), counting the transposed result's copy; the
+    answer is torch's, in the weight's own layout."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(rows, width, generator=g)
+    grad = torch.randn(rows, height, generator=g)
+    firsts = []
+    product = onednn._product
+    monkeypatch.setattr(onednn, "_product", lambda a, *r: firsts.append(a.shape) or product(a, *r))
+    dw = onednn._weight_grad(grad, x)
+    assert firsts == [(width, rows) if copied == "rows" else (height, rows)]
+    assert dw.shape == (height, width) and dw.is_contiguous()
+    torch.testing.assert_close(dw, grad.t() @ x, rtol=1e-5, atol=1e-3)
 
 
 def test_a_frozen_weight_gets_no_gradient_and_the_input_one() -> None:
