@@ -289,6 +289,40 @@ def test_it_reads_the_model_s_weights_not_a_copy(impl: str) -> None:
         torch.testing.assert_close(fused(x), model.forward_features(x), rtol=1e-5, atol=2e-5)
 
 
+@ONEDNN_HERE
+def test_on_packed_weights_the_same_tokens_from_copies_the_model_does_not_reach(
+    default_model: nn.Module,
+) -> None:
+    """`pack` (what `inference_forward`, so the server and `mae eval`, asks for): oneDNN's
+    way reads packed copies of the projections' weights, checked and said at build, with
+    the unpacked way's tokens; changes to the model's weights no longer reach it, which is
+    why a bare `FusedEncoder` does not pack."""
+    fused, said = fused_encoder(default_model, CPU, F32, pack=True)
+    assert fused is not None and fused.packed and said.endswith(", weights packed (oneDNN linears)")
+    unpacked, _ = fused_encoder(default_model, CPU, F32)
+    assert unpacked is not None and not unpacked.packed
+    assert not FusedEncoder(default_model, F32, KERNEL, pack=True).packed  # oneDNN's way only
+    packed_w = fused.layers[0][0][0]
+    assert packed_w is not default_model.blocks[0].attn.qkv.weight
+    x = torch.randn(5, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        got, want = fused(x), unpacked(x)
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(got, default_model.forward_features(x), rtol=1e-5, atol=2e-5)
+    model = _encoder(img_size=32, depth=2)
+    packed = FusedEncoder(model, pack=True)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        before = packed(x)
+    with torch.no_grad():
+        model.blocks[1].mlp.fc2.weight.mul_(2.0)
+    with torch.inference_mode():
+        torch.testing.assert_close(packed(x), before)  # the copy, not the model's weight
+        assert (FusedEncoder(model)(x) - before).abs().max() > 1e-3  # an unpacked one sees it
+    assert isinstance(encoder_forward(model, "torch"), FusedEncoder)
+    assert encoder_forward(model, "torch").packed
+
+
 def test_it_makes_a_fraction_of_the_operator_calls(default_model: nn.Module) -> None:
     """What the kernel's way is for: fewer calls into torch from Python, each a GIL hand-off
     in a server (12 blocks: one call each instead of a score)."""

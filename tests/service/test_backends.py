@@ -92,6 +92,8 @@ def test_the_torch_backend_s_fused_layers_answer_as_the_plain_forward(
     impl = fused.backend.forward.impl
     if torch.backends.mkldnn.is_available():  # float32's way where torch has oneDNN
         assert impl == "onednn" and "(oneDNN linears)" in caplog.text
+        # the server's weights never change: it reads packed copies (mae_core.onednn)
+        assert fused.backend.forward.packed and ", weights packed" in caplog.text
     calls = {}
     for name, engine in (("fused", fused), ("plain", plain)):
         with CountCalls() as mode:
