@@ -7,7 +7,7 @@ then, in this one process with the same number of math threads for all of them:
 
 1. speed: `forward_features` in torch under `inference_mode` against the fused forward
    the torch backend serves on the CPU (`mae_core.fused`, `torch-fused`: oneDNN's linears
-   where torch has them), the other fused way in float32 (`torch-fused-kernel`, the
+   where torch has them, on packed weights since 2026-12-03), the other fused way in float32 (`torch-fused-kernel`, the
    encoder-layer kernel, when `torch-fused` is not that already), the ONNX Runtime
    session of `model.onnx` and of `model_quantized.onnx` (and, with `--torch-bf16`, torch
    under bf16 autocast and the fused forward in bf16, `torch-fused-bf16`, what
@@ -68,7 +68,7 @@ def speed(
 ) -> list[dict]:
     cfg = model.config
     cpu = torch.device("cpu")
-    fused, said = fused_encoder(model, cpu, torch.float32)
+    fused, said = fused_encoder(model, cpu, torch.float32, pack=True)  # as the server packs
     print(f"torch-fused: {said}" if fused else f"torch-fused left out: {said}")
     kernel = None
     if fused is None or fused.impl != KERNEL:

@@ -26,10 +26,10 @@ autocast or in training mode runs the plain forward too: neither op has a backwa
 autocast rule.
 
 With `pack` (what `inference_forward` asks for: the server and `mae eval`), oneDNN's
-way reads copies of the four weights of each block in oneDNN's blocked layout
+way reads copies of the four projection weights of each block in oneDNN's blocked layout
 (`onednn.packed_weight`): the same results, 1.03-1.14x the forward (batch 64 down to 1),
-for the fp32 encoder's memory again; in-place changes to the model's weights no longer
-reach it.
+for about the fp32 encoder's memory again; in-place changes to those weights no longer
+reach it. Where packing fails, the way runs on the weights as they are, and says why.
 
 In bfloat16 the blocks run on an encoder-only bf16 copy of the weights (half the fp32
 encoder's memory again), wholly in bf16 (autocast keeps the residual stream, and so the
@@ -174,13 +174,17 @@ def _encoder_in(model: MaskedAutoencoder, dtype: torch.dtype) -> MaskedAutoencod
 class FusedEncoder:
     """`model.forward_features` with each block in fewer, faster kernels (`impl`: oneDNN's
     linears or the encoder-layer kernel, see the module), for inference, in float32 on the
-    model's own weights or in bfloat16 on an encoder-only copy of them.
+    model's own weights (with `pack`, packed copies of the projections') or in bfloat16 on
+    an encoder-only copy of them.
 
     In float32 it holds the model's own weight tensors (no copies): changes made to them
     in place reach it, but weights *replaced* (`load_state_dict(assign=True)`,
-    `model.to(...)`) do not; build a new one then. With `pack` (oneDNN's way) the four
-    projections' weights are packed copies instead (`packed` says whether they are), which
-    no change to the model's reaches. In bfloat16 every block runs in bf16
+    `model.to(...)`) do not; build a new one then. With `pack` (oneDNN's way) the weights
+    of each block's four projections are packed copies instead (`packed` says whether they
+    are; `pack_problem` why not, where packing failed), which no change to the model's
+    reaches, while the biases, norms, embeddings and tables stay the model's own: build a
+    new one after changing weights. Packed copies are opaque oneDNN tensors: such an
+    encoder cannot be deep-copied or saved. In bfloat16 every block runs in bf16
     (not autocast's mix, whose residual stream stays fp32), from a copy made once; the
     output is bf16. With gradients on or the model in training mode a call runs the
     model's plain forward, and under autocast too in float32: neither op has a backward
@@ -215,7 +219,7 @@ class FusedEncoder:
             )
             for b in m.blocks
         ]
-        self.packed = False
+        self.packed, self.pack_problem = False, None
         if self.impl == ONEDNN:
             self._linear, self._blocks = _onednn_linear(), self._onednn_blocks
             if pack:
@@ -224,13 +228,20 @@ class FusedEncoder:
             self._layer, self._blocks = _kernel(), self._kernel_blocks
 
     def _pack(self) -> None:
-        """Each projection's weight as a packed copy, where this torch can make them all."""
+        """Each projection's weight as a packed copy, where this torch makes them all; else
+        the weights as they are, and `pack_problem` says why."""
         layers = []
-        for (qw, qb), (pw, pb), eps, norms, (w1, b1, w2, b2) in self.layers:
-            q, p, f1, f2 = (onednn.packed_weight(w) for w in (qw, pw, w1, w2))
-            if q is None or p is None or f1 is None or f2 is None:
-                return
-            layers.append(((q, qb), (p, pb), eps, norms, (f1, b1, f2, b2)))
+        try:
+            for (qw, qb), (pw, pb), eps, norms, (w1, b1, w2, b2) in self.layers:
+                q, p, f1, f2 = (onednn.packed_weight(w) for w in (qw, pw, w1, w2))
+                if q is None or p is None or f1 is None or f2 is None:
+                    self.pack_problem = f"torch {torch.__version__} cannot pack them"
+                    return
+                layers.append(((q, qb), (p, pb), eps, norms, (f1, b1, f2, b2)))
+        except Exception as exc:  # a private op: another signature in this torch, say
+            first = (str(exc).splitlines() or [""])[0]
+            self.pack_problem = f"packing failed: {type(exc).__name__}: {first}"
+            return
         self.layers, self.packed = layers, True
 
     def __call__(self, imgs: torch.Tensor) -> torch.Tensor:
@@ -300,6 +311,9 @@ def fused_encoder(
         said = _impl_problem(way, dtype)
         if said is None:
             fused, said = _checked(model, dtype, way, pack)
+            if fused is None and pack and way == ONEDNN:  # the way may still run unpacked
+                fused, unpacked = _checked(model, dtype, way)
+                said = f"{unpacked}, weights not packed ({said})" if fused else said
             if fused is not None:  # and the ways before it, why not (a changed op, say)
                 before = "".join(f"; {IMPLS[w]}: {why}" for w, why in failed)
                 return fused, f"{said} ({IMPLS[way]}{before})"
@@ -337,6 +351,8 @@ def _checked(
     if not diff <= MAX_ABS_DIFF:  # NaN fails too
         return None, f"it differs from the plain forward by {diff:.2e} (over {MAX_ABS_DIFF:g})"
     packed = ", weights packed" if fused.packed else ""
+    if fused.pack_problem:
+        packed = f", weights not packed ({fused.pack_problem})"
     return fused, f"checked against the plain forward: max abs difference {diff:.1e}{packed}"
 
 
