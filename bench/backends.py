@@ -7,8 +7,9 @@ then, in this one process with the same number of math threads for all of them:
 
 1. speed: `forward_features` in torch under `inference_mode` against the fused forward
    the torch backend serves on the CPU (`mae_core.fused`, `torch-fused`: oneDNN's linears
-   where torch has them, on packed weights since 2026-12-03), the other fused way in float32 (`torch-fused-kernel`, the
-   encoder-layer kernel, when `torch-fused` is not that already), the ONNX Runtime
+   where torch has them, on packed weights since 2026-12-03), the other fused way in
+   float32 (`torch-fused-kernel`, the encoder-layer kernel, when `torch-fused` is not that
+   already), the ONNX Runtime
    session of `model.onnx` and of `model_quantized.onnx` (and, with `--torch-bf16`, torch
    under bf16 autocast and the fused forward in bf16, `torch-fused-bf16`, what
    `mae serve --dtype bfloat16` runs), at each batch size, in interleaved rounds (torch,

@@ -16,12 +16,12 @@ import pytest
 import torch
 
 from mae_core import MaskedAutoencoder
-from mae_core.config import TrainConfig
 from mae_core.data import EvalDataset
 from mae_core.evaluate import evaluate_model
 from mae_core.finetune import finetune
 from mae_core.sources import index_folder
 from mae_core.train import train
+from tests.mae_core.test_train import metrics, run_cfg
 
 CUDA = pytest.param("cuda", marks=pytest.mark.gpu)
 DEVICES = ["cpu", CUDA]
@@ -75,25 +75,9 @@ def test_the_loss_and_every_gradient_match_the_cpu(tiny_model, device: str, prec
     assert worst > MIN_GRAD_COSINE[precision], worst
 
 
-def _metrics(out: Path) -> list[dict]:
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return [r for r in rows if "event" not in r]
-
-
 def _pretrain(data: Path, out: Path, device: str, **kw: object) -> Path | None:
-    cfg = dict(
-        variant="mae_vit_tiny_patch8",
-        img_size=32,
-        batch_size=32,
-        epochs=1,
-        warmup_epochs=1,
-        log_every=1,
-        num_workers=0,
-        panel_every=0,
-        blr=1e-3,
-        device=device,
-    )
-    return train(TrainConfig(data=str(data), output=str(out), **{**cfg, **kw}))
+    """test_train's short run (FAST), one epoch of 9 steps, on `device`."""
+    return train(run_cfg(data, out, epochs=1, device=device, **kw))
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -116,7 +100,7 @@ def test_pretraining_runs_and_resumes_on_the_device(
     _pretrain(cifar_folder, tmp_path / "again", device)
     _pretrain(cifar_folder, tmp_path / "part", device, max_steps=4)
     _pretrain(cifar_folder, tmp_path / "part", device, resume="auto")
-    full, again, part = (_metrics(tmp_path / n) for n in ("full", "again", "part"))
+    full, again, part = (metrics(tmp_path / n) for n in ("full", "again", "part"))
     assert len(full) == len(again) == len(part) == 9
     losses = [torch.tensor([r["loss"] for r in rows]) for rows in (full, again, part)]
     assert torch.isfinite(losses[0]).all() and losses[0][-1] < losses[0][0]
@@ -170,7 +154,7 @@ def test_finetuning_runs_on_the_device(cifar_splits, tmp_path: Path, device: str
         }
     )
     assert final is not None and (final / "model.safetensors").is_file()
-    losses = [r["loss"] for r in _metrics(out)]
+    losses = [r["loss"] for r in metrics(out)]
     assert len(losses) == 4 and all(torch.isfinite(torch.tensor(losses)))
     record = json.loads((final / "config.json").read_text())["mae_finetune"]
     assert 0.0 <= record["accuracy"]["top1"] <= 1.0
