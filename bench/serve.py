@@ -404,14 +404,16 @@ def measure(
 # -- the peer -----------------------------------------------------------------------------
 class BareEncoder:
     """The bare encoder in a process of its own (this script with --bare-worker), with the
-    server's device, dtype and math threads; asked for one burst at a time over a pipe,
-    so it idles while the server works and the other way round."""
+    server's device, dtype and math threads (and, for the fused forward, the server's
+    packing of the weights: `packed`); asked for one burst at a time over a pipe, so it
+    idles while the server works and the other way round."""
 
-    def __init__(self, model_id: str, args: argparse.Namespace) -> None:
+    def __init__(self, model_id: str, args: argparse.Namespace, packed: bool = True) -> None:
         cmd = [
             *(sys.executable, __file__, "--bare-worker", "--model", model_id),
             *("--device", args.device, "--dtype", args.peer_dtype or args.dtype),
             *("--threads", str(args.threads), "--peer-forward", args.peer_forward),
+            *(() if packed else ("--peer-unpacked",)),
         ]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self._ask({})  # loaded and warm
@@ -448,10 +450,12 @@ def bare_worker(args: argparse.Namespace) -> None:
         said = logging.getLogger("bench.bare")
         said.addHandler(logging.StreamHandler(sys.stderr))  # the check's line, for the record
         said.setLevel(logging.INFO)
-        forward = inference_forward(model, torch.device(dev), dtype, said)
+        forward = inference_forward(
+            model, torch.device(dev), dtype, said, pack=not args.peer_unpacked
+        )
         if forward is model.forward_features:
             raise SystemExit("--peer-forward fused: the fused forward does not apply here")
-        ran = f"fused ({forward.impl})"
+        ran = f"fused ({forward.impl}{', packed' if forward.packed else ''})"
 
         def embed(x: torch.Tensor) -> torch.Tensor:
             return forward(x)[:, 0]
@@ -600,6 +604,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--ready-timeout", type=float, default=300, help="seconds to wait for /ready")
     ap.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     ap.add_argument("--bare-worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--peer-unpacked", action="store_true", help=argparse.SUPPRESS)
     return ap.parse_args()
 
 
@@ -628,7 +633,8 @@ def main() -> None:
                     "--peer-forward fused: the server does not run the fused forward "
                     f"(backend {info.get('backend')}, fused_layers {info.get('fused_layers')})"
                 )
-            bare = BareEncoder(model_id, args)
+            # the fused peer reads packed weights where the server does (MAE_PACK_WEIGHTS)
+            bare = BareEncoder(model_id, args, packed=info.get("packed_weights", True))
             use_wrk = args.client == "wrk" or (args.client == "auto" and shutil.which("wrk"))
             wrk = Wrk(url, route, bodies, Path(tmp)) if use_wrk else None
             layout = re.search(r"threads: (\d+) forwards at once", log.read_text())
@@ -655,6 +661,7 @@ def main() -> None:
         f"{args.variant if args.model is None else args.model} ({info['image_size']} px, "
         f"{info['dtype']}{', ' + info['backend'] if 'backend' in info else ''}"
         f"{'; bare encoder ' + args.peer_dtype if args.peer_dtype else ''}"
+        f"{', weights packed' if info.get('packed_weights') else ''}"
         f"{'; bare encoder: the fused forward' if args.peer_forward == 'fused' else ''}), "
         f"{device_name(args.device, args.threads)}, torch {torch.__version__}, "
         f"{datetime.date.today()}; one JPEG per request ({sizes}; {', '.join(PHOTOS)}), "

@@ -358,10 +358,11 @@ def _checked(
 
 def describe(forward: Callable[[torch.Tensor], torch.Tensor], dtype: torch.dtype) -> str:
     """What runs `forward` (from `inference_forward`, asked for `dtype`), in a few words for
-    a table or a JSON record: "fused layers (oneDNN linears), float32", "plain, bf16
-    autocast"."""
+    a table or a JSON record: "fused layers (oneDNN linears, packed weights), float32",
+    "plain, bf16 autocast"."""
     if isinstance(forward, FusedEncoder):
-        return f"fused layers ({IMPLS[forward.impl]}), {_name(forward.dtype)}"
+        packed = ", packed weights" if forward.packed else ""
+        return f"fused layers ({IMPLS[forward.impl]}{packed}), {_name(forward.dtype)}"
     return "plain, bf16 autocast" if dtype == torch.bfloat16 else f"plain, {_name(dtype)}"
 
 

@@ -71,6 +71,7 @@ class ModelInfo:
     norm_pix_loss: bool
     backend: str
     fused_layers: bool  # the torch backend's encoder blocks as fused kernels (mae_core.fused)
+    packed_weights: bool  # ... reading packed weight copies (oneDNN's linears, float32)
     created: int
     owned_by: str
     tokens_per_image: int  # 1 + patches: what an image counts as in `usage`
@@ -97,6 +98,7 @@ class Engine:
         threads: int | None = None,
         onnx_cache: Path | None = None,
         fused_layers: bool = True,
+        pack_weights: bool = True,
     ) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
@@ -129,7 +131,9 @@ class Engine:
                 threads=threads,
             )
             if onnx
-            else TorchBackend(self.model, self.device, self.dtype, fused=fused_layers)
+            else TorchBackend(
+                self.model, self.device, self.dtype, fused=fused_layers, pack=pack_weights
+            )
         )
         cfg = model.config
         self.info = ModelInfo(
@@ -146,6 +150,7 @@ class Engine:
             norm_pix_loss=cfg.norm_pix_loss,
             backend=self.backend.name,
             fused_layers=self.backend.fused,
+            packed_weights=self.backend.packed,
             created=int(time.time()),
             owned_by=parsed.name.split("/")[0] if parsed.scheme != "path" else "mae-hub",
             tokens_per_image=1 + cfg.num_patches,

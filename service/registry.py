@@ -104,6 +104,7 @@ class Registry:
                 threads=self.threads.math_threads,
                 onnx_cache=s.onnx_cache,
                 fused_layers=s.fused_layers,
+                pack_weights=s.pack_weights,
             )
         )
         batcher = Batcher(

@@ -151,6 +151,10 @@ class ModelCard(BaseModel):
         "(MAE_FUSED_LAYERS; CPU: oneDNN's linears in float32, one encoder-layer kernel a "
         "block in bfloat16)"
     )
+    packed_weights: bool = Field(
+        description="those kernels read copies of the projection weights packed in oneDNN's "
+        "layout (MAE_PACK_WEIGHTS; CPU, float32 only)"
+    )
     tokens_per_image: int = Field(description="what one image counts as in usage.prompt_tokens")
 
 

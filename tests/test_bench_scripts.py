@@ -61,12 +61,16 @@ def test_backends_times_the_fused_forward_beside_the_others(tmp_path: Path) -> N
     assert row["torch_fused_impl"] == "onednn" and row["torch-fused-kernel_ms"] > 0
 
 
-@pytest.mark.parametrize("forward", ["plain", "fused"])
+@pytest.mark.parametrize("forward", ["plain", "fused", "fused-unpacked"])
 def test_serve_s_bare_encoder_runs_the_forward_asked(forward: str) -> None:
     """bench/serve.py's peer process (--bare-worker, as the script starts it): the plain
-    forward a user runs by hand, or the fused one the server runs (--peer-forward)."""
+    forward a user runs by hand, or the fused one the server runs (--peer-forward), on
+    packed weights unless the server's are not (MAE_PACK_WEIGHTS=false: --peer-unpacked)."""
+    from mae_core.onednn import packed_weight
+
     args = ["--bare-worker", "--model", "local:mae/vit-tiny-tinyimagenet", "--device", "cpu"]
-    args += ["--dtype", "float32", "--threads", "1", "--peer-forward", forward]
+    args += ["--dtype", "float32", "--threads", "1", "--peer-forward", forward.split("-")[0]]
+    args += ["--peer-unpacked"] if forward == "fused-unpacked" else []
     asks = "{}\n" + json.dumps({"batch": 2, "calls": 3}) + "\n"
     out = subprocess.run(
         [sys.executable, "bench/serve.py", *args],
@@ -80,7 +84,16 @@ def test_serve_s_bare_encoder_runs_the_forward_asked(forward: str) -> None:
     ready, answer = (json.loads(line) for line in out.stdout.splitlines())
     assert ready == {} and answer["bare_batch"] == 2
     assert answer["bare_img_s"] > 0 and answer["bare_cpu_ms_per_img"] > 0
-    assert answer["bare_forward"] == {"plain": "plain", "fused": "fused (onednn)"}[forward]
+    packs = packed_weight(torch.ones(1, 1)) is not None
+    fused = "fused (onednn, packed)" if packs else "fused (onednn)"
+    assert (
+        answer["bare_forward"]
+        == {
+            "plain": "plain",
+            "fused": fused,
+            "fused-unpacked": "fused (onednn)",
+        }[forward]
+    )
 
 
 def test_pretrain_compares_both_in_the_precision_asked(tmp_path: Path) -> None:

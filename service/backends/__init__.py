@@ -26,6 +26,7 @@ __all__ = ["BACKENDS", "Backend", "pool"]
 class Backend(Protocol):
     name: str
     fused: bool  # the encoder's blocks as fused kernels (the torch backend's mae_core.fused)
+    packed: bool  # those kernels read packed weight copies (oneDNN's layout, float32)
 
     def embed(self, batch: torch.Tensor) -> torch.Tensor:
         """batch (N, 3, S, S) float32 -> (N, 2, D) float32 CPU: [cls, patch mean]."""

@@ -38,6 +38,7 @@ log = logging.getLogger("mae.service")
 
 class OnnxBackend:
     fused = False  # ONNX Runtime fuses the graph itself; mae_core.fused is torch's
+    packed = False  # and packs its weights itself too
 
     def __init__(
         self,

@@ -3,7 +3,8 @@
 On the CPU, in float32 or bfloat16, the encoder's blocks run in fused kernels (oneDNN's
 linears in float32, one encoder-layer kernel a block in bfloat16: `mae_core.fused`,
 checked against the plain float32 forward at load;
-`MAE_FUSED_LAYERS=false` turns it off); elsewhere, and for a model it does not cover, the
+`MAE_FUSED_LAYERS=false` turns it off). oneDNN's linears read packed copies of the
+projection weights (`MAE_PACK_WEIGHTS=false`: the model's own, for less memory); elsewhere, and for a model it does not cover, the
 plain forward runs (under autocast in bfloat16)."""
 
 from __future__ import annotations
@@ -29,12 +30,16 @@ class TorchBackend:
         device: torch.device,
         dtype: torch.dtype,
         fused: bool = True,
+        pack: bool = True,
     ) -> None:
         self.model, self.device, self.dtype = model, device, dtype
         self.forward = (
-            inference_forward(model, device, dtype, log) if fused else model.forward_features
+            inference_forward(model, device, dtype, log, pack=pack)
+            if fused
+            else model.forward_features
         )
         self.fused = isinstance(self.forward, FusedEncoder)
+        self.packed = self.fused and self.forward.packed
 
     def embed(self, batch: torch.Tensor) -> torch.Tensor:
         # The fused forward runs in the served dtype itself (a bf16 copy of the encoder).

@@ -15,7 +15,7 @@ import torch
 
 from mae_core import create_model, load_model
 from mae_core.export import ONNX_DIR, ONNX_FILE, export_onnx
-from mae_core.fused import FusedEncoder
+from mae_core.fused import FusedEncoder, describe
 from mae_core.onednn import packed_weight
 from service.backends import BACKENDS
 from service.engine import Engine
@@ -97,6 +97,19 @@ def test_the_torch_backend_s_fused_layers_answer_as_the_plain_forward(
         packs = packed_weight(torch.ones(1, 1)) is not None
         assert fused.backend.forward.packed == packs
         assert (", weights packed" in caplog.text) == packs
+        assert fused.info.packed_weights == packs
+        # MAE_PACK_WEIGHTS=false: oneDNN's way on the model's own weights, the same vectors
+        own = Engine(str(small_model_dir), device="cpu", with_decoder=False, pack_weights=False)
+        assert own.info.fused_layers and not own.info.packed_weights
+        assert own.backend.forward.impl == "onednn" and not own.backend.forward.packed
+        torch.testing.assert_close(own.embed(batch), fused.embed(batch), rtol=1e-6, atol=1e-6)
+        # what a record (mae eval's `forward`) calls each
+        said = "fused layers (oneDNN linears, packed weights), float32"
+        assert describe(fused.backend.forward, torch.float32) == (
+            said if packs else said.replace(", packed weights", "")
+        )
+        assert describe(own.backend.forward, torch.float32) == said.replace(", packed weights", "")
+    assert not plain.info.packed_weights
     calls = {}
     for name, engine in (("fused", fused), ("plain", plain)):
         with CountCalls() as mode:
@@ -177,6 +190,10 @@ def test_a_served_onnxruntime_backend_answers_like_torch(
             (card,) = httpx.get(f"{url}/v1/models", timeout=10).json()["data"]
             assert card["backend"] == backend
             assert card["fused_layers"] is (backend == "torch")  # MAE_FUSED_LAYERS, on by default
+            packs = (
+                torch.backends.mkldnn.is_available() and packed_weight(torch.ones(1, 1)) is not None
+            )
+            assert card["packed_weights"] is (backend == "torch" and packs)  # MAE_PACK_WEIGHTS
     assert _cosine(answers["onnxruntime"], answers["torch"]) > 0.9999
 
 
