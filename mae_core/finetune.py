@@ -286,7 +286,7 @@ class FinetuneDataset(Dataset):
 def train_transform(cfg: MAEConfig, settings: FinetuneConfig) -> Any:
     from timm.data import create_transform
 
-    return create_transform(
+    transform = create_transform(
         input_size=cfg.img_size,
         is_training=True,
         auto_augment=settings.policy,
@@ -297,6 +297,40 @@ def train_transform(cfg: MAEConfig, settings: FinetuneConfig) -> Any:
         mean=tuple(cfg.mean),
         std=tuple(cfg.std),
     )
+    _posterize_to_black(transform)
+    return transform
+
+
+def _posterize(img: Image.Image, bits_to_keep: int, **_: Any) -> Image.Image:
+    """timm's posterize op, where keeping 0 bits gives a black image again."""
+    from PIL import ImageOps
+
+    if bits_to_keep >= 8:
+        return img
+    if bits_to_keep <= 0:
+        return Image.new(img.mode, img.size)  # every bit masked off: 0 in every band
+    return ImageOps.posterize(img, bits_to_keep)
+
+
+def _posterize_to_black(transform: Any) -> None:
+    """Make every posterize op in timm's augmentation (RandAugment's ops, AutoAugment's
+    policy, AugMix's ops) accept 0 bits to keep. RandAugment's increasing posterize (the
+    recipe's `inc1`) draws 0 bits at magnitude 10, AutoAugment's at low magnitudes; Pillow
+    up to 12 turned that into a black image, Pillow 13 raises ValueError, which stopped a
+    fine-tuning run on real data within its first steps. Only this transform's ops change,
+    not timm's table of them."""
+    from timm.data.auto_augment import AugmentOp
+
+    todo = [transform]
+    while todo:
+        obj = todo.pop()
+        if isinstance(obj, AugmentOp):
+            if "Posterize" in obj.name:
+                obj.aug_fn = _posterize
+        elif isinstance(obj, list | tuple):
+            todo.extend(obj)
+        else:
+            todo.extend(getattr(obj, a) for a in ("transforms", "ops", "policy") if hasattr(obj, a))
 
 
 def labelled_index(source: str, limit: int | None, what: str) -> ImageIndex:

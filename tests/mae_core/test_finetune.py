@@ -186,3 +186,70 @@ def test_the_command_line(cifar_splits, tmp_path: Path) -> None:
         [MAE, "finetune", DEFAULT, "--output", str(out)], capture_output=True, text=True
     )
     assert bad.returncode == 2 and "finetune needs --data" in bad.stderr
+
+
+def _augment_ops(transform: object) -> list:
+    """timm's AugmentOps inside a transform (RandAugment's ops, AutoAugment's policy,
+    AugMix's ops), found through its Compose."""
+    from timm.data.auto_augment import AugmentOp
+
+    found, todo = [], [transform]
+    while todo:
+        obj = todo.pop()
+        if isinstance(obj, AugmentOp):
+            found.append(obj)
+        elif isinstance(obj, list | tuple):
+            todo.extend(obj)
+        else:
+            todo.extend(getattr(obj, a) for a in ("transforms", "ops", "policy") if hasattr(obj, a))
+    return found
+
+
+@pytest.mark.parametrize("policy", ["rand-m9-mstd0.5-inc1", "original", "augmix-m5-w3-d2"])
+def test_posterize_keeping_no_bits_blacks_the_image_out(cifar_folder: Path, policy: str) -> None:
+    """RandAugment's increasing posterize (the recipe's default, `inc1`) keeps 0 bits at
+    magnitude 10, and AutoAugment's policies at low magnitudes: older Pillow turned that
+    into a black image, Pillow 13 refuses it (ValueError), which stopped `mae finetune` on
+    real data within its first steps. Every posterize op of the transform blacks the image
+    out again at 0 bits, and keeps 1-8 bits as Pillow does."""
+    from PIL import Image, ImageOps
+
+    import mae_core
+    from mae_core.finetune import FinetuneConfig, train_transform
+
+    cfg = mae_core.variant_config("mae_vit_tiny_patch8", img_size=64)
+    transform = train_transform(
+        cfg, FinetuneConfig(DEFAULT, "cifar10", "unused", auto_augment=policy)
+    )
+    posterize = [op for op in _augment_ops(transform) if "Posterize" in op.name]
+    assert posterize, f"{policy}: no posterize op found"
+    img = Image.open(next(p for p in sorted(cifar_folder.rglob("*.jpg")))).convert("RGB")
+    for op in posterize:
+        black = op.aug_fn(img, 0, **op.kwargs)
+        assert (
+            black.size == img.size and black.mode == "RGB" and black.getextrema() == ((0, 0),) * 3
+        )
+        for bits in (1, 4):
+            assert op.aug_fn(img, bits).tobytes() == ImageOps.posterize(img, bits).tobytes()
+        assert op.aug_fn(img, 8) is img
+
+
+def test_the_recipe_s_augmentation_runs_through_real_images(cifar_folder: Path) -> None:
+    """The default augmentation at magnitude 10 without spread (every increasing posterize
+    keeps 0 bits) over 300 real JPEGs, seeded: about 1 in 15 images draws it."""
+    import random
+
+    from PIL import Image
+
+    import mae_core
+    from mae_core.finetune import FinetuneConfig, train_transform
+
+    cfg = mae_core.variant_config("mae_vit_tiny_patch8", img_size=64)
+    transform = train_transform(
+        cfg, FinetuneConfig(DEFAULT, "cifar10", "unused", auto_augment="rand-m10-mstd0-inc1")
+    )
+    random.seed(0)
+    torch.manual_seed(0)
+    for path in sorted(cifar_folder.rglob("*.jpg")):
+        x = transform(Image.open(path).convert("RGB"))
+        assert x.shape == (3, 64, 64) and torch.isfinite(x).all()
