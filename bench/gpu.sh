@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The GPU check in one run: on a machine with one CUDA GPU and this checkout, run the
 # gpu-marked tests and every bench on CUDA, each step bounded in time, and write the
-# figures into bench/results/gpu-*.{json,md}. About 9 minutes on an H100/H200 (the longest
+# figures into bench/results/gpu-*.{json,md}. About 10 minutes on an H100/H200 (the longest
 # steps: the MAE-B/16 training bench with and without torch.compile, ~2 min each, the
-# serving bench, ~1.5 min, and the gpu-marked tests, ~1 min); seconds on a machine without
+# serving bench, ~1.5 min, the gpu-marked tests and the fine-tuning bench, ~1 min each); seconds on a machine without
 # a GPU, where every GPU step says it is skipped and the script still ends with status 0.
 #
 #   bash bench/gpu.sh                       # with .venv/bin/python, or:
@@ -17,13 +17,14 @@
 # shared/data/, and this script installs the wheels (into /tmp, on PYTHONPATH) when .whl/
 # is here. On a lent machine, carry .whl and shared, and bring the results back in
 # GPU_ARCHIVE (below). GPU_STEPS runs only the steps it names (names or shell patterns: tests, pretrain-b16,
-# pretrain-b16-compile, features-b16-batch{1,32,256}, serve-b16, decode, decode-2x), to
+# pretrain-b16-compile, finetune-b16, features-b16-batch{1,32,256}, serve-b16, decode,
+# decode-2x), to
 # split the check over calls of at most 10 minutes each. GPU_ARCHIVE=FILE.tgz packs every
 # step's output into one file as each step ends, so a call stopped at its limit still
 # brings back what finished (a lent machine returns at most 8 files):
 #   GPU_STEPS="tests pretrain*" GPU_ARCHIVE="$OUT/gpu-1.tgz" PYTHON=python3 bash bench/gpu.sh
-#   GPU_STEPS="features* serve* decode*" GPU_ARCHIVE="$OUT/gpu-2.tgz" PYTHON=python3 bash bench/gpu.sh
-# (about 5.5 and 3.5 minutes on an H100/H200).
+#   GPU_STEPS="finetune* features* serve* decode*" GPU_ARCHIVE="$OUT/gpu-2.tgz" PYTHON=python3 bash bench/gpu.sh
+# (about 5.5 and 4.5 minutes on an H100/H200).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 PY=${PYTHON:-.venv/bin/python}
@@ -95,6 +96,10 @@ step pretrain-b16 240 "$PY" bench/pretrain.py --variant mae_vit_base_patch16 --b
   --steps 10 --warmup 3 --device cuda --adamw default,fused --json "$OUT/gpu-pretrain-b16.json"
 step pretrain-b16-compile 300 "$PY" bench/pretrain.py --variant mae_vit_base_patch16 \
   --batch 256 --steps 10 --warmup 3 --device cuda --compile --json "$OUT/gpu-pretrain-b16-compile.json"
+# Fine-tuning: a ViT-B/16 classifier at 224, bf16 autocast, mae finetune's step against the
+# official repo's (timm) and transformers' ViTForImageClassification, interleaved.
+step finetune-b16 150 "$PY" bench/finetune.py --variant mae_vit_base_patch16 --classes 1000 \
+  --batch 128 --steps 10 --warmup 3 --device cuda --json "$OUT/gpu-finetune-b16.json"
 # Inference: ViT-B/16 features against timm and transformers at batch 1, 32 and 256.
 for b in 1 32 256; do
   step "features-b16-batch$b" 120 "$PY" bench/features.py --variant mae_vit_base_patch16 \

@@ -38,7 +38,7 @@ def _bench(script: str, *args: str, timeout: int = 300) -> subprocess.CompletedP
     "script",
     [
         *("serve", "backends", "train_threads", "decode", "pretrain", "features", "shards"),
-        *("load", "forward_workers"),
+        *("load", "forward_workers", "finetune"),
     ],
 )
 def test_help(script: str) -> None:
@@ -107,6 +107,25 @@ def test_pretrain_compares_both_in_the_precision_asked(tmp_path: Path) -> None:
     assert "| mae_core |" in out.stdout and "| transformers ViTMAEForPreTraining |" in out.stdout
     result = json.loads((tmp_path / "p.json").read_text())
     assert result["args"]["dtype"] == "bf16" and result["img_s"]["ours"] > 0
+
+
+def test_finetune_compares_ours_with_both_peers(tmp_path: Path) -> None:
+    """One interleaved fine-tuning step of ours, timm's as the official repo runs it and
+    transformers', from the default model's encoder, in fp32 on the CPU (ours: oneDNN's
+    linears where torch has oneDNN)."""
+    out = _bench(
+        *("finetune", "--model", "local:mae/vit-tiny-tinyimagenet", "--classes", "5"),
+        *("--batch", "4", "--steps", "1", "--warmup", "1", "--device", "cpu"),
+        *("--json", str(tmp_path / "f.json")),
+    )
+    assert "CPU, " in out.stdout and ", fp32," in out.stdout
+    assert ("oneDNN linears" in out.stdout) == torch.backends.mkldnn.is_available()
+    rows = ["mae_core (mae finetune's step)", "timm, as main_finetune.py"]
+    rows.append("transformers ViTForImageClassification")
+    assert all(f"| {row} |" in out.stdout for row in rows)
+    result = json.loads((tmp_path / "f.json").read_text())
+    assert set(result["img_s"]) == set(rows) and all(v > 0 for v in result["img_s"].values())
+    assert set(result["over_ours"]) == set(rows[1:])
 
 
 def test_train_threads_runs_real_training_per_layout(cifar_folder: Path, tmp_path: Path) -> None:
