@@ -2,10 +2,13 @@
 the official MAE repo's main_finetune.py trains it, and transformers' ViTForImageClassification.
 
 One step is one AdamW update of a classifier on one batch: the forward, Mixup/CutMix's
-soft-target cross-entropy, the backward and the update. All three run in one process, one
-step of each in turn (`features.timed`, so neither gains from going first), on the same
-batch, mixed once (Mixup's draw is the same for all), in the same precision (`--dtype`:
-by default bf16 autocast on CUDA, fp32 on a CPU, as `mae finetune --precision auto`).
+soft-target cross-entropy, the backward, the gradient's norm and the update, and the loss
+read back as a number (what `mae finetune`'s loop, the official repo's and transformers'
+Trainer each do every step). All three run in one process, one step of each in turn
+(`features.timed`, so none gains from its place in the order), on the same batch, mixed
+once (Mixup's draw is the same for all), in the same precision (`--dtype`: by default bf16
+autocast on CUDA, fp32 on a CPU, as `mae finetune --precision auto`; the official repo ran
+fp16 autocast with a GradScaler on its GPUs, which this bench does not copy).
 
 - `mae_core`: the classifier `mae finetune` builds (`finetune.build_classifier`, a timm
   `VisionTransformer` with global pooling, `fc_norm` and drop path; the encoder's weights
@@ -13,7 +16,7 @@ by default bf16 autocast on CUDA, fp32 on a CPU, as `mae finetune --precision au
   (`schedule.adamw_options`: fused on a CPU), and in fp32 on a CPU oneDNN's linears
   (`mae_core.onednn`, `--onednn-linears`).
 - `timm, as main_finetune.py`: a copy of the same classifier and groups, torch's default
-  AdamW and torch's own linears: what the official repo's loop runs.
+  AdamW and torch's own linears: the model and optimiser of the official repo's loop.
 - `transformers ViTForImageClassification`: the same sizes (hidden size, depth, heads,
   MLP, patch, image), class-token pooling as transformers does it, random weights (the
   speed does not depend on them), its dropout off; no drop path (transformers' ViT has
@@ -131,7 +134,9 @@ def main() -> None:
             with autocast, onednn_linears(linears):
                 loss = criterion(logits().float(), y)  # the loss in fp32, as mae finetune
             loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf"))  # logged by all
             opt.step()
+            loss.item()
 
         return step
 

@@ -633,8 +633,15 @@ def main() -> None:
                     "--peer-forward fused: the server does not run the fused forward "
                     f"(backend {info.get('backend')}, fused_layers {info.get('fused_layers')})"
                 )
-            # the fused peer reads packed weights where the server does (MAE_PACK_WEIGHTS)
-            bare = BareEncoder(model_id, args, packed=info.get("packed_weights", True))
+            # a fused fp32 peer goes without packed weights where the server does
+            # (MAE_PACK_WEIGHTS=false); packing is oneDNN's fp32 way only, so a peer in
+            # another dtype than the server's keeps its default
+            unpacked = (
+                info.get("dtype") == "float32"
+                and info.get("fused_layers")
+                and not info.get("packed_weights", True)
+            )
+            bare = BareEncoder(model_id, args, packed=not unpacked)
             use_wrk = args.client == "wrk" or (args.client == "auto" and shutil.which("wrk"))
             wrk = Wrk(url, route, bodies, Path(tmp)) if use_wrk else None
             layout = re.search(r"threads: (\d+) forwards at once", log.read_text())
@@ -660,8 +667,8 @@ def main() -> None:
     head = (
         f"{args.variant if args.model is None else args.model} ({info['image_size']} px, "
         f"{info['dtype']}{', ' + info['backend'] if 'backend' in info else ''}"
-        f"{'; bare encoder ' + args.peer_dtype if args.peer_dtype else ''}"
         f"{', weights packed' if info.get('packed_weights') else ''}"
+        f"{'; bare encoder ' + args.peer_dtype if args.peer_dtype else ''}"
         f"{'; bare encoder: the fused forward' if args.peer_forward == 'fused' else ''}), "
         f"{device_name(args.device, args.threads)}, torch {torch.__version__}, "
         f"{datetime.date.today()}; one JPEG per request ({sizes}; {', '.join(PHOTOS)}), "

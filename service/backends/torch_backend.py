@@ -40,6 +40,8 @@ class TorchBackend:
         )
         self.fused = isinstance(self.forward, FusedEncoder)
         self.packed = self.fused and self.forward.packed
+        if self.fused and not pack and self.forward.impl == "onednn":
+            log.info("weights not packed: MAE_PACK_WEIGHTS=false (oneDNN reads the model's own)")
 
     def embed(self, batch: torch.Tensor) -> torch.Tensor:
         # The fused forward runs in the served dtype itself (a bf16 copy of the encoder).

@@ -205,17 +205,17 @@ def _augment_ops(transform: object) -> list:
     return found
 
 
-@pytest.mark.parametrize("policy", ["rand-m9-mstd0.5-inc1", "original", "augmix-m5-w3-d2"])
+@pytest.mark.parametrize("policy", ["rand-m9-mstd0.5-inc1", "v0", "original", "augmix-m5-w3-d2"])
 def test_posterize_keeping_no_bits_blacks_the_image_out(cifar_folder: Path, policy: str) -> None:
     """RandAugment's increasing posterize (the recipe's default, `inc1`) keeps 0 bits at
-    magnitude 10, and AutoAugment's policies at low magnitudes: older Pillow turned that
-    into a black image, Pillow 13 refuses it (ValueError), which stopped `mae finetune` on
-    real data within its first steps. Every posterize op of the transform blacks the image
-    out again at 0 bits, and keeps 1-8 bits as Pillow does."""
+    magnitude 10, and AutoAugment's `v0` its Posterize at magnitude 2: older Pillow turned
+    that into a black image, Pillow 13 refuses it (ValueError), which stopped `mae finetune`
+    on real data within its first steps. Every posterize op of the transform is ours, which
+    blacks the image out again at 0 bits, and keeps 1-8 bits as Pillow does."""
     from PIL import Image, ImageOps
 
     import mae_core
-    from mae_core.finetune import FinetuneConfig, train_transform
+    from mae_core.finetune import FinetuneConfig, _posterize, train_transform
 
     cfg = mae_core.variant_config("mae_vit_tiny_patch8", img_size=64)
     transform = train_transform(
@@ -225,6 +225,7 @@ def test_posterize_keeping_no_bits_blacks_the_image_out(cifar_folder: Path, poli
     assert posterize, f"{policy}: no posterize op found"
     img = Image.open(next(p for p in sorted(cifar_folder.rglob("*.jpg")))).convert("RGB")
     for op in posterize:
+        assert op.aug_fn is _posterize  # on any Pillow, where timm's own may pass too
         black = op.aug_fn(img, 0, **op.kwargs)
         assert (
             black.size == img.size and black.mode == "RGB" and black.getextrema() == ((0, 0),) * 3
@@ -236,9 +237,11 @@ def test_posterize_keeping_no_bits_blacks_the_image_out(cifar_folder: Path, poli
 
 def test_the_recipe_s_augmentation_runs_through_real_images(cifar_folder: Path) -> None:
     """The default augmentation at magnitude 10 without spread (every increasing posterize
-    keeps 0 bits) over 300 real JPEGs, seeded: about 1 in 15 images draws it."""
+    keeps 0 bits) over 300 real JPEGs, seeded: about 1 in 15 images draws it, and each
+    such image goes through."""
     import random
 
+    import numpy as np
     from PIL import Image
 
     import mae_core
@@ -248,8 +251,20 @@ def test_the_recipe_s_augmentation_runs_through_real_images(cifar_folder: Path) 
     transform = train_transform(
         cfg, FinetuneConfig(DEFAULT, "cifar10", "unused", auto_augment="rand-m10-mstd0-inc1")
     )
+    drawn: list[int] = []
+    for op in _augment_ops(transform):
+        if "Posterize" in op.name:
+            fn = op.aug_fn
+
+            def counted(img, bits, _fn=fn, **kw):  # type: ignore[no-untyped-def]
+                drawn.append(bits)
+                return _fn(img, bits, **kw)
+
+            op.aug_fn = counted
     random.seed(0)
+    np.random.seed(0)  # RandAugment picks its ops with NumPy's generator
     torch.manual_seed(0)
     for path in sorted(cifar_folder.rglob("*.jpg")):
         x = transform(Image.open(path).convert("RGB"))
         assert x.shape == (3, 64, 64) and torch.isfinite(x).all()
+    assert drawn and set(drawn) == {0}, drawn

@@ -197,6 +197,23 @@ def test_a_served_onnxruntime_backend_answers_like_torch(
     assert _cosine(answers["onnxruntime"], answers["torch"]) > 0.9999
 
 
+def test_mae_pack_weights_false_serves_the_same_vectors_from_the_model_s_own_weights(
+    small_model_dir: Path, cifar_folder: Path, tmp_path: Path
+) -> None:
+    """MAE_PACK_WEIGHTS reaches the torch backend through the settings: off, oneDNN's
+    linears read the model's own weights, /v1/models says so, and the vectors are the
+    packed server's."""
+    photos = _photos(cifar_folder, 4)
+    packs = torch.backends.mkldnn.is_available() and packed_weight(torch.ones(1, 1)) is not None
+    answers = {}
+    for pack in (True, False):
+        for url in serve(model_settings(small_model_dir, tmp_path, pack_weights=pack), ready=True):
+            answers[pack] = _embed(url, photos, pooling="mean")
+            (card,) = httpx.get(f"{url}/v1/models", timeout=10).json()["data"]
+            assert card["fused_layers"] and card["packed_weights"] is (pack and packs)
+    np.testing.assert_allclose(answers[False], answers[True], rtol=1e-6, atol=1e-6)
+
+
 def test_a_repo_pushed_with_onnx_serves_without_exporting(
     small_model_dir: Path, tmp_path: Path, batch: torch.Tensor
 ) -> None:
