@@ -27,8 +27,9 @@ from transformers import ViTMAEConfig, ViTMAEForPreTraining
 import mae_core
 
 
-def hf_config(cfg: mae_core.MAEConfig, mask_ratio: float) -> ViTMAEConfig:
-    return ViTMAEConfig(
+def hf_encoder_fields(cfg: mae_core.MAEConfig) -> dict:
+    """The encoder's sizes as transformers' ViT configs name them (ViTMAEConfig, ViTConfig)."""
+    return dict(
         image_size=cfg.img_size,
         patch_size=cfg.patch_size,
         num_channels=cfg.in_chans,
@@ -36,13 +37,19 @@ def hf_config(cfg: mae_core.MAEConfig, mask_ratio: float) -> ViTMAEConfig:
         num_hidden_layers=cfg.depth,
         num_attention_heads=cfg.num_heads,
         intermediate_size=int(cfg.embed_dim * cfg.mlp_ratio),
+        layer_norm_eps=1e-6,
+    )
+
+
+def hf_config(cfg: mae_core.MAEConfig, mask_ratio: float) -> ViTMAEConfig:
+    return ViTMAEConfig(
+        **hf_encoder_fields(cfg),
         decoder_hidden_size=cfg.decoder_embed_dim,
         decoder_num_hidden_layers=cfg.decoder_depth,
         decoder_num_attention_heads=cfg.decoder_num_heads,
         decoder_intermediate_size=int(cfg.decoder_embed_dim * cfg.mlp_ratio),
         norm_pix_loss=cfg.norm_pix_loss,
         mask_ratio=mask_ratio,
-        layer_norm_eps=1e-6,
     )
 
 

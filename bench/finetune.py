@@ -40,8 +40,8 @@ from pathlib import Path
 
 import torch
 
-# bench/ is on sys.path when a script here runs: share the timer
-from features import timed
+# bench/ is on sys.path when a script here runs: share the timer and the peer's sizes
+from features import hf_encoder_fields, timed
 
 import mae_core
 from mae_core.config import PRECISIONS
@@ -93,14 +93,7 @@ def main() -> None:
     peer = copy.deepcopy(ours)
     hf = ViTForImageClassification(
         ViTConfig(
-            image_size=cfg.img_size,
-            patch_size=cfg.patch_size,
-            num_channels=cfg.in_chans,
-            hidden_size=cfg.embed_dim,
-            num_hidden_layers=cfg.depth,
-            num_attention_heads=cfg.num_heads,
-            intermediate_size=int(cfg.embed_dim * cfg.mlp_ratio),
-            layer_norm_eps=1e-6,
+            **hf_encoder_fields(cfg),
             hidden_dropout_prob=0.0,
             attention_probs_dropout_prob=0.0,
             num_labels=args.classes,
