@@ -3,8 +3,9 @@
 # gpu-marked tests and every bench on CUDA, each step bounded in time, and write the
 # figures into bench/results/gpu-*.{json,md}. About 10 minutes on an H100/H200 (the longest
 # steps: the MAE-B/16 training bench with and without torch.compile, ~2 min each, the
-# serving bench, ~1.5 min, the gpu-marked tests and the fine-tuning bench, ~1 min each); seconds on a machine without
-# a GPU, where every GPU step says it is skipped and the script still ends with status 0.
+# serving bench, ~1.5 min, the gpu-marked tests and the fine-tuning bench, ~1 min each);
+# seconds on a machine without a GPU, where every GPU step says it is skipped and the
+# script still ends with status 0.
 #
 #   bash bench/gpu.sh                       # with .venv/bin/python, or:
 #   PYTHON=python3 bash bench/gpu.sh        # an environment that already has torch & co.
@@ -16,12 +17,12 @@
 # `bash bench/device-prep.sh`, where pip works, puts the wheels in .whl/ and the archive in
 # shared/data/, and this script installs the wheels (into /tmp, on PYTHONPATH) when .whl/
 # is here. On a lent machine, carry .whl and shared, and bring the results back in
-# GPU_ARCHIVE (below). GPU_STEPS runs only the steps it names (names or shell patterns: tests, pretrain-b16,
-# pretrain-b16-compile, finetune-b16, features-b16-batch{1,32,256}, serve-b16, decode,
-# decode-2x), to
-# split the check over calls of at most 10 minutes each. GPU_ARCHIVE=FILE.tgz packs every
-# step's output into one file as each step ends, so a call stopped at its limit still
-# brings back what finished (a lent machine returns at most 8 files):
+# GPU_ARCHIVE (below). GPU_STEPS runs only the steps it names (names or shell patterns:
+# tests, pretrain-b16, pretrain-b16-compile, finetune-b16, features-b16-batch{1,32,256},
+# serve-b16, decode, decode-2x), to split the check over calls of at most 10 minutes each.
+# GPU_ARCHIVE=FILE.tgz packs every step's output into one file as each step ends, so a
+# call stopped at its limit still brings back what finished (a lent machine returns at
+# most 8 files):
 #   GPU_STEPS="tests pretrain*" GPU_ARCHIVE="$OUT/gpu-1.tgz" PYTHON=python3 bash bench/gpu.sh
 #   GPU_STEPS="finetune* features* serve* decode*" GPU_ARCHIVE="$OUT/gpu-2.tgz" PYTHON=python3 bash bench/gpu.sh
 # (about 5.5 and 4.5 minutes on an H100/H200).

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset
 
@@ -303,8 +303,6 @@ def train_transform(cfg: MAEConfig, settings: FinetuneConfig) -> Any:
 
 def _posterize(img: Image.Image, bits_to_keep: int, **_: Any) -> Image.Image:
     """timm's posterize op, where keeping 0 bits gives a black image again."""
-    from PIL import ImageOps
-
     if bits_to_keep >= 8:
         return img
     if bits_to_keep <= 0:
@@ -319,18 +317,26 @@ def _posterize_to_black(transform: Any) -> None:
     up to 12 turned that into a black image, Pillow 13 raises ValueError, which stopped a
     fine-tuning run on real data within its first steps. Only this transform's ops change,
     not timm's table of them."""
+    for op in augment_ops(transform):
+        if "Posterize" in op.name:
+            op.aug_fn = _posterize
+
+
+def augment_ops(transform: Any) -> list[Any]:
+    """timm's `AugmentOp`s inside a transform: RandAugment's and AugMix's `ops`,
+    AutoAugment's `policy` (lists of them), found through Compose's `transforms`."""
     from timm.data.auto_augment import AugmentOp
 
-    todo = [transform]
+    found, todo = [], [transform]
     while todo:
         obj = todo.pop()
         if isinstance(obj, AugmentOp):
-            if "Posterize" in obj.name:
-                obj.aug_fn = _posterize
+            found.append(obj)
         elif isinstance(obj, list | tuple):
             todo.extend(obj)
         else:
             todo.extend(getattr(obj, a) for a in ("transforms", "ops", "policy") if hasattr(obj, a))
+    return found
 
 
 def labelled_index(source: str, limit: int | None, what: str) -> ImageIndex:

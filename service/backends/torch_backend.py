@@ -2,10 +2,10 @@
 
 On the CPU, in float32 or bfloat16, the encoder's blocks run in fused kernels (oneDNN's
 linears in float32, one encoder-layer kernel a block in bfloat16: `mae_core.fused`,
-checked against the plain float32 forward at load;
-`MAE_FUSED_LAYERS=false` turns it off). oneDNN's linears read packed copies of the
-projection weights (`MAE_PACK_WEIGHTS=false`: the model's own, for less memory); elsewhere, and for a model it does not cover, the
-plain forward runs (under autocast in bfloat16)."""
+checked against the plain float32 forward at load; `MAE_FUSED_LAYERS=false` turns it off).
+oneDNN's linears read packed copies of the projection weights (`MAE_PACK_WEIGHTS=false`:
+the model's own, for less memory). Elsewhere, and for a model it does not cover, the plain
+forward runs (under autocast in bfloat16)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import logging
 
 import torch
 
-from mae_core.fused import FusedEncoder, inference_forward
+from mae_core.fused import ONEDNN, FusedEncoder, inference_forward
 from mae_core.model import MaskedAutoencoder
 
 from . import pool
@@ -40,7 +40,7 @@ class TorchBackend:
         )
         self.fused = isinstance(self.forward, FusedEncoder)
         self.packed = self.fused and self.forward.packed
-        if self.fused and not pack and self.forward.impl == "onednn":
+        if self.fused and not pack and self.forward.impl == ONEDNN:
             log.info("weights not packed: MAE_PACK_WEIGHTS=false (oneDNN reads the model's own)")
 
     def embed(self, batch: torch.Tensor) -> torch.Tensor:

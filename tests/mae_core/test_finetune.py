@@ -188,23 +188,6 @@ def test_the_command_line(cifar_splits, tmp_path: Path) -> None:
     assert bad.returncode == 2 and "finetune needs --data" in bad.stderr
 
 
-def _augment_ops(transform: object) -> list:
-    """timm's AugmentOps inside a transform (RandAugment's ops, AutoAugment's policy,
-    AugMix's ops), found through its Compose."""
-    from timm.data.auto_augment import AugmentOp
-
-    found, todo = [], [transform]
-    while todo:
-        obj = todo.pop()
-        if isinstance(obj, AugmentOp):
-            found.append(obj)
-        elif isinstance(obj, list | tuple):
-            todo.extend(obj)
-        else:
-            todo.extend(getattr(obj, a) for a in ("transforms", "ops", "policy") if hasattr(obj, a))
-    return found
-
-
 @pytest.mark.parametrize("policy", ["rand-m9-mstd0.5-inc1", "v0", "original", "augmix-m5-w3-d2"])
 def test_posterize_keeping_no_bits_blacks_the_image_out(cifar_folder: Path, policy: str) -> None:
     """RandAugment's increasing posterize (the recipe's default, `inc1`) keeps 0 bits at
@@ -215,13 +198,13 @@ def test_posterize_keeping_no_bits_blacks_the_image_out(cifar_folder: Path, poli
     from PIL import Image, ImageOps
 
     import mae_core
-    from mae_core.finetune import FinetuneConfig, _posterize, train_transform
+    from mae_core.finetune import FinetuneConfig, _posterize, augment_ops, train_transform
 
     cfg = mae_core.variant_config("mae_vit_tiny_patch8", img_size=64)
     transform = train_transform(
         cfg, FinetuneConfig(DEFAULT, "cifar10", "unused", auto_augment=policy)
     )
-    posterize = [op for op in _augment_ops(transform) if "Posterize" in op.name]
+    posterize = [op for op in augment_ops(transform) if "Posterize" in op.name]
     assert posterize, f"{policy}: no posterize op found"
     img = Image.open(next(p for p in sorted(cifar_folder.rglob("*.jpg")))).convert("RGB")
     for op in posterize:
@@ -245,14 +228,14 @@ def test_the_recipe_s_augmentation_runs_through_real_images(cifar_folder: Path) 
     from PIL import Image
 
     import mae_core
-    from mae_core.finetune import FinetuneConfig, train_transform
+    from mae_core.finetune import FinetuneConfig, augment_ops, train_transform
 
     cfg = mae_core.variant_config("mae_vit_tiny_patch8", img_size=64)
     transform = train_transform(
         cfg, FinetuneConfig(DEFAULT, "cifar10", "unused", auto_augment="rand-m10-mstd0-inc1")
     )
     drawn: list[int] = []
-    for op in _augment_ops(transform):
+    for op in augment_ops(transform):
         if "Posterize" in op.name:
             fn = op.aug_fn
 

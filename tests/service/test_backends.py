@@ -50,6 +50,11 @@ def _engine(model_dir: Path, backend: str, cache: Path) -> Engine:
     )
 
 
+def _packs() -> bool:
+    """Whether this torch packs weights for oneDNN's linears (MAE_PACK_WEIGHTS's default)."""
+    return torch.backends.mkldnn.is_available() and packed_weight(torch.ones(1, 1)) is not None
+
+
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])
     return float(((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)).min())
@@ -94,7 +99,7 @@ def test_the_torch_backend_s_fused_layers_answer_as_the_plain_forward(
     if torch.backends.mkldnn.is_available():  # float32's way where torch has oneDNN
         assert impl == "onednn" and "(oneDNN linears)" in caplog.text
         # the server's weights never change: it reads packed copies where torch makes them
-        packs = packed_weight(torch.ones(1, 1)) is not None
+        packs = _packs()
         assert fused.backend.forward.packed == packs
         assert (", weights packed" in caplog.text) == packs
         assert fused.info.packed_weights == packs
@@ -190,10 +195,7 @@ def test_a_served_onnxruntime_backend_answers_like_torch(
             (card,) = httpx.get(f"{url}/v1/models", timeout=10).json()["data"]
             assert card["backend"] == backend
             assert card["fused_layers"] is (backend == "torch")  # MAE_FUSED_LAYERS, on by default
-            packs = (
-                torch.backends.mkldnn.is_available() and packed_weight(torch.ones(1, 1)) is not None
-            )
-            assert card["packed_weights"] is (backend == "torch" and packs)  # MAE_PACK_WEIGHTS
+            assert card["packed_weights"] is (backend == "torch" and _packs())  # MAE_PACK_WEIGHTS
     assert _cosine(answers["onnxruntime"], answers["torch"]) > 0.9999
 
 
@@ -204,7 +206,7 @@ def test_mae_pack_weights_false_serves_the_same_vectors_from_the_model_s_own_wei
     linears read the model's own weights, /v1/models says so, and the vectors are the
     packed server's."""
     photos = _photos(cifar_folder, 4)
-    packs = torch.backends.mkldnn.is_available() and packed_weight(torch.ones(1, 1)) is not None
+    packs = _packs()
     answers = {}
     for pack in (True, False):
         for url in serve(model_settings(small_model_dir, tmp_path, pack_weights=pack), ready=True):
